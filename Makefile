@@ -1,0 +1,47 @@
+# Quick start: `make demo` and `make test` on a fresh machine (see README.md).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+PROVIDER_DIRS := $(sort $(dir $(wildcard providers/*/pyproject.toml)))
+STAMP := $(VENV)/.installed
+
+.PHONY: install deps protos lint test unit demo bench deploy-sync clean
+
+$(STAMP): pyproject.toml $(wildcard providers/*/pyproject.toml) scripts/system-deps.sh scripts/apt-packages.txt
+	bash scripts/system-deps.sh
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[dev]' $(foreach d,$(PROVIDER_DIRS),-e '$(d)[test]')
+	touch $(STAMP)
+
+install: $(STAMP)
+
+deps:
+	bash scripts/system-deps.sh
+
+protos: $(STAMP)
+	PYTHON=$(PY) bash scripts/gen-protos.sh
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy cloud_api_adaptor $(foreach d,$(PROVIDER_DIRS),$(wildcard $(d)caa_provider_*)) tests benchmarks
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest -q tests/unit
+
+test: $(STAMP) lint
+	$(VENV)/bin/pytest -q
+
+demo: $(STAMP)
+	$(VENV)/bin/cloud-api-adaptor demo
+
+bench: $(STAMP)
+	$(PY) -m benchmarks
+
+deploy-sync: $(STAMP)
+	$(PY) -m cloud_api_adaptor.deploysync
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,154 @@
+"""The provider plugin contract: a small async ABC and frozen dataclasses.
+
+A provider creates and deletes one confidential VM per pod sandbox.  It is found
+through the entry-point group ``cloud_api_adaptor.providers``; the entry point
+names a ``ProviderPlugin`` object (its options, and a factory that builds the
+provider from resolved option values).
+
+Contract every provider keeps (checked by ``cloud_api_adaptor.testing.contract``):
+- ``create_instance`` is idempotent for a given ``CreateRequest.token``: a retry
+  after a lost response or a crash returns the same instance, never a second one.
+- ``delete_instance`` is idempotent: an instance that is already gone counts as
+  deleted (no error).
+- ``list_instances`` returns every instance carrying all the given owner tags,
+  so the daemon can find and remove orphans.
+- Errors are ``TemporaryProviderError`` (retry may help), ``PermanentProviderError``
+  (it won't) or ``InvalidInput``; foreign exceptions never escape.
+- Blocking SDK calls run off the event loop (``asyncio.to_thread``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from cloud_api_adaptor.options import Option, OptionValues
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Owner tag keys stamped on every instance (plus the user's TAGS).
+TAG_CLUSTER = "caa.confidentialcontainers.org/cluster"
+TAG_NODE = "caa.confidentialcontainers.org/node"
+TAG_SANDBOX = "caa.confidentialcontainers.org/sandbox"
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """What the pod asked for, after instance-type selection."""
+
+    instance_type: str = ""
+    vcpus: int = 0
+    memory_mib: int = 0
+    gpus: int = 0
+    image: str = ""
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    """Everything a provider needs to create one pod VM.
+
+    ``token`` is stable for the sandbox across retries and daemon restarts; a
+    provider passes it to the cloud as its idempotency key (EC2 ``ClientToken``,
+    libvirt domain name/UUID, ...).
+    """
+
+    name: str
+    sandbox_id: str
+    token: str
+    spec: InstanceSpec
+    userdata: str
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Instance:
+    """A VM as the cloud reports it.  ``ips[0]`` is what the daemon dials."""
+
+    id: str
+    name: str
+    ips: tuple[IPAddress, ...] = ()
+    tags: Mapping[str, str] = field(default_factory=dict)
+    created_at: float | None = None  # seconds since the epoch, when the cloud says
+
+
+@dataclass(frozen=True)
+class InstanceTypeInfo:
+    """One entry of a provider's instance-type catalogue (for best-fit selection)."""
+
+    name: str
+    vcpus: int
+    memory_mib: int
+    gpus: int = 0
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One line of ``cloud-api-adaptor doctor``."""
+
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class ProviderContext:
+    """Facts about the node the provider may need; built once by the composition root."""
+
+    node_name: str
+    cluster_id: str
+    state_dir: Path
+    work_dir: Path
+
+
+class Provider(ABC):
+    """A cloud that can run pod VMs."""
+
+    #: longest instance name the cloud accepts (GenerateInstanceName's max)
+    max_name_length: int = 63
+    #: largest userdata (bytes, as passed to ``create_instance``) the cloud accepts, or None
+    userdata_limit: int | None = None
+    #: the default instance type and the allowlist (empty: only the default)
+    default_instance_type: str = ""
+    instance_types: tuple[str, ...] = ()
+    #: default image when the pod does not name one
+    default_image: str = ""
+
+    @abstractmethod
+    async def create_instance(self, request: CreateRequest) -> Instance:
+        """Create (or return the existing) instance for ``request.token``."""
+
+    @abstractmethod
+    async def delete_instance(self, instance_id: str) -> None:
+        """Delete the instance and everything created for it; gone counts as deleted."""
+
+    @abstractmethod
+    async def list_instances(self, owner_tags: Mapping[str, str]) -> Sequence[Instance]:
+        """Instances carrying every one of ``owner_tags``."""
+
+    @abstractmethod
+    async def verify(self) -> Sequence[CheckResult]:
+        """Check the configuration against the real cloud (``doctor``)."""
+
+    async def describe_instance_types(self) -> Sequence[InstanceTypeInfo]:
+        """The catalogue for best-fit selection; empty means 'use the default type'."""
+        return ()
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release SDK clients and background resources."""
+
+
+@runtime_checkable
+class ProviderPlugin(Protocol):
+    """What the entry point names: the provider's options and its factory."""
+
+    name: str
+    options: Sequence[Option]
+
+    def build(self, values: OptionValues, context: ProviderContext) -> Provider:
+        """Validate ``values`` (raising ``ConfigError`` naming the key) and build the provider."""
+        ...
