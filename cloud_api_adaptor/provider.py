@@ -102,7 +102,10 @@ class ProviderContext:
     node_name: str
     cluster_id: str
     state_dir: Path
+    #: a directory of the provider's own that survives daemon restarts
     work_dir: Path
+    #: the TCP port the daemon dials on the pod VM (FORWARDER_PORT)
+    forwarder_port: int = 15150
 
 
 class Provider(ABC):
