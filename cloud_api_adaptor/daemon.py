@@ -1,0 +1,177 @@
+"""The composition root: builds every object once, runs the servers, shuts down in stages.
+
+Start-up order: provider (fails loudly on bad config), instance-type catalogue,
+durable store, agent channel (TLS material), sandbox recovery, then the ttrpc
+socket (and the optional gRPC socket), then the probe turns ready, then the
+orphan reconciler.  Shutdown reverses it: stop accepting, drain in-flight calls,
+stop background work, close proxies.  VMs and records stay for the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from prometheus_client import CollectorRegistry
+
+from cloud_api_adaptor._aio import TaskSupervisor
+from cloud_api_adaptor.channel import AgentChannel
+from cloud_api_adaptor.hypervisor.ports import PodNetworkPort
+from cloud_api_adaptor.hypervisor.sandboxes import SandboxManager
+from cloud_api_adaptor.hypervisor.service import HypervisorService, add_grpc_services, ttrpc_services
+from cloud_api_adaptor.hypervisor.userdata_render import validate_global_initdata
+from cloud_api_adaptor.metrics import Metrics
+from cloud_api_adaptor.network import build_pod_network
+from cloud_api_adaptor.options import OptionValues
+from cloud_api_adaptor.plugins import load_plugin
+from cloud_api_adaptor.probe import ProbeServer
+from cloud_api_adaptor.provider import Provider, ProviderContext
+from cloud_api_adaptor.reconciler import OrphanReconciler
+from cloud_api_adaptor.settings import Settings
+from cloud_api_adaptor.state import SandboxStore
+from cloud_api_adaptor.ttrpc import Server
+
+logger = logging.getLogger(__name__)
+
+DRAIN_SECONDS = 10.0
+
+
+def provider_context(settings: Settings) -> ProviderContext:
+    return ProviderContext(
+        node_name=settings.node_name or "local",
+        cluster_id=settings.cluster_id or "default",
+        state_dir=settings.state_dir,
+        work_dir=settings.state_dir / "providers" / settings.provider,
+        forwarder_port=settings.forwarder_port,
+    )
+
+
+def build_provider(settings: Settings, provider_values: OptionValues) -> Provider:
+    plugin = load_plugin(settings.provider)
+    context = provider_context(settings)
+    context.work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return plugin.build(provider_values, context)
+
+
+@dataclass
+class Daemon:
+    """Handles to a running daemon (for tests, the demo and benchmarks)."""
+
+    settings: Settings
+    provider: Provider
+    manager: SandboxManager
+    probe: ProbeServer
+    ttrpc: Server
+    grpc_server: grpc.aio.Server | None
+    supervisor: TaskSupervisor
+    registry: CollectorRegistry
+
+    async def aclose(self) -> None:
+        """Staged shutdown: listeners, in-flight calls, background work, proxies, provider."""
+        self.ttrpc.close()
+        if self.grpc_server is not None:
+            await self.grpc_server.stop(DRAIN_SECONDS)
+        await self.ttrpc.wait_closed(DRAIN_SECONDS)
+        await self.supervisor.aclose()
+        await self.manager.aclose()
+        await self.provider.aclose()
+        await self.probe.aclose()
+        with contextlib.suppress(FileNotFoundError):
+            self.settings.socket.unlink()
+
+
+async def start_daemon(
+    settings: Settings,
+    provider_values: OptionValues,
+    *,
+    network: PodNetworkPort | None = None,
+    provider: Provider | None = None,
+) -> Daemon:
+    """Build and start everything; the hypervisor socket accepts when this returns."""
+    validate_global_initdata(settings.initdata)
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    probe = ProbeServer("127.0.0.1", settings.probe_port, registry)
+    await probe.start()
+    if provider is None:
+        provider = await asyncio.to_thread(build_provider, settings, provider_values)
+    try:
+        catalogue = tuple(await provider.describe_instance_types())
+        store = SandboxStore(settings.state_dir)
+        store.prepare()
+        channel = await asyncio.to_thread(AgentChannel.from_settings, settings)
+        manager = SandboxManager(
+            settings,
+            provider,
+            store,
+            channel,
+            network or build_pod_network(settings),
+            catalogue,
+            observer=metrics,
+        )
+        await manager.recover(store.load_all())
+        server = Server()
+        for name, methods in ttrpc_services(HypervisorService(manager)).items():
+            server.add_service(name, methods)
+        await server.start_unix(settings.socket, mode=0o600)
+    except BaseException:
+        await provider.aclose()
+        await probe.aclose()
+        raise
+    grpc_server = None
+    if settings.grpc_socket is not None:
+        grpc_server = grpc.aio.server()
+        add_grpc_services(grpc_server, HypervisorService(manager))
+        settings.grpc_socket.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            settings.grpc_socket.unlink()
+        grpc_server.add_insecure_port(f"unix://{settings.grpc_socket}")
+        await grpc_server.start()
+        os.chmod(settings.grpc_socket, 0o600)
+    probe.set_ready()
+    supervisor = TaskSupervisor("daemon")
+    reconciler = OrphanReconciler(provider, manager, settings.orphan_grace_period)
+    supervisor.spawn(reconciler.run(settings.orphan_scan_interval), name="orphan-reconciler")
+    logger.info(
+        "cloud-api-adaptor serving on %s (provider %s, %d sandboxes recovered)",
+        settings.socket, settings.provider, len(manager.records()),
+    )
+    return Daemon(settings, provider, manager, probe, server, grpc_server, supervisor, registry)
+
+
+async def serve(settings: Settings, provider_values: OptionValues, stop: asyncio.Event) -> None:
+    """Run until ``stop`` is set (SIGTERM/SIGINT), then shut down in stages."""
+    daemon = await start_daemon(settings, provider_values)
+    try:
+        await stop.wait()
+        logger.info("shutting down")
+    finally:
+        await asyncio.shield(daemon.aclose())
+
+
+def install_signal_handlers(stop: asyncio.Event, on_second: Callable[[], None] | None = None) -> None:
+    """First SIGTERM/SIGINT: graceful stop; second: exit at once."""
+    import signal
+
+    loop = asyncio.get_running_loop()
+
+    def handler() -> None:
+        if stop.is_set():
+            logger.warning("second signal: exiting now")
+            if on_second is not None:
+                on_second()
+            os._exit(1)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, handler)
+
+
+def state_paths(settings: Settings) -> list[Path]:
+    return [settings.state_dir, settings.pods_dir, settings.socket.parent]

@@ -1,0 +1,1 @@
+"""The Kata remote-hypervisor service and the sandbox lifecycle behind it."""

@@ -1,0 +1,63 @@
+"""What the sandbox lifecycle needs from the agent channel and the pod network.
+
+Small protocols so the lifecycle can be tested with the real implementations
+or with in-memory ones, and so ``hypervisor`` does not depend on how the proxy
+or the tunnel work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class AgentProxyPort(Protocol):
+    """One sandbox's agent socket, relayed to the pod VM's forwarder."""
+
+    async def start(self, host: str, port: int, timeout: float) -> None:
+        """Listen, then return once the forwarder accepts (``DeadlineExceeded`` otherwise)."""
+
+    async def restore(self, host: str, port: int) -> None:
+        """Listen again after a restart; connections dial the forwarder on demand."""
+
+    async def aclose(self) -> None:
+        """Stop listening and remove the socket; idempotent."""
+
+
+class AgentChannelPort(Protocol):
+    """Builds agent proxies and the TLS material the pod VM needs."""
+
+    def apf_tls_fields(self, instance_name: str) -> Mapping[str, Any]:
+        """The apf.json TLS fields for a new pod VM."""
+
+    def new_proxy(self, socket_path: Path, instance_name: str) -> AgentProxyPort:
+        """A proxy for one sandbox (not yet listening)."""
+
+
+class PodNetworkPort(Protocol):
+    """The worker side of the pod network tunnel."""
+
+    async def inspect(self, netns_path: str, vni: int) -> dict[str, Any]:
+        """Read the pod namespace; returns the apf.json ``pod-network`` object."""
+
+    async def setup(self, netns_path: str, vm_ips: Sequence[str], pod_network: Mapping[str, Any]) -> None:
+        """Create the tunnel; idempotent."""
+
+    async def teardown(self, netns_path: str, pod_network: Mapping[str, Any]) -> None:
+        """Remove the tunnel; idempotent, missing pieces are fine."""
+
+
+class NoPodNetwork:
+    """Used when the node has no tunnel support configured: refuses a namespace path."""
+
+    async def inspect(self, netns_path: str, vni: int) -> dict[str, Any]:
+        from cloud_api_adaptor.errors import FailedPrecondition
+
+        raise FailedPrecondition(f"failed to inspect netns {netns_path}: pod network tunnel is not available")
+
+    async def setup(self, netns_path: str, vm_ips: Sequence[str], pod_network: Mapping[str, Any]) -> None:
+        return None
+
+    async def teardown(self, netns_path: str, pod_network: Mapping[str, Any]) -> None:
+        return None

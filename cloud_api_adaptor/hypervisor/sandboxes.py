@@ -1,0 +1,456 @@
+"""The sandbox lifecycle: CreateVM, StartVM, StopVM and GetInfo semantics.
+
+Improvements over the Go version, each deliberate:
+- every step is recorded durably before and after its cloud call, so a restart
+  resumes running sandboxes (same agent socket) and finishes or undoes the rest;
+- StartVM passes an idempotency token derived from the sandbox, so a retried or
+  interrupted create never makes a second VM;
+- a failed StartVM deletes its instance before returning, shielded from
+  cancellation; a failed delete is retried in the background until it succeeds;
+- bad input is refused with INVALID_ARGUMENT naming the field, never coerced.
+
+State mutation happens under a per-sandbox lock; all I/O happens under that
+lock too, but never under a global one, so sandboxes proceed in parallel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cloud_api_adaptor._aio import TaskSupervisor, shielded
+from cloud_api_adaptor.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    InstanceNotFound,
+    InvalidInput,
+    NotFound,
+    ProviderError,
+)
+from cloud_api_adaptor.hypervisor import requests as rq
+from cloud_api_adaptor.hypervisor.models import SandboxRecord, SandboxState
+from cloud_api_adaptor.hypervisor.ports import AgentChannelPort, AgentProxyPort, PodNetworkPort
+from cloud_api_adaptor.hypervisor.selection import select_instance_type
+from cloud_api_adaptor.hypervisor.userdata_render import render_sandbox_userdata
+from cloud_api_adaptor.metrics import LifecycleObserver, NullObserver
+from cloud_api_adaptor.provider import (
+    TAG_CLUSTER,
+    TAG_NODE,
+    TAG_SANDBOX,
+    CreateRequest,
+    InstanceSpec,
+    InstanceTypeInfo,
+    Provider,
+)
+from cloud_api_adaptor.settings import Settings
+from cloud_api_adaptor.state import SandboxStore
+
+logger = logging.getLogger(__name__)
+
+TOMBSTONE_SECONDS = 3600.0
+DELETE_RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass
+class _Live:
+    """In-memory companion of a record: its lock and its running proxy."""
+
+    record: SandboxRecord
+    lock: asyncio.Lock
+    proxy: AgentProxyPort | None = None
+
+
+class SandboxManager:
+    """Owns every sandbox on this node."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        provider: Provider,
+        store: SandboxStore,
+        channel: AgentChannelPort,
+        network: PodNetworkPort,
+        catalogue: tuple[InstanceTypeInfo, ...] = (),
+        clock: Callable[[], float] = time.time,
+        observer: LifecycleObserver | None = None,
+    ) -> None:
+        self._settings = settings
+        self._observer: LifecycleObserver = observer or NullObserver()
+        self._observer.track_states(self._state_counts)
+        self._provider = provider
+        self._store = store
+        self._channel = channel
+        self._network = network
+        self._catalogue = catalogue
+        self._clock = clock
+        self._sandboxes: dict[str, _Live] = {}
+        self._changed = asyncio.Condition()
+        self._background = TaskSupervisor("sandboxes")
+
+    # ---- queries -------------------------------------------------------------------------------
+
+    def records(self) -> list[SandboxRecord]:
+        return [live.record for live in self._sandboxes.values()]
+
+    def owner_tags(self, sandbox_id: str | None = None) -> dict[str, str]:
+        tags = {
+            TAG_CLUSTER: self._settings.cluster_id or "default",
+            TAG_NODE: self._settings.node_name or "local",
+        }
+        if sandbox_id is not None:
+            tags[TAG_SANDBOX] = sandbox_id
+        return tags
+
+    def live_instance_ids(self) -> set[str]:
+        return {r.instance_id for r in self.records() if r.instance_id and r.owns_instance()}
+
+    def _state_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for r in self.records():
+            counts[r.state.value] = counts.get(r.state.value, 0) + 1
+        return counts
+
+    def live_sandbox_ids(self) -> set[str]:
+        return {r.id for r in self.records() if r.is_live()}
+
+    @contextlib.asynccontextmanager
+    async def _timed(self, operation: str) -> AsyncIterator[None]:
+        started = time.monotonic()
+        outcome = "error"
+        try:
+            yield
+            outcome = "ok"
+        finally:
+            self._observer.observe(operation, outcome, time.monotonic() - started)
+
+    # ---- persistence helpers -------------------------------------------------------------------
+
+    async def _commit(self, live: _Live, record: SandboxRecord) -> SandboxRecord:
+        record = record.with_changes(updated_at=self._clock())
+        await self._store.save(record)
+        live.record = record
+        async with self._changed:
+            self._changed.notify_all()
+        return record
+
+    def adopt(self, record: SandboxRecord) -> _Live:
+        """Register a record loaded from disk (recovery)."""
+        live = _Live(record, asyncio.Lock())
+        self._sandboxes[record.id] = live
+        return live
+
+    # ---- CreateVM ------------------------------------------------------------------------------
+
+    async def create_vm(self, sandbox_id: str, annotations: Mapping[str, str], netns_path: str) -> str:
+        async with self._timed("create"):
+            return await self._create_vm(sandbox_id, annotations, netns_path)
+
+    async def _create_vm(self, sandbox_id: str, annotations: Mapping[str, str], netns_path: str) -> str:
+        rq.validate_sandbox_id(sandbox_id)
+        socket_path = rq.agent_socket_path(str(self._settings.pods_dir), sandbox_id)
+        pod = rq.parse_annotations(annotations)
+        digest = _request_digest(sandbox_id, annotations, netns_path)
+        existing = self._sandboxes.get(sandbox_id)
+        if existing is not None and existing.record.state is not SandboxState.STOPPED:
+            if existing.record.request_digest == digest:
+                return existing.record.agent_socket_path
+            raise AlreadyExists(f"adding sandbox: sandbox {sandbox_id} already exists")
+        instance_type = select_instance_type(
+            pod,
+            self._catalogue,
+            self._settings.instance_types or self._provider.instance_types,
+            self._settings.instance_type or self._provider.default_instance_type,
+        )
+        name = rq.instance_name(pod.pod_name, sandbox_id, self._provider.max_name_length)
+        vni: int | None = None
+        pod_network: dict[str, Any] | None = None
+        if netns_path:
+            vni = self._allocate_vni()
+            pod_network = await self._network.inspect(netns_path, vni)
+        userdata = render_sandbox_userdata(
+            settings=self._settings,
+            pod=pod,
+            pod_network=pod_network,
+            tls_fields=self._channel.apf_tls_fields(name),
+        )
+        limit = self._provider.userdata_limit
+        if limit is not None and len(userdata.encode()) > limit:
+            raise InvalidInput(
+                "userdata",
+                f"userdata is {len(userdata.encode())} bytes, above the provider's limit of {limit} bytes",
+            )
+        now = self._clock()
+        record = SandboxRecord(
+            id=sandbox_id,
+            pod_name=pod.pod_name,
+            pod_namespace=pod.pod_namespace,
+            request_digest=digest,
+            agent_socket_path=socket_path,
+            instance_name=name,
+            instance_type=instance_type,
+            image=pod.image or self._provider.default_image,
+            vcpus=pod.vcpus,
+            memory_mib=pod.memory_mib,
+            gpus=pod.gpus,
+            userdata=userdata,
+            netns_path=netns_path,
+            pod_network=pod_network,
+            vni=vni,
+            created_at=now,
+        )
+        live = _Live(record, asyncio.Lock())
+        if existing is not None:  # a tombstone: the id is being reused
+            live.lock = existing.lock
+        self._sandboxes[sandbox_id] = live
+        try:
+            await self._commit(live, record)
+            Path(socket_path).parent.mkdir(parents=True, exist_ok=True)
+        except BaseException:
+            self._sandboxes.pop(sandbox_id, None)
+            await shielded(self._store.remove(sandbox_id))
+            raise
+        logger.info("sandbox %s created for pod %s/%s (%s)", sandbox_id, pod.pod_namespace, pod.pod_name, name)
+        return socket_path
+
+    def _allocate_vni(self) -> int:
+        in_use = {r.vni for r in self.records() if r.vni is not None and r.is_live()}
+        vni = self._settings.network.vxlan_min_id
+        while vni in in_use:
+            vni += 1
+        return vni
+
+    # ---- StartVM -------------------------------------------------------------------------------
+
+    def _get(self, sandbox_id: str, verb: str) -> _Live:
+        rq.validate_sandbox_id(sandbox_id)
+        live = self._sandboxes.get(sandbox_id)
+        if live is None:
+            raise NotFound(f"{verb}: sandbox {sandbox_id} does not exist")
+        return live
+
+    async def start_vm(self, sandbox_id: str, deadline: float | None = None) -> None:
+        """Create the VM and return once its agent channel is up.
+
+        ``deadline`` is in ``loop.time()`` units (from the caller's ttrpc timeout).
+        """
+        live = self._get(sandbox_id, "getting sandbox")
+        async with self._timed("start"), live.lock:
+            record = live.record
+            if record.state is SandboxState.RUNNING:
+                return
+            if record.state in {SandboxState.STOPPING, SandboxState.STOPPED}:
+                raise NotFound(f"getting sandbox: sandbox {sandbox_id} does not exist")
+            attempt = record.attempt + 1 if record.state is SandboxState.FAILED else max(record.attempt, 1)
+            record = await self._commit(
+                live, record.transition(SandboxState.STARTING, attempt=attempt, last_error="")
+            )
+            try:
+                await self._start_instance(live, deadline)
+            except BaseException as exc:
+                await shielded(self._undo_start(live, exc))
+                raise
+
+    async def _start_instance(self, live: _Live, deadline: float | None) -> None:
+        record = live.record
+        request = CreateRequest(
+            name=record.instance_name,
+            sandbox_id=record.id,
+            token=record.token,
+            spec=InstanceSpec(
+                instance_type=record.instance_type,
+                vcpus=record.vcpus,
+                memory_mib=record.memory_mib,
+                gpus=record.gpus,
+                image=record.image,
+            ),
+            userdata=record.userdata,
+            tags={**dict(self._settings.tags), **self.owner_tags(record.id)},
+        )
+        try:
+            instance = await self._provider.create_instance(request)
+        except ProviderError as exc:
+            raise type(exc)(f"creating an instance : {exc}") from exc
+        ips = tuple(str(ip) for ip in instance.ips)
+        record = await self._commit(live, record.with_changes(instance_id=instance.id, instance_ips=ips))
+        if not ips:
+            raise DeadlineExceeded("instance IP is not available")
+        if record.netns_path and record.pod_network is not None:
+            await self._network.setup(record.netns_path, ips, record.pod_network)
+        proxy = self._channel.new_proxy(Path(record.agent_socket_path), record.instance_name)
+        live.proxy = proxy
+        timeout = self._settings.proxy_timeout
+        if deadline is not None:
+            timeout = min(timeout, deadline - asyncio.get_running_loop().time())
+        if timeout <= 0:
+            raise DeadlineExceeded("StartVM deadline passed before the pod VM was reachable")
+        try:
+            await proxy.start(ips[0], self._settings.forwarder_port, timeout)
+        except DeadlineExceeded as exc:
+            raise DeadlineExceeded(f"error connecting to agent: {exc}") from exc
+        await self._commit(live, live.record.transition(SandboxState.RUNNING))
+        logger.info("sandbox %s running on instance %s (%s)", record.id, instance.id, ips[0])
+
+    async def _undo_start(self, live: _Live, cause: BaseException) -> None:
+        """Delete whatever StartVM made; on failure keep retrying in the background."""
+        record = live.record
+        logger.warning("StartVM for sandbox %s failed (%s); cleaning up", record.id, cause or type(cause).__name__)
+        await self._close_proxy(live)
+        await self._teardown_network(record)
+        try:
+            await self._delete_instances(record)
+        except Exception as exc:
+            logger.error("deleting the instance of sandbox %s failed: %s; retrying in the background", record.id, exc)
+            await self._commit(live, record.transition(SandboxState.STOPPING, last_error=str(cause)))
+            self._schedule_delete(live, keep_tombstone=False)
+            return
+        await self._commit(
+            live, record.transition(SandboxState.FAILED, instance_id="", instance_ips=(), last_error=str(cause))
+        )
+
+    async def _delete_instances(self, record: SandboxRecord) -> None:
+        """Delete the sandbox's instance; if its id was never learnt, find it by owner tags."""
+        ids = {record.instance_id} if record.instance_id else set()
+        if not ids and record.state is SandboxState.STARTING:
+            found = await self._provider.list_instances(self.owner_tags(record.id))
+            ids = {i.id for i in found}
+        for instance_id in ids:
+            try:
+                await self._provider.delete_instance(instance_id)
+            except InstanceNotFound:
+                pass
+            logger.info("deleted instance %s of sandbox %s", instance_id, record.id)
+
+    async def _close_proxy(self, live: _Live) -> None:
+        proxy, live.proxy = live.proxy, None
+        if proxy is not None:
+            await proxy.aclose()
+
+    async def _teardown_network(self, record: SandboxRecord) -> None:
+        if record.netns_path and record.pod_network is not None:
+            try:
+                await self._network.teardown(record.netns_path, record.pod_network)
+            except Exception:
+                logger.exception("tearing down the pod network of sandbox %s failed", record.id)
+
+    # ---- StopVM --------------------------------------------------------------------------------
+
+    async def stop_vm(self, sandbox_id: str) -> None:
+        live = self._get(sandbox_id, "stopping VM")
+        async with self._timed("stop"), live.lock:
+            record = live.record
+            if record.state is SandboxState.STOPPED:
+                return
+            if record.state is not SandboxState.STOPPING:
+                record = await self._commit(live, record.transition(SandboxState.STOPPING))
+            await self._close_proxy(live)
+            await self._teardown_network(record)
+            try:
+                await self._delete_instances(record)
+            except Exception as exc:
+                logger.error("StopVM: deleting the instance of sandbox %s failed: %s; will retry", sandbox_id, exc)
+                await self._commit(live, record.with_changes(last_error=str(exc)))
+                self._schedule_delete(live, keep_tombstone=True)
+                return
+            await self._finish_stop(live)
+
+    async def _finish_stop(self, live: _Live) -> None:
+        record = live.record
+        shutil.rmtree(Path(record.agent_socket_path).parent, ignore_errors=True)
+        await self._commit(
+            live, record.transition(SandboxState.STOPPED, instance_id="", instance_ips=(), userdata="")
+        )
+        logger.info("sandbox %s stopped", record.id)
+
+    def _schedule_delete(self, live: _Live, keep_tombstone: bool) -> None:
+        self._background.spawn(self._retry_delete(live), name=f"delete-{live.record.id}")
+
+    async def _retry_delete(self, live: _Live) -> None:
+        attempt = 0
+        while True:
+            delay = DELETE_RETRY_DELAYS[min(attempt, len(DELETE_RETRY_DELAYS) - 1)]
+            await asyncio.sleep(delay)
+            attempt += 1
+            async with live.lock:
+                if live.record.state is not SandboxState.STOPPING:
+                    return
+                try:
+                    await self._delete_instances(live.record)
+                except Exception as exc:
+                    logger.warning("retrying the delete of sandbox %s (attempt %d): %s", live.record.id, attempt, exc)
+                    continue
+                await self._finish_stop(live)
+                return
+
+    # ---- recovery ------------------------------------------------------------------------------
+
+    async def recover(self, records: list[SandboxRecord]) -> None:
+        """Resume or undo every sandbox found on disk (called once at start)."""
+        now = self._clock()
+        for record in records:
+            live = self.adopt(record)
+            if record.state is SandboxState.STOPPED:
+                if now - record.updated_at > TOMBSTONE_SECONDS:
+                    self._sandboxes.pop(record.id, None)
+                    await self._store.remove(record.id)
+                continue
+            if record.state is SandboxState.RUNNING:
+                await self._restore_running(live)
+            elif record.state is SandboxState.STARTING:
+                # The daemon died mid-StartVM: the shim saw the call fail. Undo it.
+                async with live.lock:
+                    await self._undo_start(live, RuntimeError("daemon restarted during StartVM"))
+            elif record.state is SandboxState.STOPPING:
+                self._schedule_delete(live, keep_tombstone=True)
+
+    async def _restore_running(self, live: _Live) -> None:
+        record = live.record
+        if not record.instance_ips:
+            return
+        if record.netns_path and record.pod_network is not None:
+            try:
+                await self._network.setup(record.netns_path, record.instance_ips, record.pod_network)
+            except Exception:
+                logger.exception("restoring the pod network of sandbox %s failed", record.id)
+        proxy = self._channel.new_proxy(Path(record.agent_socket_path), record.instance_name)
+        live.proxy = proxy
+        Path(record.agent_socket_path).parent.mkdir(parents=True, exist_ok=True)
+        await proxy.restore(record.instance_ips[0], self._settings.forwarder_port)
+        logger.info("sandbox %s restored: agent socket %s", record.id, record.agent_socket_path)
+
+    # ---- GetInfo -------------------------------------------------------------------------------
+
+    async def get_info(self, pod_name: str, pod_namespace: str, wait: bool) -> str:
+        """The instance id of the pod's sandbox (empty while StartVM has not set it)."""
+        async with self._changed:
+            while True:
+                for live in self._sandboxes.values():
+                    r = live.record
+                    if r.is_live() and r.pod_name == pod_name and r.pod_namespace == pod_namespace:
+                        if not r.instance_id:
+                            raise NotFound(f"pod {pod_namespace}/{pod_name} has no VM yet")
+                        return r.instance_id
+                if not wait:
+                    raise NotFound(f"no sandbox for pod {pod_namespace}/{pod_name}")
+                await self._changed.wait()
+
+    # ---- shutdown ------------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Stop background work and close proxies; VMs and records stay for the next start."""
+        await self._background.aclose()
+        for live in list(self._sandboxes.values()):
+            await self._close_proxy(live)
+
+
+def _request_digest(sandbox_id: str, annotations: Mapping[str, str], netns_path: str) -> str:
+    blob = json.dumps([sandbox_id, sorted(annotations.items()), netns_path]).encode()
+    return hashlib.sha256(blob).hexdigest()

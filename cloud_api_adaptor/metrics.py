@@ -1,0 +1,50 @@
+"""Prometheus metrics of the daemon, on a registry owned by the composition root."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class LifecycleObserver(Protocol):
+    def observe(self, operation: str, outcome: str, seconds: float) -> None: ...
+
+    def track_states(self, counts: Callable[[], dict[str, int]]) -> None: ...
+
+
+class NullObserver:
+    def observe(self, operation: str, outcome: str, seconds: float) -> None:
+        return None
+
+    def track_states(self, counts: Callable[[], dict[str, int]]) -> None:
+        return None
+
+
+STATES = ("created", "starting", "running", "failed", "stopping", "stopped")
+
+
+class Metrics:
+    """Lifecycle durations and outcomes, and sandboxes by state."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._duration = Histogram(
+            "caa_lifecycle_seconds",
+            "Duration of CreateVM/StartVM/StopVM",
+            ["operation", "outcome"],
+            registry=registry,
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 15, 30, 60, 120, 300, 600),
+        )
+        self._total = Counter(
+            "caa_lifecycle_total", "CreateVM/StartVM/StopVM calls", ["operation", "outcome"], registry=registry
+        )
+        self._states = Gauge("caa_sandboxes", "Sandboxes by state", ["state"], registry=registry)
+
+    def observe(self, operation: str, outcome: str, seconds: float) -> None:
+        self._duration.labels(operation, outcome).observe(seconds)
+        self._total.labels(operation, outcome).inc()
+
+    def track_states(self, counts: Callable[[], dict[str, int]]) -> None:
+        for state in STATES:
+            self._states.labels(state).set_function(lambda s=state: float(counts().get(s, 0)))

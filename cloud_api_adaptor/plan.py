@@ -1,0 +1,67 @@
+"""``cloud-api-adaptor plan``: what CreateVM would decide, without creating anything.
+
+It runs the real CreateVM code path (validation, instance-type selection,
+userdata rendering) against a throw-away state directory, so its answer or its
+error is exactly what Kata would get.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from cloud_api_adaptor.channel import AgentChannel
+from cloud_api_adaptor.daemon import build_provider
+from cloud_api_adaptor.errors import AdaptorError, InvalidInput
+from cloud_api_adaptor.hypervisor.ports import NoPodNetwork
+from cloud_api_adaptor.hypervisor.sandboxes import SandboxManager
+from cloud_api_adaptor.hypervisor.status_map import to_status
+from cloud_api_adaptor.options import OptionValues
+from cloud_api_adaptor.settings import Settings
+from cloud_api_adaptor.state import SandboxStore
+
+
+async def plan(
+    settings: Settings, provider_values: OptionValues, sandbox_id: str, annotations: Mapping[str, str]
+) -> tuple[dict[str, Any], bool]:
+    provider = build_provider(settings, provider_values)
+    try:
+        with tempfile.TemporaryDirectory(prefix="caa-plan-") as tmp:
+            scratch = dataclasses.replace(settings, state_dir=Path(tmp) / "state", pods_dir=settings.pods_dir)
+            store = SandboxStore(scratch.state_dir)
+            store.prepare()
+            manager = SandboxManager(
+                scratch,
+                provider,
+                store,
+                AgentChannel.from_settings(scratch),
+                NoPodNetwork(),
+                tuple(await provider.describe_instance_types()),
+            )
+            try:
+                await manager.create_vm(sandbox_id, annotations, "")
+            except AdaptorError as exc:
+                code, message = to_status(exc)
+                error: dict[str, Any] = {"code": code.name, "message": message}
+                if isinstance(exc, InvalidInput):
+                    error["field"] = exc.field
+                return {"error": error}, False
+            record = manager.records()[0]
+            size = len(record.userdata.encode())
+            return {
+                "provider": settings.provider,
+                "instance_name": record.instance_name,
+                "instance_type": record.instance_type,
+                "image": record.image,
+                "vcpus": record.vcpus,
+                "memory_mib": record.memory_mib,
+                "gpus": record.gpus,
+                "userdata_bytes": size,
+                "userdata_limit": provider.userdata_limit,
+                "agent_socket_path": record.agent_socket_path,
+            }, True
+    finally:
+        await provider.aclose()

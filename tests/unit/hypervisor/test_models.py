@@ -1,0 +1,64 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from cloud_api_adaptor.errors import FailedPrecondition
+from cloud_api_adaptor.hypervisor.models import SandboxRecord, SandboxState
+from cloud_api_adaptor.state import SandboxStore
+
+
+def record(**kw: object) -> SandboxRecord:
+    base: dict[str, object] = dict(
+        id="sb1", pod_name="p", pod_namespace="ns", request_digest="d", agent_socket_path="/x/sb1/agent.ttrpc",
+        instance_name="podvm-p-sb1", instance_type="t", image="i", vcpus=1, memory_mib=2, gpus=0, userdata="#cloud-config\n",
+    )
+    base.update(kw)
+    return SandboxRecord(**base)  # type: ignore[arg-type]
+
+
+def test_records_round_trip_through_json() -> None:
+    r = record(state=SandboxState.RUNNING, instance_id="i-1", instance_ips=("10.0.0.1",), pod_network={"a": 1}, vni=555000)
+    assert SandboxRecord.from_json(r.to_json()) == r
+
+
+def test_the_state_machine_refuses_impossible_transitions() -> None:
+    r = record()
+    assert r.transition(SandboxState.STARTING).state is SandboxState.STARTING
+    with pytest.raises(FailedPrecondition):
+        r.transition(SandboxState.RUNNING)
+    with pytest.raises(FailedPrecondition):
+        record(state=SandboxState.STOPPED).transition(SandboxState.STARTING)
+
+
+def test_tokens_change_with_each_start_attempt() -> None:
+    assert record(attempt=1).token != record(attempt=2).token
+    assert record(attempt=1).token == record(attempt=1).token
+
+
+def test_unknown_schema_versions_are_refused() -> None:
+    raw = record().to_json().replace(b'"schema_version": 1', b'"schema_version": 99')
+    with pytest.raises(ValueError, match="schema_version"):
+        SandboxRecord.from_json(raw)
+
+
+@pytest.mark.asyncio
+async def test_store_writes_are_atomic_private_and_reloadable(tmp_path: Path) -> None:
+    store = SandboxStore(tmp_path)
+    store.prepare()
+    await store.save(record())
+    await store.save(record(id="sb2"))
+    files = sorted(p.name for p in store.directory.iterdir())
+    assert files == ["sb1.json", "sb2.json"]  # no temp files left
+    assert oct(os.stat(store.directory / "sb1.json").st_mode & 0o777) == "0o600"
+    assert {r.id for r in store.load_all()} == {"sb1", "sb2"}
+    await store.remove("sb1")
+    assert [r.id for r in store.load_all()] == ["sb2"]
+
+
+def test_a_corrupt_record_is_set_aside_not_fatal(tmp_path: Path) -> None:
+    store = SandboxStore(tmp_path)
+    store.prepare()
+    (store.directory / "bad.json").write_text("{not json")
+    assert store.load_all() == []
+    assert (store.directory / "bad.corrupt").exists()
