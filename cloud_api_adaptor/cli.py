@@ -68,7 +68,11 @@ def _parser(command: str, provider_options: Sequence[Option], provider: str) -> 
     _add_options(parser, provider_options, f"{provider} provider options")
     if command == "plan":
         parser.add_argument(
-            "--annotation", "-annotation", action="append", default=[], metavar="K=V",
+            "--annotation",
+            "-annotation",
+            action="append",
+            default=[],
+            metavar="K=V",
             help="a CreateVM annotation (repeatable)",
         )
         parser.add_argument("--id", default="plan0000000000", help="sandbox id to plan for")

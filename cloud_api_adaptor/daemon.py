@@ -21,7 +21,7 @@ import grpc
 from prometheus_client import CollectorRegistry
 
 from cloud_api_adaptor._aio import TaskSupervisor
-from cloud_api_adaptor.channel import AgentChannel
+from cloud_api_adaptor.channel import build_agent_channel
 from cloud_api_adaptor.hypervisor.ports import PodNetworkPort
 from cloud_api_adaptor.hypervisor.sandboxes import SandboxManager
 from cloud_api_adaptor.hypervisor.service import HypervisorService, add_grpc_services, ttrpc_services
@@ -105,7 +105,7 @@ async def start_daemon(
         catalogue = tuple(await provider.describe_instance_types())
         store = SandboxStore(settings.state_dir)
         store.prepare()
-        channel = await asyncio.to_thread(AgentChannel.from_settings, settings)
+        channel = await asyncio.to_thread(build_agent_channel, settings)
         manager = SandboxManager(
             settings,
             provider,
@@ -140,7 +140,9 @@ async def start_daemon(
     supervisor.spawn(reconciler.run(settings.orphan_scan_interval), name="orphan-reconciler")
     logger.info(
         "cloud-api-adaptor serving on %s (provider %s, %d sandboxes recovered)",
-        settings.socket, settings.provider, len(manager.records()),
+        settings.socket,
+        settings.provider,
+        len(manager.records()),
     )
     return Daemon(settings, provider, manager, probe, server, grpc_server, supervisor, registry)
 

@@ -58,7 +58,12 @@ def kata_annotations(
 
 
 async def one_call(
-    socket: Path, service: str, method: str, request: Message, response_type: type[M], timeout: float | None = None
+    socket: Path,
+    service: str,
+    method: str,
+    request: Message,
+    response_type: type[M],
+    timeout: float | None = None,
 ) -> M:
     """One RPC on a fresh connection, as Kata does for every hypervisor call."""
     client = await Client.connect_unix(socket)
@@ -75,7 +80,9 @@ async def create_vm(socket: Path, sandbox_id: str, annotations: Mapping[str, str
 
 
 async def start_vm(socket: Path, sandbox_id: str, timeout: float = 600.0) -> None:
-    await one_call(socket, HYPERVISOR, "StartVM", hv.StartVMRequest(id=sandbox_id), hv.StartVMResponse, timeout)
+    await one_call(
+        socket, HYPERVISOR, "StartVM", hv.StartVMRequest(id=sandbox_id), hv.StartVMResponse, timeout
+    )
 
 
 async def stop_vm(socket: Path, sandbox_id: str) -> None:

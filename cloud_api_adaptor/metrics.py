@@ -37,7 +37,10 @@ class Metrics:
             buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 15, 30, 60, 120, 300, 600),
         )
         self._total = Counter(
-            "caa_lifecycle_total", "CreateVM/StartVM/StopVM calls", ["operation", "outcome"], registry=registry
+            "caa_lifecycle_total",
+            "CreateVM/StartVM/StopVM calls",
+            ["operation", "outcome"],
+            registry=registry,
         )
         self._states = Gauge("caa_sandboxes", "Sandboxes by state", ["state"], registry=registry)
 
@@ -46,5 +49,8 @@ class Metrics:
         self._total.labels(operation, outcome).inc()
 
     def track_states(self, counts: Callable[[], dict[str, int]]) -> None:
+        def reader(state: str) -> Callable[[], float]:
+            return lambda: float(counts().get(state, 0))
+
         for state in STATES:
-            self._states.labels(state).set_function(lambda s=state: float(counts().get(s, 0)))
+            self._states.labels(state).set_function(reader(state))

@@ -12,6 +12,7 @@ naming the variable, not a silent fall-back to the default.
 
 from __future__ import annotations
 
+import builtins
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -147,25 +148,32 @@ class OptionValues(Mapping[str, str]):
         option = self._options.get(key)
         return option is not None and option.secret
 
-    def str(self, key: str, default: str = "") -> str:
+    def str(self, key: builtins.str, default: builtins.str = "") -> builtins.str:
         return self._values.get(key, default)
 
-    def int(self, key: str, default: int = 0, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    def int(
+        self,
+        key: builtins.str,
+        default: builtins.int = 0,
+        *,
+        minimum: builtins.int | None = None,
+        maximum: builtins.int | None = None,
+    ) -> builtins.int:
         raw = self._values.get(key, "")
         return default if raw.strip() == "" else parse_int(key, raw, minimum=minimum, maximum=maximum)
 
-    def bool(self, key: str, default: bool = False) -> bool:
+    def bool(self, key: builtins.str, default: builtins.bool = False) -> builtins.bool:
         raw = self._values.get(key, "")
         return default if raw.strip() == "" else parse_bool(key, raw)
 
-    def duration(self, key: str, default: float) -> float:
+    def duration(self, key: builtins.str, default: float) -> float:
         raw = self._values.get(key, "")
         return default if raw.strip() == "" else parse_duration(key, raw)
 
-    def list(self, key: str) -> tuple[str, ...]:
+    def list(self, key: builtins.str) -> tuple[builtins.str, ...]:
         return parse_list(self._values.get(key, ""))
 
-    def keyvalue(self, key: str) -> dict[str, str]:
+    def keyvalue(self, key: builtins.str) -> dict[builtins.str, builtins.str]:
         return parse_keyvalue(key, self._values.get(key, ""))
 
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cloud_api_adaptor.channel import AgentChannel
+from cloud_api_adaptor.channel import build_agent_channel
 from cloud_api_adaptor.daemon import build_provider
 from cloud_api_adaptor.errors import AdaptorError, InvalidInput
 from cloud_api_adaptor.hypervisor.ports import NoPodNetwork
@@ -37,7 +37,7 @@ async def plan(
                 scratch,
                 provider,
                 store,
-                AgentChannel.from_settings(scratch),
+                build_agent_channel(scratch),
                 NoPodNetwork(),
                 tuple(await provider.describe_instance_types()),
             )

@@ -37,5 +37,7 @@ def load_plugin(name: str) -> ProviderPlugin:
     except Exception as exc:  # a broken plugin must fail start-up loudly
         raise ConfigError("CLOUD_PROVIDER", f"provider {name!r} failed to load: {exc}") from exc
     if not isinstance(plugin, ProviderPlugin):
-        raise ConfigError("CLOUD_PROVIDER", f"provider {name!r} does not implement the provider plugin contract")
+        raise ConfigError(
+            "CLOUD_PROVIDER", f"provider {name!r} does not implement the provider plugin contract"
+        )
     return plugin

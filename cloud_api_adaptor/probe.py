@@ -43,13 +43,18 @@ class ProbeServer:
             parts = line.decode("latin-1").split()
             path = parts[1] if len(parts) >= 2 else ""
             if path == "/startup":
-                status, body, ctype = (200, b"OK\n", "text/plain") if self._ready else (500, b"not ready\n", "text/plain")
+                status, body, ctype = (
+                    (200, b"OK\n", "text/plain") if self._ready else (500, b"not ready\n", "text/plain")
+                )
             elif path == "/metrics":
                 status, body, ctype = 200, generate_latest(self._registry), CONTENT_TYPE_LATEST
             else:
                 status, body, ctype = 404, b"not found\n", "text/plain"
             reason = {200: "OK", 404: "Not Found", 500: "Internal Server Error"}[status]
-            head = f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            head = (
+                f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            )
             writer.write(head.encode() + body)
             await writer.drain()
         except (TimeoutError, ConnectionError, UnicodeDecodeError):

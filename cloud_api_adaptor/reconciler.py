@@ -71,7 +71,10 @@ class OrphanReconciler:
         result = ScanResult(seen=len(instances), deleted=deleted, kept_young=young, failed=failed)
         logger.info(
             "orphan scan: %d owned instances, %d orphans deleted, %d too young, %d failed",
-            result.seen, result.deleted, result.kept_young, result.failed,
+            result.seen,
+            result.deleted,
+            result.kept_young,
+            result.failed,
         )
         return result
 

@@ -27,30 +27,79 @@ DAEMON_OPTIONS: tuple[Option, ...] = (
     Option("grpc-socket", "GRPC_ENDPOINT", "", "Optional second unix socket serving the same API over gRPC."),
     Option("pods-dir", "PODS_DIR", DEFAULT_PODS_DIR, "Directory for per-sandbox agent sockets."),
     Option("state-dir", "STATE_DIR", DEFAULT_STATE_DIR, "Directory for durable sandbox records (new)."),
-    Option("forwarder-port", "FORWARDER_PORT", "15150", "TCP port of agent-protocol-forwarder in the pod VM.", "int"),
-    Option("proxy-timeout", "PROXY_TIMEOUT", "5m", "How long StartVM waits for the pod VM's forwarder.", "duration"),
+    Option(
+        "forwarder-port",
+        "FORWARDER_PORT",
+        "15150",
+        "TCP port of agent-protocol-forwarder in the pod VM.",
+        "int",
+    ),
+    Option(
+        "proxy-timeout",
+        "PROXY_TIMEOUT",
+        "5m",
+        "How long StartVM waits for the pod VM's forwarder.",
+        "duration",
+    ),
     Option("ca-cert-file", "CACERT_FILE", "", "CA certificate for the agent channel (default: generated)."),
     Option("cert-file", "CERT_FILE", "", "Client certificate for the agent channel (default: generated)."),
     Option("cert-key", "CERT_KEY", "", "Client key for the agent channel (default: generated)."),
-    Option("tls-skip-verify", "TLS_SKIP_VERIFY", "false", "Skip verifying the forwarder's certificate.", "bool"),
+    Option(
+        "tls-skip-verify", "TLS_SKIP_VERIFY", "false", "Skip verifying the forwarder's certificate.", "bool"
+    ),
     Option("tls-min-version", "TLS_MIN_VERSION", "", "VersionTLS12 or VersionTLS13 (TLS 1.2 floor)."),
-    Option("tls-cipher-suites", "TLS_CIPHER_SUITES", "", "Comma-separated IANA cipher suite names (TLS 1.2).", "list"),
+    Option(
+        "tls-cipher-suites",
+        "TLS_CIPHER_SUITES",
+        "",
+        "Comma-separated IANA cipher suite names (TLS 1.2).",
+        "list",
+    ),
     Option("disable-tls", None, "false", "Plain TCP to the forwarder (must match the pod VM).", "bool"),
-    Option("initdata", "INITDATA", "", "Default initdata (gzip+base64 TOML) for pods without the annotation."),
+    Option(
+        "initdata", "INITDATA", "", "Default initdata (gzip+base64 TOML) for pods without the annotation."
+    ),
     Option("pod-vm-instance-type", "PODVM_INSTANCE_TYPE", "", "Default instance type.", group="instance"),
-    Option("pod-vm-instance-types", "PODVM_INSTANCE_TYPES", "", "Allowed instance types.", "list", group="instance"),
-    Option("enable-scratch-space", "ENABLE_SCRATCH_SPACE", "false", "Ask the pod VM for scratch space.", "bool"),
+    Option(
+        "pod-vm-instance-types",
+        "PODVM_INSTANCE_TYPES",
+        "",
+        "Allowed instance types.",
+        "list",
+        group="instance",
+    ),
+    Option(
+        "enable-scratch-space", "ENABLE_SCRATCH_SPACE", "false", "Ask the pod VM for scratch space.", "bool"
+    ),
     Option("tunnel-type", "TUNNEL_TYPE", "vxlan", "Pod network tunnel type (only vxlan).", group="network"),
     Option("vxlan-port", "VXLAN_PORT", "4789", "VXLAN UDP port.", "int", group="network"),
     Option("vxlan-min-id", "VXLAN_MIN_ID", "555000", "First VXLAN VNI to allocate.", "int", group="network"),
-    Option("host-interface", "HOST_INTERFACE", "", "Worker interface for the tunnel (default: auto).", group="network"),
+    Option(
+        "host-interface",
+        "HOST_INTERFACE",
+        "",
+        "Worker interface for the tunnel (default: auto).",
+        group="network",
+    ),
     Option("peerpods-limit-per-node", "PEERPODS_LIMIT_PER_NODE", "10", "Peer pods per node.", "int"),
     Option("probe-port", "PROBE_PORT", "8000", "Port of the startup probe on 127.0.0.1.", "int"),
     Option("node-name", "NODE_NAME", "", "Kubernetes node name (owner tag on instances)."),
     Option("cluster-id", "CLUSTER_ID", "", "Cluster identifier (owner tag on instances)."),
     Option("tags", "TAGS", "", "Extra instance tags, k1=v1,k2=v2.", "keyvalue"),
-    Option("orphan-scan-interval", "ORPHAN_SCAN_INTERVAL", "5m", "How often to look for orphaned VMs.", "duration"),
-    Option("orphan-grace-period", "ORPHAN_GRACE_PERIOD", "2m", "Minimum age before an orphan is deleted.", "duration"),
+    Option(
+        "orphan-scan-interval",
+        "ORPHAN_SCAN_INTERVAL",
+        "5m",
+        "How often to look for orphaned VMs.",
+        "duration",
+    ),
+    Option(
+        "orphan-grace-period",
+        "ORPHAN_GRACE_PERIOD",
+        "2m",
+        "Minimum age before an orphan is deleted.",
+        "duration",
+    ),
     Option("log-level", "LOG_LEVEL", "info", "debug, info, warning or error."),
 )
 
@@ -149,7 +198,9 @@ class Settings:
             node_name=v.str("NODE_NAME").strip(),
             cluster_id=v.str("CLUSTER_ID").strip(),
             tags=tuple(sorted(v.keyvalue("TAGS").items())),
-            orphan_scan_interval=_positive(v, "ORPHAN_SCAN_INTERVAL", v.duration("ORPHAN_SCAN_INTERVAL", 300.0)),
+            orphan_scan_interval=_positive(
+                v, "ORPHAN_SCAN_INTERVAL", v.duration("ORPHAN_SCAN_INTERVAL", 300.0)
+            ),
             orphan_grace_period=v.duration("ORPHAN_GRACE_PERIOD", 120.0),
             log_level=level,
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from cloud_api_adaptor.errors import FailedPrecondition
@@ -18,7 +18,7 @@ from cloud_api_adaptor.errors import FailedPrecondition
 SCHEMA_VERSION = 1
 
 
-class SandboxState(str, Enum):
+class SandboxState(StrEnum):
     """Where a sandbox is in its life.
 
     CREATED   CreateVM accepted; no cloud resources yet.

@@ -218,7 +218,9 @@ class SandboxManager:
             self._sandboxes.pop(sandbox_id, None)
             await shielded(self._store.remove(sandbox_id))
             raise
-        logger.info("sandbox %s created for pod %s/%s (%s)", sandbox_id, pod.pod_namespace, pod.pod_name, name)
+        logger.info(
+            "sandbox %s created for pod %s/%s (%s)", sandbox_id, pod.pod_namespace, pod.pod_name, name
+        )
         return socket_path
 
     def _allocate_vni(self) -> int:
@@ -302,18 +304,23 @@ class SandboxManager:
     async def _undo_start(self, live: _Live, cause: BaseException) -> None:
         """Delete whatever StartVM made; on failure keep retrying in the background."""
         record = live.record
-        logger.warning("StartVM for sandbox %s failed (%s); cleaning up", record.id, cause or type(cause).__name__)
+        logger.warning(
+            "StartVM for sandbox %s failed (%s); cleaning up", record.id, cause or type(cause).__name__
+        )
         await self._close_proxy(live)
         await self._teardown_network(record)
         try:
             await self._delete_instances(record)
         except Exception as exc:
-            logger.error("deleting the instance of sandbox %s failed: %s; retrying in the background", record.id, exc)
+            logger.error(
+                "deleting the instance of sandbox %s failed: %s; retrying in the background", record.id, exc
+            )
             await self._commit(live, record.transition(SandboxState.STOPPING, last_error=str(cause)))
             self._schedule_delete(live, keep_tombstone=False)
             return
         await self._commit(
-            live, record.transition(SandboxState.FAILED, instance_id="", instance_ips=(), last_error=str(cause))
+            live,
+            record.transition(SandboxState.FAILED, instance_id="", instance_ips=(), last_error=str(cause)),
         )
 
     async def _delete_instances(self, record: SandboxRecord) -> None:
@@ -323,10 +330,8 @@ class SandboxManager:
             found = await self._provider.list_instances(self.owner_tags(record.id))
             ids = {i.id for i in found}
         for instance_id in ids:
-            try:
+            with contextlib.suppress(InstanceNotFound):
                 await self._provider.delete_instance(instance_id)
-            except InstanceNotFound:
-                pass
             logger.info("deleted instance %s of sandbox %s", instance_id, record.id)
 
     async def _close_proxy(self, live: _Live) -> None:
@@ -356,7 +361,9 @@ class SandboxManager:
             try:
                 await self._delete_instances(record)
             except Exception as exc:
-                logger.error("StopVM: deleting the instance of sandbox %s failed: %s; will retry", sandbox_id, exc)
+                logger.error(
+                    "StopVM: deleting the instance of sandbox %s failed: %s; will retry", sandbox_id, exc
+                )
                 await self._commit(live, record.with_changes(last_error=str(exc)))
                 self._schedule_delete(live, keep_tombstone=True)
                 return
@@ -385,7 +392,9 @@ class SandboxManager:
                 try:
                     await self._delete_instances(live.record)
                 except Exception as exc:
-                    logger.warning("retrying the delete of sandbox %s (attempt %d): %s", live.record.id, attempt, exc)
+                    logger.warning(
+                        "retrying the delete of sandbox %s (attempt %d): %s", live.record.id, attempt, exc
+                    )
                     continue
                 await self._finish_stop(live)
                 return

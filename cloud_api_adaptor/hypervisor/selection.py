@@ -48,11 +48,7 @@ def select_instance_type(
         chosen = fit.name
     elif not chosen and pod.vcpus != 0 and pod.memory_mib != 0 and ordered:
         fit = next(
-            (
-                t
-                for t in ordered
-                if t.gpus == 0 and t.vcpus >= pod.vcpus and t.memory_mib >= pod.memory_mib
-            ),
+            (t for t in ordered if t.gpus == 0 and t.vcpus >= pod.vcpus and t.memory_mib >= pod.memory_mib),
             None,
         )
         if fit is None:

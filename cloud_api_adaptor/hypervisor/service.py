@@ -38,7 +38,9 @@ class HypervisorService:
         return hv.VersionResponse(version=VERSION)
 
     async def create_vm(self, request: hv.CreateVMRequest) -> hv.CreateVMResponse:
-        path = await self._manager.create_vm(request.id, dict(request.annotations), request.networkNamespacePath)
+        path = await self._manager.create_vm(
+            request.id, dict(request.annotations), request.networkNamespacePath
+        )
         return hv.CreateVMResponse(agentSocketPath=path)
 
     async def start_vm(self, request: hv.StartVMRequest, deadline: float | None) -> hv.StartVMResponse:
@@ -64,7 +66,7 @@ async def _mapped(call: Awaitable[T]) -> T:
         raise RpcError(code, message) from exc
 
 
-def ttrpc_services(service: HypervisorService) -> dict[str, dict[str, UnaryMethod]]:
+def ttrpc_services(service: HypervisorService) -> dict[str, dict[str, UnaryMethod[Any]]]:
     """The method tables to register on the ttrpc server."""
 
     async def version(req: Any, ctx: CallContext) -> Any:
@@ -103,7 +105,7 @@ async def _grpc_call(context: grpc.aio.ServicerContext[Any, Any], call: Callable
 
 
 def _grpc_deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
-    remaining = context.time_remaining()
+    remaining: float | None = context.time_remaining()
     if remaining is None:
         return None
     return asyncio.get_running_loop().time() + remaining
@@ -115,16 +117,16 @@ class GrpcHypervisor(hv_grpc.HypervisorServicer):  # type: ignore[misc]
     def __init__(self, service: HypervisorService) -> None:
         self._s = service
 
-    async def Version(self, request: Any, context: Any) -> Any:  # noqa: N802 - generated names
+    async def Version(self, request: Any, context: Any) -> Any:
         return await _grpc_call(context, lambda: self._s.version(request))
 
-    async def CreateVM(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def CreateVM(self, request: Any, context: Any) -> Any:
         return await _grpc_call(context, lambda: self._s.create_vm(request))
 
-    async def StartVM(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def StartVM(self, request: Any, context: Any) -> Any:
         return await _grpc_call(context, lambda: self._s.start_vm(request, _grpc_deadline(context)))
 
-    async def StopVM(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def StopVM(self, request: Any, context: Any) -> Any:
         return await _grpc_call(context, lambda: self._s.stop_vm(request))
 
 
@@ -132,7 +134,7 @@ class GrpcPodVMInfo(pvi_grpc.PodVMInfoServicer):  # type: ignore[misc]
     def __init__(self, service: HypervisorService) -> None:
         self._s = service
 
-    async def GetInfo(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def GetInfo(self, request: Any, context: Any) -> Any:
         return await _grpc_call(context, lambda: self._s.get_info(request))
 
 

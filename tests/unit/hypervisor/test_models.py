@@ -10,15 +10,31 @@ from cloud_api_adaptor.state import SandboxStore
 
 def record(**kw: object) -> SandboxRecord:
     base: dict[str, object] = dict(
-        id="sb1", pod_name="p", pod_namespace="ns", request_digest="d", agent_socket_path="/x/sb1/agent.ttrpc",
-        instance_name="podvm-p-sb1", instance_type="t", image="i", vcpus=1, memory_mib=2, gpus=0, userdata="#cloud-config\n",
+        id="sb1",
+        pod_name="p",
+        pod_namespace="ns",
+        request_digest="d",
+        agent_socket_path="/x/sb1/agent.ttrpc",
+        instance_name="podvm-p-sb1",
+        instance_type="t",
+        image="i",
+        vcpus=1,
+        memory_mib=2,
+        gpus=0,
+        userdata="#cloud-config\n",
     )
     base.update(kw)
     return SandboxRecord(**base)  # type: ignore[arg-type]
 
 
 def test_records_round_trip_through_json() -> None:
-    r = record(state=SandboxState.RUNNING, instance_id="i-1", instance_ips=("10.0.0.1",), pod_network={"a": 1}, vni=555000)
+    r = record(
+        state=SandboxState.RUNNING,
+        instance_id="i-1",
+        instance_ips=("10.0.0.1",),
+        pod_network={"a": 1},
+        vni=555000,
+    )
     assert SandboxRecord.from_json(r.to_json()) == r
 
 

@@ -31,7 +31,13 @@ def test_agent_socket_path_must_fit_a_unix_socket() -> None:
 
 def test_empty_annotations_of_kata_mean_zero() -> None:
     pod = rq.parse_annotations(annotations())
-    assert (pod.pod_name, pod.pod_namespace, pod.vcpus, pod.memory_mib, pod.gpus) == ("nginx", "default", 0, 0, 0)
+    assert (pod.pod_name, pod.pod_namespace, pod.vcpus, pod.memory_mib, pod.gpus) == (
+        "nginx",
+        "default",
+        0,
+        0,
+        0,
+    )
 
 
 def test_crio_sandbox_names_are_parsed() -> None:
@@ -43,7 +49,10 @@ def test_crio_sandbox_names_are_parsed() -> None:
     ("key", "message"),
     [
         (rq.ANN_SANDBOX_NAME, "pod name io.kubernetes.cri.sandbox-name is missing in annotations"),
-        (rq.ANN_SANDBOX_NAMESPACE, "namespace name io.kubernetes.cri.sandbox-namespace is missing in annotations"),
+        (
+            rq.ANN_SANDBOX_NAMESPACE,
+            "namespace name io.kubernetes.cri.sandbox-namespace is missing in annotations",
+        ),
     ],
 )
 def test_missing_pod_identity_uses_the_go_texts(key: str, message: str) -> None:

@@ -21,7 +21,10 @@ def pod(**kw: int | str) -> PodRequest:
 
 
 def test_explicit_machine_type_wins() -> None:
-    assert select_instance_type(pod(instance_type="big", vcpus=1, memory_mib=1), CATALOGUE, NAMES, "small") == "big"
+    assert (
+        select_instance_type(pod(instance_type="big", vcpus=1, memory_mib=1), CATALOGUE, NAMES, "small")
+        == "big"
+    )
 
 
 def test_best_fit_is_the_smallest_meeting_every_constraint() -> None:
@@ -55,8 +58,11 @@ def test_allowlist_errors_use_the_go_texts() -> None:
     with pytest.raises(InvalidInput) as err:
         select_instance_type(pod(instance_type="huge"), CATALOGUE, NAMES, "small")
     assert str(err.value) == (
-        'failed to verify instance type: requested instance type ("huge") is not part of supported instance types list'
+        'failed to verify instance type: requested instance type ("huge") is not part of '
+        "supported instance types list"
     )
-    with pytest.raises(InvalidInput, match=r'is not default \("small"\) and supported instance types list is empty'):
+    with pytest.raises(
+        InvalidInput, match=r'is not default \("small"\) and supported instance types list is empty'
+    ):
         select_instance_type(pod(instance_type="huge"), [], [], "small")
     assert select_instance_type(pod(), [], [], "small") == "small"

@@ -1,0 +1,13 @@
+"""Builds the daemon's agent channel (TLS material + per-sandbox proxies) from settings."""
+
+from __future__ import annotations
+
+from cloud_api_adaptor.proxy.agent_proxy import AgentChannel
+from cloud_api_adaptor.proxy.tls import AgentTls
+from cloud_api_adaptor.settings import Settings
+
+
+def build_agent_channel(settings: Settings) -> AgentChannel:
+    """TLS material is loaded or created under STATE_DIR, so running VMs keep trusting us after a restart."""
+    tls = AgentTls.from_settings(settings.tls, settings.state_dir)
+    return AgentChannel(tls, dial_timeout=settings.proxy_timeout)
