@@ -1,0 +1,321 @@
+"""The worker side of the agent channel: one unix socket per sandbox, relayed to the VM's forwarder.
+
+Kata's shim speaks ttrpc to ``<pods-dir>/<sandbox>/agent.ttrpc``; each connection
+accepted there is relayed, byte for byte, to its own (m)TLS connection to the
+pod VM's agent-protocol-forwarder.
+
+Why protocol-blind: the Go adaptor terminates ttrpc here and re-issues every
+call, so that it can rewrite CreateContainer (CSI volume paths, cloud volumes,
+GPU annotations; caa-behaviour §3.4).  None of that is needed yet, and parsing
+every frame on the worker would put a decode/encode on the hot path of every
+agent call (Health checks, ReadStdout long-polls, WriteStdin, CopyFile chunks).
+The VM-side forwarder already works at the frame level for the calls it must
+change, so the worker stays a lean pump; worker-side rewriting can be added as a
+``pump.Filter`` on the downstream pipe without changing this module's shape.
+
+Differences from Go, on purpose:
+- readiness dials retry at most ``retry_interval`` (100 ms) apart, and one
+  connect attempt gives up after ``connect_attempt_timeout`` so a SYN sent
+  before the VM had its address does not hold readiness back for seconds (Go
+  backs off to 5 s, which adds seconds to every pod start);
+- the first connection is kept and handed to the first shim connection, so the
+  TLS handshake done for readiness is not wasted;
+- every shim connection gets its own upstream connection, so after the VM
+  connection drops a new shim connection reconnects (Go never reconnects);
+- ``restore`` re-creates the listener after a daemon restart without waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cloud_api_adaptor._aio import TaskSupervisor
+from cloud_api_adaptor.errors import DeadlineExceeded, FailedPrecondition
+from cloud_api_adaptor.proxy.pump import Pipe, PumpStats, link
+from cloud_api_adaptor.proxy.tls import AgentTls
+
+logger = logging.getLogger(__name__)
+
+SOCKET_NAME = "agent.ttrpc"
+
+
+@dataclass
+class ProxyStats(PumpStats):
+    """Counters for later metrics."""
+
+    connections_total: int = 0
+    """Shim connections accepted."""
+    connections_active: int = 0
+    upstream_dials: int = 0
+    """Upstream connections established (the readiness dial included)."""
+    upstream_failures: int = 0
+    """Failed upstream connect attempts."""
+
+
+class _DialFailed(Exception):
+    def __init__(self, last: BaseException | None) -> None:
+        super().__init__(str(last) if last is not None else "no attempt made")
+        self.last = last
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "connection attempt timed out"
+    text = str(exc) or type(exc).__name__
+    return text
+
+
+class AgentProxy:
+    """One sandbox's agent socket; ``start`` returns once the forwarder is reachable."""
+
+    def __init__(
+        self,
+        socket_path: Path,
+        ssl_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+        *,
+        dial_timeout: float = 300.0,
+        retry_interval: float = 0.1,
+        connect_attempt_timeout: float = 1.0,
+        handshake_timeout: float = 10.0,
+    ) -> None:
+        self.socket_path = socket_path
+        self._ssl = ssl_context
+        self._server_hostname = server_hostname if ssl_context is not None else None
+        self._dial_timeout = dial_timeout
+        self._retry_interval = retry_interval
+        self._attempt_timeout = connect_attempt_timeout
+        self._handshake_timeout = handshake_timeout
+        self.stats = ProxyStats()
+        self._server: asyncio.AbstractServer | None = None
+        self._addr: tuple[str, int] | None = None
+        self._spare: Pipe | None = None
+        self._pipes: set[Pipe] = set()
+        self._tasks = TaskSupervisor(f"agent-proxy {socket_path}")
+        self._closed = False
+        self._listening = False
+
+    def __repr__(self) -> str:
+        return f"AgentProxy({str(self.socket_path)!r}, upstream={self._addr}, tls={self._ssl is not None})"
+
+    @property
+    def is_listening(self) -> bool:
+        return self._listening
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def start(self, host: str, port: int, timeout: float) -> None:
+        """Listen, then dial the forwarder until it answers or ``timeout`` passes.
+
+        On timeout (or cancellation) the listener is closed and the socket removed.
+        """
+        await self._listen(host, port)
+        loop = asyncio.get_running_loop()
+        try:
+            pipe = await self._dial(loop.time() + timeout)
+        except _DialFailed as exc:
+            await self._stop_listening()
+            raise DeadlineExceeded(
+                f"failed to establish agent proxy connection to {host}:{port}: "
+                f"{_describe(exc.last) if exc.last else 'timeout'}"
+            ) from exc.last
+        except BaseException:
+            await self._stop_listening()
+            raise
+        if self._closed:
+            pipe.close()
+            return
+        self._spare = pipe
+        logger.info("agent proxy %s connected to %s:%d", self.socket_path, host, port)
+
+    async def restore(self, host: str, port: int) -> None:
+        """Listen again after a daemon restart; each shim connection dials on demand."""
+        await self._listen(host, port)
+        logger.info("agent proxy %s restored (upstream %s:%d)", self.socket_path, host, port)
+
+    async def aclose(self) -> None:
+        """Stop listening, remove the socket, close every relay; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._stop_listening()
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.close()
+        await self._tasks.aclose()
+        pipes = list(self._pipes)
+        for pipe in pipes:
+            pipe.close()
+        if pipes:
+            await asyncio.wait([p.closed for p in pipes], timeout=5.0)
+            for pipe in pipes:
+                if not pipe.closed.done():
+                    pipe.abort()
+
+    # -- listening -------------------------------------------------------------
+
+    async def _listen(self, host: str, port: int) -> None:
+        if self._closed:
+            raise FailedPrecondition(f"agent proxy {self.socket_path} is closed")
+        if self._listening:
+            raise FailedPrecondition(f"agent proxy {self.socket_path} is already listening")
+        self._addr = (host, port)
+        path = self.socket_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # a stale socket from an earlier run
+        loop = asyncio.get_running_loop()
+        # Create the socket with a restrictive umask so it is never reachable by others.
+        old_umask = os.umask(0o177)
+        try:
+            self._server = await loop.create_unix_server(self._accept, str(path))
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o600)
+        self._listening = True
+
+    async def _stop_listening(self) -> None:
+        server, self._server = self._server, None
+        self._listening = False
+        if server is not None:
+            server.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        if server is not None:
+            await server.wait_closed()
+
+    def _accept(self) -> Pipe:
+        """Protocol factory for shim connections (runs inside the event loop)."""
+        down = Pipe(self.stats, downstream=True)
+        self.stats.connections_total += 1
+        self.stats.connections_active += 1
+        self._pipes.add(down)
+        down.closed.add_done_callback(lambda _f: self._forget(down, counted=True))
+        spare, self._spare = self._spare, None
+        if spare is not None and spare.is_alive:
+            # connection_made has not run yet; link once it has.
+            down.connected.add_done_callback(lambda _f: self._join(down, spare))
+        else:
+            if spare is not None:
+                spare.close()
+            self._tasks.spawn(self._connect_upstream(down), name=f"agent-proxy-dial {self.socket_path}")
+        return down
+
+    def _forget(self, pipe: Pipe, *, counted: bool = False) -> None:
+        if pipe in self._pipes:
+            self._pipes.discard(pipe)
+            if counted:
+                self.stats.connections_active -= 1
+
+    def _join(self, down: Pipe, up: Pipe) -> None:
+        if down.connected.cancelled() or down.connected.exception() is not None:
+            up.close()
+            return
+        self._pipes.add(up)
+        up.closed.add_done_callback(lambda _f: self._forget(up))
+        link(down, up)
+
+    async def _connect_upstream(self, down: Pipe) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await down.connected
+            up = await self._dial(loop.time() + self._dial_timeout, stop=down.closed)
+        except _DialFailed as exc:
+            logger.warning(
+                "agent proxy %s: cannot reach the forwarder at %s: %s",
+                self.socket_path,
+                self._addr,
+                _describe(exc.last) if exc.last else "timeout",
+            )
+            down.close()
+            return
+        except ConnectionError:
+            return
+        except BaseException:
+            down.close()
+            raise
+        self._join(down, up)
+
+    # -- dialling ----------------------------------------------------------------
+
+    async def _dial(self, deadline: float, stop: asyncio.Future[None] | None = None) -> Pipe:
+        """Connect (and handshake) until ``deadline``; attempts at most ``retry_interval`` apart."""
+        assert self._addr is not None
+        host, port = self._addr
+        loop = asyncio.get_running_loop()
+        last: BaseException | None = None
+        attempts = 0
+        while not self._closed and (stop is None or not stop.done()):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            started = loop.time()
+            attempts += 1
+            try:
+                return await self._connect_once(host, port, remaining)
+            except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+                last = exc
+                self.stats.upstream_failures += 1
+                # The first failure and then one in fifty: a VM boot is minutes of refusals.
+                if attempts == 1 or attempts % 50 == 0:
+                    logger.info(
+                        "Retrying failed agent proxy connection: %s (attempt %d)", _describe(exc), attempts
+                    )
+            pause = self._retry_interval - (loop.time() - started)
+            remaining = deadline - loop.time()
+            if pause > 0 and remaining > 0:
+                await asyncio.sleep(min(pause, remaining))
+        raise _DialFailed(last)
+
+    async def _connect_once(self, host: str, port: int, budget: float) -> Pipe:
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        if not infos:
+            raise OSError(f"cannot resolve {host}")
+        family, type_, proto, _, sockaddr = infos[0]
+        sock = socket.socket(family, type_, proto)
+        try:
+            sock.setblocking(False)
+            async with asyncio.timeout(min(self._attempt_timeout, budget)):
+                await loop.sock_connect(sock, sockaddr)
+            up = Pipe(self.stats)
+            handshake: dict[str, Any] = {}
+            if self._ssl is not None:
+                handshake = {
+                    "ssl": self._ssl,
+                    "server_hostname": self._server_hostname,
+                    "ssl_handshake_timeout": max(0.1, min(self._handshake_timeout, budget)),
+                }
+            await loop.create_connection(lambda: up, sock=sock, **handshake)
+        except BaseException:
+            sock.close()
+            raise
+        self.stats.upstream_dials += 1
+        return up
+
+
+class AgentChannel:
+    """Builds per-sandbox proxies and apf.json TLS fields from one ``AgentTls`` (the daemon's port)."""
+
+    def __init__(self, tls: AgentTls, *, dial_timeout: float = 300.0) -> None:
+        self._tls = tls
+        self._dial_timeout = dial_timeout
+
+    def apf_tls_fields(self, instance_name: str) -> dict[str, Any]:
+        return self._tls.apf_tls_fields(instance_name)
+
+    def new_proxy(self, socket_path: Path, instance_name: str) -> AgentProxy:
+        return AgentProxy(
+            socket_path,
+            self._tls.client_context(),
+            self._tls.server_hostname(instance_name),
+            dial_timeout=self._dial_timeout,
+        )

@@ -1,0 +1,593 @@
+"""TLS for the agent channel: profiles, certificate generation, SSL contexts, and ``AgentTls``.
+
+The worker dials each pod VM's agent-protocol-forwarder over mutual TLS.  In
+automatic mode (no certificate files configured) the daemon owns a CA that
+issues one server certificate per VM (CN = DNS SAN = instance name) and a
+self-signed client certificate that the VM trusts as its client CA; both go to
+the VM in apf.json.  Unlike the Go version, which generates them afresh in
+memory, the CA and the client certificate are persisted under
+``<state_dir>/tls/`` so that VMs booted before a daemon restart still trust us
+and are still trusted: sandboxes survive a restart only if this material does.
+
+Profile parsing follows the Go rules (``pkg/util/tlsconfig``) and error texts so
+an existing ``peer-pods-cm`` is accepted or rejected exactly as before.  Suites
+are given as IANA names and mapped to OpenSSL names for ``set_ciphers``; TLS 1.3
+suites cannot be configured through Python's ``ssl`` (as in Go), so they are
+accepted and left to OpenSSL's defaults.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+import ssl
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from cloud_api_adaptor.errors import ConfigError
+from cloud_api_adaptor.fsutil import atomic_write
+from cloud_api_adaptor.settings import TlsSettings
+
+logger = logging.getLogger(__name__)
+
+VERSION_TLS12 = "VersionTLS12"
+VERSION_TLS13 = "VersionTLS13"
+CA_ORG = "agent-protocol-forwarder"
+CLIENT_ORG = "cloud-api-adaptor"
+MANUAL_SERVER_NAME = "podvm-server"
+VALID_FOR = dt.timedelta(days=2 * 365)
+CLOCK_SKEW = dt.timedelta(minutes=5)
+
+_VERSIONS = {VERSION_TLS12: ssl.TLSVersion.TLSv1_2, VERSION_TLS13: ssl.TLSVersion.TLSv1_3}
+_REJECTED_VERSIONS = frozenset({"VersionTLS10", "VersionTLS11"})
+
+# IANA name -> OpenSSL name; None marks a TLS 1.3 suite (not configurable, always on with 1.3).
+# The names are those Go's crypto/tls knows, secure and insecure, plus Go's legacy
+# CHACHA20 aliases, so every name the Go adaptor accepts is accepted here.
+_IANA_TO_OPENSSL: dict[str, str | None] = {
+    "TLS_AES_128_GCM_SHA256": None,
+    "TLS_AES_256_GCM_SHA384": None,
+    "TLS_CHACHA20_POLY1305_SHA256": None,
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305": "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "TLS_RSA_WITH_AES_128_CBC_SHA": "AES128-SHA",
+    "TLS_RSA_WITH_AES_256_CBC_SHA": "AES256-SHA",
+    "TLS_RSA_WITH_AES_128_GCM_SHA256": "AES128-GCM-SHA256",
+    "TLS_RSA_WITH_AES_256_GCM_SHA384": "AES256-GCM-SHA384",
+    "TLS_RSA_WITH_AES_128_CBC_SHA256": "AES128-SHA256",
+    "TLS_RSA_WITH_RC4_128_SHA": "RC4-SHA",
+    "TLS_RSA_WITH_3DES_EDE_CBC_SHA": "DES-CBC3-SHA",
+    "TLS_ECDHE_ECDSA_WITH_RC4_128_SHA": "ECDHE-ECDSA-RC4-SHA",
+    "TLS_ECDHE_RSA_WITH_RC4_128_SHA": "ECDHE-RSA-RC4-SHA",
+    "TLS_ECDHE_RSA_WITH_3DES_EDE_CBC_SHA": "ECDHE-RSA-DES-CBC3-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256": "ECDHE-ECDSA-AES128-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256": "ECDHE-RSA-AES128-SHA256",
+}
+
+
+# --------------------------------------------------------------------------- profile
+
+
+@dataclass(frozen=True)
+class TlsProfile:
+    """A validated TLS profile: minimum version and (TLS 1.2) cipher suites by IANA name."""
+
+    min_version: str = VERSION_TLS12
+    cipher_suites: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(
+        cls,
+        min_version: str,
+        cipher_suites: Iterable[str],
+        *,
+        version_key: str = "TLS_MIN_VERSION",
+        suites_key: str = "TLS_CIPHER_SUITES",
+    ) -> TlsProfile | None:
+        """Apply the Go rules; ``None`` when neither is set.  Errors name the key at fault."""
+        version = min_version.strip()
+        suites = tuple(s.strip() for s in cipher_suites if s.strip())
+        if not version and not suites:
+            return None
+        if version in _REJECTED_VERSIONS:
+            raise ConfigError(
+                version_key,
+                f'invalid TLS profile: invalid minVersion "{version}": TLS 1.0 and 1.1 are not supported, '
+                "use VersionTLS12 or VersionTLS13",
+            )
+        if version and version not in _VERSIONS:
+            raise ConfigError(
+                version_key,
+                f'invalid TLS profile: invalid minVersion "{version}": unknown tls version "{version}"',
+            )
+        version = version or VERSION_TLS12
+        if version == VERSION_TLS13 and suites:
+            raise ConfigError(
+                suites_key,
+                "invalid TLS profile: cipherSuites may not be specified when minVersion is VersionTLS13: "
+                "TLS 1.3 cipher suites are not configurable",
+            )
+        for name in suites:
+            if name not in _IANA_TO_OPENSSL:
+                raise ConfigError(
+                    suites_key,
+                    "invalid TLS profile: invalid cipherSuites: "
+                    f"Cipher suite {name} not supported or doesn't exist; "
+                    f"valid names: {sorted(_IANA_TO_OPENSSL)}",
+                )
+        profile = cls(version, suites)
+        try:
+            profile.apply(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+        except ssl.SSLError as exc:
+            raise ConfigError(
+                suites_key,
+                f"invalid TLS profile: invalid cipherSuites: none of {list(suites)} is available in this "
+                f"OpenSSL build ({exc.reason})",
+            ) from exc
+        return profile
+
+    @property
+    def ssl_min_version(self) -> ssl.TLSVersion:
+        return _VERSIONS[self.min_version]
+
+    def openssl_ciphers(self) -> list[str]:
+        """The TLS 1.2 suites as OpenSSL names (TLS 1.3 names dropped)."""
+        out: list[str] = []
+        for name in self.cipher_suites:
+            mapped = _IANA_TO_OPENSSL[name]
+            if mapped is not None and mapped not in out:
+                out.append(mapped)
+        return out
+
+    def apply(self, ctx: ssl.SSLContext) -> None:
+        """Raise the context's floor (never below TLS 1.2) and restrict the TLS 1.2 suites."""
+        ctx.minimum_version = max(ctx.minimum_version, ssl.TLSVersion.TLSv1_2, self.ssl_min_version)
+        if not self.cipher_suites:
+            return
+        names = self.openssl_ciphers()
+        if names:
+            ctx.set_ciphers(":".join(names))
+        else:
+            # Only TLS 1.3 suites were named: TLS 1.2 has none left, exactly as in Go.
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+
+
+# --------------------------------------------------------------------------- certificates
+
+
+@dataclass(frozen=True)
+class CertKeyPair:
+    """A PEM certificate and its PEM (PKCS#8) private key; the key never appears in a repr."""
+
+    cert_pem: bytes
+    key_pem: bytes = field(repr=False)
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(self.cert_pem)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _builder(
+    subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePrivateKey
+) -> x509.CertificateBuilder:
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+    )
+
+
+def _usage(*, cert_sign: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def new_ca(org: str = CA_ORG, *, now: dt.datetime | None = None) -> CertKeyPair:
+    """A self-signed ECDSA P-256 CA (Organization ``org``), valid two years from now - 5 min."""
+    key = _new_key()
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, org)])
+    not_before = (now or _now()) - CLOCK_SKEW
+    cert = (
+        _builder(name, name, key)
+        .not_valid_before(not_before)
+        .not_valid_after(not_before + VALID_FOR)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(_usage(cert_sign=True), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return CertKeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+
+
+def issue_server_cert(ca: CertKeyPair, server_name: str, *, now: dt.datetime | None = None) -> CertKeyPair:
+    """A ServerAuth certificate for ``server_name`` (CN and DNS SAN) signed by ``ca``.
+
+    Its validity is clamped to the CA's, so a VM never holds a certificate that
+    outlives the authority that vouches for it.
+    """
+    if not server_name:
+        raise ValueError("server name must not be empty")
+    ca_cert = ca.certificate
+    ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise ValueError("CA key is not an ECDSA key")
+    key = _new_key()
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, CA_ORG),
+            x509.NameAttribute(NameOID.COMMON_NAME, server_name),
+        ]
+    )
+    not_before = max((now or _now()) - CLOCK_SKEW, ca_cert.not_valid_before_utc)
+    not_after = min(not_before + VALID_FOR, ca_cert.not_valid_after_utc)
+    cert = (
+        _builder(subject, ca_cert.subject, key)
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_usage(cert_sign=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(server_name)]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return CertKeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+
+
+def new_client_cert(org: str = CLIENT_ORG, *, now: dt.datetime | None = None) -> CertKeyPair:
+    """A self-signed ClientAuth certificate; the VM uses it as its client CA (as in Go)."""
+    key = _new_key()
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, org)])
+    not_before = (now or _now()) - CLOCK_SKEW
+    cert = (
+        _builder(name, name, key)
+        .not_valid_before(not_before)
+        .not_valid_after(not_before + VALID_FOR)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_usage(cert_sign=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return CertKeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+
+
+# --------------------------------------------------------------------------- SSL contexts
+
+
+@contextlib.contextmanager
+def _pem_files(cert_pem: bytes, key_pem: bytes) -> Iterator[tuple[str, str]]:
+    """Expose in-memory PEMs as paths for ``load_cert_chain`` without touching a disk.
+
+    ``ssl`` only loads keys from files; an anonymous memfd keeps the key off the
+    file system (fallback: a private temporary directory, removed at once).
+    """
+    memfd = getattr(os, "memfd_create", None)
+    if memfd is not None:
+        fds: list[int] = []
+        try:
+            for blob in (cert_pem, key_pem):
+                fd = memfd("caa-tls", getattr(os, "MFD_CLOEXEC", 0))
+                fds.append(fd)
+                os.write(fd, blob)
+            yield f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}"
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return
+    with tempfile.TemporaryDirectory(prefix="caa-tls-") as tmp:  # pragma: no cover - non-Linux
+        cert_path, key_path = Path(tmp, "cert.pem"), Path(tmp, "key.pem")
+        for path, blob in ((cert_path, cert_pem), (key_path, key_pem)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(blob)
+        yield str(cert_path), str(key_path)
+
+
+def _load_pair(ctx: ssl.SSLContext, pair: CertKeyPair, key: str) -> None:
+    try:
+        with _pem_files(pair.cert_pem, pair.key_pem) as (cert_path, key_path):
+            ctx.load_cert_chain(cert_path, key_path)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(key, f"cannot load certificate and key: {exc}") from exc
+
+
+def _load_ca(ctx: ssl.SSLContext, ca_pem: bytes, key: str) -> None:
+    try:
+        ctx.load_verify_locations(cadata=ca_pem.decode("ascii", errors="replace"))
+    except (ssl.SSLError, ValueError) as exc:
+        raise ConfigError(key, f"cannot load CA certificates: {exc}") from exc
+
+
+def _base_context(purpose: int) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(purpose)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    # Go accepts the self-signed client certificate as a trust anchor even though
+    # it carries no CA flag; strict RFC 5280 checking would reject it.
+    ctx.verify_flags &= ~ssl.VERIFY_X509_STRICT
+    return ctx
+
+
+def make_client_context(
+    *,
+    ca_pem: bytes | None,
+    client: CertKeyPair | None,
+    profile: TlsProfile | None,
+    skip_verify: bool = False,
+    ca_key: str = "CACERT_FILE",
+    cert_key: str = "CERT_FILE",
+) -> ssl.SSLContext:
+    """The dialling side: verify the server against ``ca_pem`` and present ``client``."""
+    if ca_pem and skip_verify:
+        raise ConfigError(
+            "TLS_SKIP_VERIFY", "specifying a root certificates file with the insecure flag is not allowed"
+        )
+    ctx = _base_context(ssl.PROTOCOL_TLS_CLIENT)
+    if skip_verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    elif ca_pem:
+        _load_ca(ctx, ca_pem, ca_key)
+    else:
+        ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    if client is not None:
+        _load_pair(ctx, client, cert_key)
+    if profile is not None:
+        profile.apply(ctx)
+    return ctx
+
+
+def make_server_context(
+    *,
+    server: CertKeyPair,
+    client_ca_pem: bytes | None,
+    profile: TlsProfile | None,
+    ca_key: str = "ca-cert-file",
+    cert_key: str = "cert-file",
+) -> ssl.SSLContext:
+    """The listening side; with a client CA, a verified client certificate is required."""
+    ctx = _base_context(ssl.PROTOCOL_TLS_SERVER)
+    _load_pair(ctx, server, cert_key)
+    if client_ca_pem:
+        _load_ca(ctx, client_ca_pem, ca_key)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    else:
+        logger.warning("no client CA configured: client certificates are not verified")
+    if profile is not None:
+        profile.apply(ctx)
+    return ctx
+
+
+# --------------------------------------------------------------------------- AgentTls
+
+
+def _read(key: str, path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def _check_pair(pair: CertKeyPair, key: str) -> CertKeyPair:
+    try:
+        x509.load_pem_x509_certificate(pair.cert_pem)
+        serialization.load_pem_private_key(pair.key_pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(key, f"not a PEM certificate and key: {exc}") from exc
+    return pair
+
+
+class _Store:
+    """The persisted automatic-mode material: ``<state_dir>/tls/{ca,client}.{crt,key}``, mode 0600."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def load_or_create(self, name: str, make: Callable[[], CertKeyPair]) -> CertKeyPair:
+        cert_path, key_path = self.directory / f"{name}.crt", self.directory / f"{name}.key"
+        if cert_path.exists() and key_path.exists():
+            pair = _check_pair(CertKeyPair(cert_path.read_bytes(), key_path.read_bytes()), "STATE_DIR")
+            if pair.certificate.not_valid_after_utc > _now() + dt.timedelta(days=1):
+                logger.info("loaded persisted agent-channel %s certificate from %s", name, cert_path)
+                return pair
+            logger.warning("persisted agent-channel %s certificate expires soon; generating a new one", name)
+        pair = make()
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # Key first: a crash between the two writes leaves a key without a
+            # certificate, which the check above treats as "absent".
+            atomic_write(key_path, pair.key_pem, mode=0o600)
+            atomic_write(cert_path, pair.cert_pem, mode=0o600)
+        except OSError as exc:
+            raise ConfigError(
+                "STATE_DIR", f"cannot persist agent-channel TLS material in {self.directory}: {exc}"
+            ) from exc
+        logger.info("generated agent-channel %s certificate in %s", name, cert_path)
+        return pair
+
+
+class AgentTls:
+    """The worker side's TLS material, built once at start-up and shared by every sandbox."""
+
+    def __init__(
+        self,
+        *,
+        disabled: bool = False,
+        ca_service: CertKeyPair | None = None,
+        trust_pem: bytes | None = None,
+        client: CertKeyPair | None = None,
+        profile: TlsProfile | None = None,
+        skip_verify: bool = False,
+        min_version: str = "",
+        cipher_suites: tuple[str, ...] = (),
+    ) -> None:
+        self._disabled = disabled
+        self._ca_service = ca_service
+        self._trust_pem = trust_pem
+        self._client = client
+        self._profile = profile
+        self._skip_verify = skip_verify
+        self._min_version = min_version
+        self._cipher_suites = cipher_suites
+        self._context: ssl.SSLContext | None = None
+        if not disabled:
+            self._context = make_client_context(
+                ca_pem=None if skip_verify else trust_pem,
+                client=client,
+                profile=profile,
+                skip_verify=skip_verify,
+            )
+
+    @classmethod
+    def from_settings(cls, settings: TlsSettings, state_dir: Path) -> AgentTls:
+        """Validate the profile, then load (manual) or load-or-create (automatic) the material."""
+        profile = TlsProfile.parse(settings.min_version, settings.cipher_suites)
+        min_version = settings.min_version.strip()
+        suites = tuple(s.strip() for s in settings.cipher_suites if s.strip())
+        if settings.disabled:
+            logger.warning("TLS is disabled on the agent channel; -disable-tls must be set in the pod VM too")
+            return cls(disabled=True, profile=profile, min_version=min_version, cipher_suites=suites)
+        if settings.ca_cert_file and settings.skip_verify:
+            raise ConfigError(
+                "TLS_SKIP_VERIFY", "specifying a root certificates file with the insecure flag is not allowed"
+            )
+        store = _Store(state_dir / "tls")
+        ca_service: CertKeyPair | None = None
+        if settings.ca_cert_file:
+            trust = _read("CACERT_FILE", settings.ca_cert_file)
+        else:
+            ca_service = store.load_or_create("ca", new_ca)
+            trust = ca_service.cert_pem
+        if bool(settings.cert_file) != bool(settings.cert_key):
+            key = "CERT_KEY" if settings.cert_file else "CERT_FILE"
+            raise ConfigError(key, "CERT_FILE and CERT_KEY must be given together")
+        if settings.cert_file:
+            client = _check_pair(
+                CertKeyPair(_read("CERT_FILE", settings.cert_file), _read("CERT_KEY", settings.cert_key)),
+                "CERT_FILE",
+            )
+        else:
+            client = store.load_or_create("client", new_client_cert)
+        if settings.skip_verify:
+            logger.warning("TLS_SKIP_VERIFY is set: the pod VM's certificate is not verified")
+        if profile is not None:
+            logger.warning(
+                "TLS profile (min version %s, %d cipher suites) is sent to pod VMs at creation and cannot "
+                "change afterwards",
+                profile.min_version,
+                len(profile.cipher_suites),
+            )
+        return cls(
+            ca_service=ca_service,
+            trust_pem=trust,
+            client=client,
+            profile=profile,
+            skip_verify=settings.skip_verify,
+            min_version=min_version,
+            cipher_suites=suites,
+        )
+
+    @property
+    def is_enabled(self) -> bool:
+        return not self._disabled
+
+    @property
+    def has_ca_service(self) -> bool:
+        return self._ca_service is not None
+
+    @property
+    def ca_cert_pem(self) -> bytes | None:
+        """The trust anchor for the VMs' server certificates (None when disabled)."""
+        return None if self._disabled else self._trust_pem
+
+    @property
+    def client_cert_pem(self) -> bytes | None:
+        return None if self._client is None else self._client.cert_pem
+
+    def issue_server_cert(self, instance_name: str) -> CertKeyPair:
+        if self._ca_service is None:
+            raise RuntimeError("no CA service: certificates are provided manually")
+        return issue_server_cert(self._ca_service, instance_name)
+
+    def apf_tls_fields(self, instance_name: str) -> dict[str, Any]:
+        """The apf.json TLS fields for a new VM, filled as the Go version fills them.
+
+        ``tls-client-ca`` is our client certificate unless a CA file was given;
+        server certificate and key only when we run the CA; the profile as configured.
+        """
+        if self._disabled:
+            return {}
+        fields: dict[str, Any] = {}
+        if self._ca_service is not None:
+            server = self.issue_server_cert(instance_name)
+            fields["tls-server-cert"] = server.cert_pem.decode()
+            fields["tls-server-key"] = server.key_pem.decode()
+            if self._client is not None:
+                fields["tls-client-ca"] = self._client.cert_pem.decode()
+        if self._min_version:
+            fields["tls-min-version"] = self._min_version
+        if self._cipher_suites:
+            fields["tls-cipher-suites"] = list(self._cipher_suites)
+        return fields
+
+    def client_context(self) -> ssl.SSLContext | None:
+        """The shared context for dialling forwarders; None when TLS is disabled."""
+        return self._context
+
+    def server_hostname(self, instance_name: str) -> str:
+        """The name the VM's certificate must carry: the instance name with our CA, else ``podvm-server``."""
+        return instance_name if self._ca_service is not None else MANUAL_SERVER_NAME
+
+    def __repr__(self) -> str:
+        mode = "disabled" if self._disabled else ("automatic" if self._ca_service else "manual")
+        return (
+            f"AgentTls(mode={mode}, skip_verify={self._skip_verify}, min_version={self._min_version!r}, "
+            f"cipher_suites={len(self._cipher_suites)}, keys=<redacted>)"
+        )

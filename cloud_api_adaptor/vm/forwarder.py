@@ -1,0 +1,296 @@
+"""agent-protocol-forwarder: the pod VM's end of the agent channel.
+
+It listens on TCP (mutual TLS unless ``-disable-tls``) and relays each accepted
+connection to the kata-agent's unix socket.  The client-to-agent direction runs
+through ``interceptor.FrameRewriter`` (two calls are rewritten, every other frame
+passes byte-identical); the agent-to-client direction is a plain byte pump.
+Relaying frames instead of terminating ttrpc (as the Go forwarder does) keeps
+one decode off every call and lets any agent method, present or future, through.
+
+Start-up order follows the Go daemon: read apf.json, build the TLS context
+(fail fast on bad material), set up the pod network when apf.json carries one,
+listen, then tell systemd READY=1 (the unit is ``Type=notify``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cloud_api_adaptor._aio import TaskSupervisor, shielded
+from cloud_api_adaptor.apf import DEFAULT_APF_CONFIG_PATH, ApfConfig
+from cloud_api_adaptor.errors import ConfigError, InvalidInput
+from cloud_api_adaptor.proxy.pump import Pipe, PumpStats, link
+from cloud_api_adaptor.proxy.tls import CertKeyPair, TlsProfile, make_server_context
+from cloud_api_adaptor.vm.interceptor import FrameRewriter, Interceptor
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LISTEN = "0.0.0.0:15150"
+DEFAULT_AGENT_SOCKET = "/run/kata-containers/agent.sock"
+DEFAULT_POD_NAMESPACE = "/run/netns/podns"
+
+NetworkSetup = Callable[[ApfConfig], Awaitable[None]]
+Ready = Callable[[tuple[str, int]], None]
+
+
+@dataclass(frozen=True)
+class ForwarderSettings:
+    """The forwarder's command line, validated once by the CLI."""
+
+    config_path: Path = Path(DEFAULT_APF_CONFIG_PATH)
+    listen: str = DEFAULT_LISTEN
+    kata_agent_socket: Path = Path(DEFAULT_AGENT_SOCKET)
+    pod_namespace: str = DEFAULT_POD_NAMESPACE
+    host_interface: str = ""
+    ca_cert_file: str = ""
+    cert_file: str = ""
+    cert_key: str = ""
+    skip_verify: bool = False
+    disable_tls: bool = False
+    tls_min_version: str = ""
+    """Overrides apf.json ``tls-min-version`` when set."""
+    tls_cipher_suites: tuple[str, ...] = ()
+    """Override apf.json ``tls-cipher-suites`` when set."""
+    agent_timeout: float = 150.0
+    """Seconds a connection waits for the kata-agent socket to accept."""
+    notify_socket: str = field(default="")
+    """``$NOTIFY_SOCKET`` from systemd (read by the CLI), empty when not under systemd."""
+
+
+@dataclass
+class ForwarderStats(PumpStats):
+    connections_total: int = 0
+    connections_active: int = 0
+    agent_dial_failures: int = 0
+
+
+def parse_listen(address: str) -> tuple[str, int]:
+    """Go's ``host:port`` (``[v6]:port``, ``:port`` = every interface)."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError("listen", f"invalid listen address {address!r}: expected host:port")
+    host = host.removeprefix("[").removesuffix("]")
+    return host or "0.0.0.0", int(port_text)
+
+
+def load_apf_config(path: Path) -> ApfConfig:
+    """Read apf.json; errors carry the Go forwarder's wording."""
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError("config", f"failed to open {path}: {exc.strerror or exc}") from exc
+    try:
+        return ApfConfig.from_json(text)
+    except InvalidInput as exc:
+        raise ConfigError(
+            "config", f"failed to decode a Agent Protocol Forwarder config file {path}: {exc}"
+        ) from exc
+
+
+def _read(key: str, path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def build_server_context(settings: ForwarderSettings, apf: ApfConfig) -> ssl.SSLContext | None:
+    """The listener's context: files from the command line win over apf.json, as in Go."""
+    if settings.disable_tls:
+        logger.warning("TLS is disabled: the agent channel is plain TCP")
+        return None
+    if bool(settings.cert_file) != bool(settings.cert_key):
+        raise ConfigError(
+            "cert-key" if settings.cert_file else "cert-file", "-cert-file and -cert-key go together"
+        )
+    if settings.cert_file:
+        server = CertKeyPair(_read("cert-file", settings.cert_file), _read("cert-key", settings.cert_key))
+    elif apf.tls_server_cert and apf.tls_server_key:
+        server = CertKeyPair(apf.tls_server_cert.encode(), apf.tls_server_key.encode())
+    else:
+        raise ConfigError(
+            "cert-file",
+            "no server certificate: set -cert-file/-cert-key, tls-server-cert/-key in apf.json, "
+            "or -disable-tls",
+        )
+    client_ca = (
+        _read("ca-cert-file", settings.ca_cert_file) if settings.ca_cert_file else apf.tls_client_ca.encode()
+    )
+    if client_ca and settings.skip_verify:
+        raise ConfigError(
+            "tls-skip-verify", "specifying a root certificates file with the insecure flag is not allowed"
+        )
+    profile = TlsProfile.parse(
+        settings.tls_min_version or apf.tls_min_version,
+        settings.tls_cipher_suites or apf.tls_cipher_suites,
+        version_key="tls-min-version",
+        suites_key="tls-cipher-suites",
+    )
+    return make_server_context(server=server, client_ca_pem=client_ca or None, profile=profile)
+
+
+def sd_notify(state: str, notify_socket: str) -> bool:
+    """Send ``state`` (e.g. ``READY=1``) to systemd's notification socket; False if unset."""
+    if not notify_socket:
+        return False
+    address = "\0" + notify_socket[1:] if notify_socket.startswith("@") else notify_socket
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as exc:
+        logger.warning("sd_notify %s failed: %s", state, exc)
+        return False
+    return True
+
+
+class Forwarder:
+    """The TLS listener and its relays; ``start`` binds, ``aclose`` closes everything."""
+
+    def __init__(self, settings: ForwarderSettings, ssl_context: ssl.SSLContext | None) -> None:
+        self._settings = settings
+        self._ssl = ssl_context
+        self._interceptor = Interceptor(settings.pod_namespace)
+        self._server: asyncio.AbstractServer | None = None
+        self._pipes: set[Pipe] = set()
+        self._tasks = TaskSupervisor("forwarder")
+        self._closed = False
+        self.stats = ForwarderStats()
+
+    async def start(self) -> tuple[str, int]:
+        """Bind and listen; returns the bound address (useful with port 0)."""
+        host, port = parse_listen(self._settings.listen)
+        loop = asyncio.get_running_loop()
+        try:
+            self._server = await loop.create_server(
+                self._accept, host, port, ssl=self._ssl, reuse_address=True
+            )
+        except OSError as exc:
+            raise ConfigError(
+                "listen", f"cannot listen on {self._settings.listen}: {exc.strerror or exc}"
+            ) from exc
+        bound = self._server.sockets[0].getsockname()
+        logger.info(
+            "listening on %s:%d (%s), relaying to %s",
+            bound[0],
+            bound[1],
+            "mTLS"
+            if self._ssl is not None and self._ssl.verify_mode == ssl.CERT_REQUIRED
+            else ("TLS" if self._ssl is not None else "plain TCP"),
+            self._settings.kata_agent_socket,
+        )
+        return bound[0], bound[1]
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        await self._tasks.aclose()
+        pipes = list(self._pipes)
+        for pipe in pipes:
+            pipe.close()
+        if pipes:
+            await asyncio.wait([p.closed for p in pipes], timeout=5.0)
+            for pipe in pipes:
+                if not pipe.closed.done():
+                    pipe.abort()
+        if server is not None:
+            await server.wait_closed()
+
+    def _accept(self) -> Pipe:
+        # The factory runs at TCP accept time; with TLS, connection_made comes only
+        # after a successful handshake (a refused client never reaches it), so all
+        # work is attached to ``connected``.
+        down = Pipe(self.stats, downstream=True, filter=FrameRewriter(self._interceptor).feed)
+        down.connected.add_done_callback(lambda f: self._on_connected(down, f))
+        return down
+
+    def _on_connected(self, down: Pipe, fut: asyncio.Future[None]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        if self._closed:
+            down.close()
+            return
+        self.stats.connections_total += 1
+        self.stats.connections_active += 1
+        self._track(down, counted=True)
+        self._tasks.spawn(self._connect_agent(down), name="forwarder-agent-dial")
+
+    def _track(self, pipe: Pipe, *, counted: bool = False) -> None:
+        self._pipes.add(pipe)
+
+        def forget(_f: asyncio.Future[None]) -> None:
+            self._pipes.discard(pipe)
+            if counted:
+                self.stats.connections_active -= 1
+
+        pipe.closed.add_done_callback(forget)
+
+    async def _connect_agent(self, down: Pipe) -> None:
+        """Dial the agent socket, waiting (bounded) for it to appear and accept."""
+        loop = asyncio.get_running_loop()
+        path = str(self._settings.kata_agent_socket)
+        deadline = loop.time() + self._settings.agent_timeout
+        delay = 0.05
+        attempts = 0
+        while True:
+            try:
+                _, up = await loop.create_unix_connection(lambda: Pipe(self.stats), path)
+                break
+            except OSError as exc:
+                attempts += 1
+                self.stats.agent_dial_failures += 1
+                if down.closed.done():
+                    return
+                if loop.time() + delay > deadline:
+                    logger.error(
+                        "kata-agent socket %s not reachable after %d attempts: %s", path, attempts, exc
+                    )
+                    down.close()
+                    return
+                if attempts == 1:
+                    logger.info("waiting for the kata-agent socket %s: %s", path, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        self._track(up)
+        link(down, up)
+
+
+async def run_forwarder(
+    config: ForwarderSettings,
+    stop: asyncio.Event,
+    ready: Ready | None = None,
+    *,
+    network_setup: NetworkSetup | None = None,
+    apf: ApfConfig | None = None,
+) -> None:
+    """Run until ``stop`` is set; ``ready`` gets the bound address once listening.
+
+    ``network_setup`` (provided by the pod-network code) runs before listening
+    when apf.json carries a ``pod-network``; None skips it.
+    """
+    apf = apf if apf is not None else load_apf_config(config.config_path)
+    logger.info("pod %s/%s", apf.pod_namespace, apf.pod_name)
+    ssl_context = build_server_context(config, apf)
+    if apf.pod_network is not None and network_setup is not None:
+        await network_setup(apf)
+    forwarder = Forwarder(config, ssl_context)
+    try:
+        address = await forwarder.start()
+        sd_notify("READY=1", config.notify_socket)
+        if ready is not None:
+            ready(address)
+        await stop.wait()
+        logger.info("stopping")
+    finally:
+        sd_notify("STOPPING=1", config.notify_socket)
+        await shielded(forwarder.aclose())
