@@ -163,10 +163,20 @@ def _annotations(pairs: Sequence[str]) -> dict[str, str]:
 async def _serve(settings: Settings, provider_values: OptionValues) -> int:
     from cloud_api_adaptor.daemon import install_signal_handlers, serve
 
+    _raise_fd_limit()
     stop = asyncio.Event()
     install_signal_handlers(stop)
     await serve(settings, provider_values, stop)
     return 0
+
+
+def _raise_fd_limit() -> None:
+    """Every sandbox holds a listening socket and relays: lift the soft fd limit to the hard one."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _setup_logging(level: str) -> None:

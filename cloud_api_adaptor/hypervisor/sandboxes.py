@@ -82,7 +82,9 @@ class SandboxManager:
         catalogue: tuple[InstanceTypeInfo, ...] = (),
         clock: Callable[[], float] = time.time,
         observer: LifecycleObserver | None = None,
+        delete_retry_delays: tuple[float, ...] = DELETE_RETRY_DELAYS,
     ) -> None:
+        self._delete_retry_delays = delete_retry_delays
         self._settings = settings
         self._observer: LifecycleObserver = observer or NullObserver()
         self._observer.track_states(self._state_counts)
@@ -383,7 +385,8 @@ class SandboxManager:
     async def _retry_delete(self, live: _Live) -> None:
         attempt = 0
         while True:
-            delay = DELETE_RETRY_DELAYS[min(attempt, len(DELETE_RETRY_DELAYS) - 1)]
+            delays = self._delete_retry_delays
+            delay = delays[min(attempt, len(delays) - 1)]
             await asyncio.sleep(delay)
             attempt += 1
             async with live.lock:

@@ -1,0 +1,216 @@
+"""The lifecycle's promises, on the fake provider with an in-memory agent channel.
+
+Outcomes asserted: instances left in the fake cloud, records on disk, states.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloud_api_adaptor.errors import DeadlineExceeded, NotFound, TemporaryProviderError
+from cloud_api_adaptor.hypervisor.models import SandboxState
+from cloud_api_adaptor.hypervisor.ports import NoPodNetwork
+from cloud_api_adaptor.hypervisor.sandboxes import SandboxManager
+from cloud_api_adaptor.kata_client import kata_annotations
+from cloud_api_adaptor.provider import TAG_CLUSTER, TAG_NODE, TAG_SANDBOX, CreateRequest, InstanceSpec
+from cloud_api_adaptor.reconciler import OrphanReconciler
+from cloud_api_adaptor.settings import Settings
+from cloud_api_adaptor.state import SandboxStore
+from cloud_api_adaptor.testing.fake_provider import FakeConfig, FakeProvider
+
+
+class FakeProxy:
+    def __init__(self, channel: FakeChannel, path: Path) -> None:
+        self.channel = channel
+        self.path = path
+
+    async def start(self, host: str, port: int, timeout: float) -> None:
+        if self.channel.hang:
+            await asyncio.sleep(3600)
+        if self.channel.unreachable:
+            raise DeadlineExceeded(f"failed to establish agent proxy connection to {host}:{port}: refused")
+        self.channel.listening.add(self.path)
+
+    async def restore(self, host: str, port: int) -> None:
+        self.channel.listening.add(self.path)
+
+    async def aclose(self) -> None:
+        self.channel.listening.discard(self.path)
+
+
+class FakeChannel:
+    def __init__(self) -> None:
+        self.unreachable = False
+        self.hang = False
+        self.listening: set[Path] = set()
+
+    def apf_tls_fields(self, instance_name: str) -> Mapping[str, Any]:
+        return {}
+
+    def new_proxy(self, socket_path: Path, instance_name: str) -> FakeProxy:
+        return FakeProxy(self, socket_path)
+
+
+def make(tmp: Path, provider: FakeProvider, channel: FakeChannel) -> SandboxManager:
+    settings = dataclasses.replace(
+        Settings(), state_dir=tmp / "state", pods_dir=tmp / "pods", node_name="node-a", cluster_id="c1"
+    )
+    store = SandboxStore(settings.state_dir)
+    store.prepare()
+    return SandboxManager(settings, provider, store, channel, NoPodNetwork(), delete_retry_delays=(0.01,))
+
+
+@pytest.fixture
+def provider() -> FakeProvider:
+    return FakeProvider(FakeConfig())
+
+
+@pytest.mark.asyncio
+async def test_a_failed_start_vm_deletes_its_instance(tmp_path: Path, provider: FakeProvider) -> None:
+    channel = FakeChannel()
+    channel.unreachable = True
+    manager = make(tmp_path, provider, channel)
+    await manager.create_vm("sb1", kata_annotations("p"), "")
+    with pytest.raises(DeadlineExceeded, match="error connecting to agent"):
+        await manager.start_vm("sb1")
+    assert provider.instances == {}
+    assert manager.records()[0].state is SandboxState.FAILED
+    await manager.stop_vm("sb1")
+    assert manager.records()[0].state is SandboxState.STOPPED
+    await manager.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_start_vm_still_deletes_its_instance(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    channel = FakeChannel()
+    channel.hang = True
+    manager = make(tmp_path, provider, channel)
+    await manager.create_vm("sb1", kata_annotations("p"), "")
+    task = asyncio.ensure_future(manager.start_vm("sb1"))
+    while not provider.instances:
+        await asyncio.sleep(0.001)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert provider.instances == {}
+    await manager.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_failed_delete_is_retried_until_the_vm_is_gone(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    manager = make(tmp_path, provider, FakeChannel())
+    await manager.create_vm("sb1", kata_annotations("p"), "")
+    await manager.start_vm("sb1")
+    provider.fail_next_deletes(3)
+    await manager.stop_vm("sb1")  # succeeds for Kata; the delete continues in the background
+    for _ in range(500):
+        if not provider.instances:
+            break
+        await asyncio.sleep(0.01)
+    assert provider.instances == {}
+    assert manager.records()[0].state is SandboxState.STOPPED
+    await manager.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_restart_resumes_running_sandboxes_and_undoes_interrupted_starts(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    channel = FakeChannel()
+    first = make(tmp_path, provider, channel)
+    for sid in ("run1", "run2", "half"):
+        await first.create_vm(sid, kata_annotations(sid), "")
+    await first.start_vm("run1")
+    await first.start_vm("run2")
+    # "half": the daemon dies after the cloud created the VM but before the id was recorded.
+    record = next(r for r in first.records() if r.id == "half")
+    starting = record.transition(SandboxState.STARTING, attempt=1)
+    await SandboxStore(tmp_path / "state").save(starting)
+    await provider.create_instance(
+        CreateRequest(
+            record.instance_name, "half", starting.token, InstanceSpec(), "", first.owner_tags("half")
+        )
+    )
+    assert len(provider.instances) == 3
+    second = make(tmp_path, provider, FakeChannel())
+    await second.recover(SandboxStore(tmp_path / "state").load_all())
+    states = {r.id: r.state for r in second.records()}
+    assert states == {"run1": SandboxState.RUNNING, "run2": SandboxState.RUNNING, "half": SandboxState.FAILED}
+    assert len(provider.instances) == 2
+    for sid in ("run1", "run2", "half"):
+        await second.stop_vm(sid)
+    assert provider.instances == {}
+    await first.aclose()
+    await second.aclose()
+
+
+@pytest.mark.asyncio
+async def test_temporary_create_errors_reach_kata_with_the_go_prefix(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    manager = make(tmp_path, provider, FakeChannel())
+    await manager.create_vm("sb1", kata_annotations("p"), "")
+    provider.fail_next_creates(1)
+    with pytest.raises(TemporaryProviderError, match=r"^creating an instance : "):
+        await manager.start_vm("sb1")
+    await manager.start_vm("sb1")  # a retry succeeds, with a new token
+    assert len(provider.instances) == 1
+    await manager.stop_vm("sb1")
+    assert provider.instances == {}
+    await manager.aclose()
+
+
+@pytest.mark.asyncio
+async def test_get_info_waits_for_the_sandbox(tmp_path: Path, provider: FakeProvider) -> None:
+    manager = make(tmp_path, provider, FakeChannel())
+    with pytest.raises(NotFound):
+        await manager.get_info("p", "default", wait=False)
+    waiter = asyncio.ensure_future(manager.get_info("p", "default", wait=True))
+    await asyncio.sleep(0)
+    await manager.create_vm("sb1", kata_annotations("p"), "")
+    with pytest.raises(NotFound):  # like Go: found, but no VM id yet
+        await waiter
+    await manager.start_vm("sb1")
+    assert await manager.get_info("p", "default", wait=False) == next(iter(provider.instances))
+    await manager.stop_vm("sb1")
+    await manager.aclose()
+
+
+@pytest.mark.asyncio
+async def test_the_orphan_scan_deletes_only_old_unclaimed_instances_of_this_node(tmp_path: Path) -> None:
+    now = [1000.0]
+    provider = FakeProvider(FakeConfig(), clock=lambda: now[0])
+    manager = make(tmp_path, provider, FakeChannel())
+    await manager.create_vm("live", kata_annotations("p"), "")
+    await manager.start_vm("live")
+
+    async def instance(sid: str, node: str) -> str:
+        tags = {TAG_CLUSTER: "c1", TAG_NODE: node, TAG_SANDBOX: sid}
+        made = await provider.create_instance(
+            CreateRequest(f"vm-{sid}", sid, f"t-{sid}", InstanceSpec(), "", tags)
+        )
+        return made.id
+
+    orphan = await instance("gone", "node-a")
+    other_node = await instance("theirs", "node-b")
+    reconciler = OrphanReconciler(provider, manager, grace_period=120, clock=lambda: now[0])
+    first = await reconciler.scan_once()
+    assert first.deleted == 0 and first.kept_young == 1  # just created: within the grace period
+    now[0] += 121
+    second = await reconciler.scan_once()
+    assert second.deleted == 1
+    assert orphan not in provider.instances
+    assert other_node in provider.instances
+    assert len(provider.instances) == 2  # the live sandbox's VM and the other node's
+    await manager.stop_vm("live")
+    await manager.aclose()
