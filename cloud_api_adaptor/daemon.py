@@ -71,6 +71,7 @@ class Daemon:
     grpc_server: grpc.aio.Server | None
     supervisor: TaskSupervisor
     registry: CollectorRegistry
+    store: SandboxStore
 
     async def aclose(self) -> None:
         """Staged shutdown: listeners, in-flight calls, background work, proxies, provider."""
@@ -80,6 +81,7 @@ class Daemon:
         await self.ttrpc.wait_closed(DRAIN_SECONDS)
         await self.supervisor.aclose()
         await self.manager.aclose()
+        await asyncio.to_thread(self.store.close)
         await self.provider.aclose()
         await self.probe.aclose()
         with contextlib.suppress(FileNotFoundError):
@@ -101,9 +103,9 @@ async def start_daemon(
     await probe.start()
     if provider is None:
         provider = await asyncio.to_thread(build_provider, settings, provider_values)
+    store = SandboxStore(settings.state_dir)
     try:
         catalogue = tuple(await provider.describe_instance_types())
-        store = SandboxStore(settings.state_dir)
         store.prepare()
         channel = await asyncio.to_thread(build_agent_channel, settings)
         manager = SandboxManager(
@@ -121,6 +123,7 @@ async def start_daemon(
             server.add_service(name, methods)
         await server.start_unix(settings.socket, mode=0o600)
     except BaseException:
+        store.close()
         await provider.aclose()
         await probe.aclose()
         raise
@@ -144,7 +147,7 @@ async def start_daemon(
         settings.provider,
         len(manager.records()),
     )
-    return Daemon(settings, provider, manager, probe, server, grpc_server, supervisor, registry)
+    return Daemon(settings, provider, manager, probe, server, grpc_server, supervisor, registry, store)
 
 
 async def serve(settings: Settings, provider_values: OptionValues, stop: asyncio.Event) -> None:

@@ -17,6 +17,7 @@ from cloud_api_adaptor.channel import build_agent_channel
 from cloud_api_adaptor.daemon import build_provider
 from cloud_api_adaptor.errors import AdaptorError, InvalidInput
 from cloud_api_adaptor.hypervisor.ports import NoPodNetwork
+from cloud_api_adaptor.hypervisor.requests import agent_socket_path
 from cloud_api_adaptor.hypervisor.sandboxes import SandboxManager
 from cloud_api_adaptor.hypervisor.status_map import to_status
 from cloud_api_adaptor.options import OptionValues
@@ -28,10 +29,12 @@ async def plan(
     settings: Settings, provider_values: OptionValues, sandbox_id: str, annotations: Mapping[str, str]
 ) -> tuple[dict[str, Any], bool]:
     provider = build_provider(settings, provider_values)
-    try:
-        with tempfile.TemporaryDirectory(prefix="caa-plan-") as tmp:
-            scratch = dataclasses.replace(settings, state_dir=Path(tmp) / "state", pods_dir=settings.pods_dir)
-            store = SandboxStore(scratch.state_dir)
+    with tempfile.TemporaryDirectory(prefix="caa-plan-") as tmp:
+        # Nothing may be written outside the scratch directory; the socket path
+        # (and its length check) still uses the real PODS_DIR.
+        scratch = dataclasses.replace(settings, state_dir=Path(tmp) / "state", pods_dir=Path(tmp) / "pods")
+        store = SandboxStore(scratch.state_dir)
+        try:
             store.prepare()
             manager = SandboxManager(
                 scratch,
@@ -42,6 +45,7 @@ async def plan(
                 tuple(await provider.describe_instance_types()),
             )
             try:
+                socket_path = agent_socket_path(str(settings.pods_dir), sandbox_id)
                 await manager.create_vm(sandbox_id, annotations, "")
             except AdaptorError as exc:
                 code, message = to_status(exc)
@@ -50,7 +54,6 @@ async def plan(
                     error["field"] = exc.field
                 return {"error": error}, False
             record = manager.records()[0]
-            size = len(record.userdata.encode())
             return {
                 "provider": settings.provider,
                 "instance_name": record.instance_name,
@@ -59,9 +62,10 @@ async def plan(
                 "vcpus": record.vcpus,
                 "memory_mib": record.memory_mib,
                 "gpus": record.gpus,
-                "userdata_bytes": size,
+                "userdata_bytes": len(record.userdata.encode()),
                 "userdata_limit": provider.userdata_limit,
-                "agent_socket_path": record.agent_socket_path,
+                "agent_socket_path": socket_path,
             }, True
-    finally:
-        await provider.aclose()
+        finally:
+            store.close()
+            await provider.aclose()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from cloud_api_adaptor.fsutil import atomic_write, remove_durably
@@ -18,10 +19,15 @@ logger = logging.getLogger(__name__)
 
 
 class SandboxStore:
-    """Reads and writes sandbox records; writes run off the event loop (fsync blocks)."""
+    """Reads and writes sandbox records; writes run off the event loop (fsync blocks).
 
-    def __init__(self, state_dir: Path) -> None:
+    Writes use a pool of their own, so a burst of fsyncs never queues behind (or
+    starves) provider SDK calls on the loop's default executor.
+    """
+
+    def __init__(self, state_dir: Path, writers: int = 8) -> None:
         self._dir = state_dir / "sandboxes"
+        self._pool = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="state-writer")
 
     @property
     def directory(self) -> Path:
@@ -34,10 +40,16 @@ class SandboxStore:
         self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     async def save(self, record: SandboxRecord) -> None:
-        await asyncio.to_thread(atomic_write, self._path(record.id), record.to_json())
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._pool, atomic_write, self._path(record.id), record.to_json())
 
     async def remove(self, sandbox_id: str) -> None:
-        await asyncio.to_thread(remove_durably, self._path(sandbox_id))
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._pool, remove_durably, self._path(sandbox_id))
+
+    def close(self) -> None:
+        """Wait for queued writes, then release the writer threads."""
+        self._pool.shutdown(wait=True)
 
     def load_all(self) -> list[SandboxRecord]:
         """Every readable record; unreadable ones are kept aside (renamed) and logged."""
