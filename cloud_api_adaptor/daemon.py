@@ -104,6 +104,8 @@ async def start_daemon(
     if provider is None:
         provider = await asyncio.to_thread(build_provider, settings, provider_values)
     store = SandboxStore(settings.state_dir)
+    grpc_server: grpc.aio.Server | None = None
+    manager: SandboxManager | None = None
     try:
         catalogue = tuple(await provider.describe_instance_types())
         store.prepare()
@@ -118,25 +120,20 @@ async def start_daemon(
             observer=metrics,
         )
         await manager.recover(store.load_all())
+        grpc_server = await _start_grpc(settings, manager)
         server = Server()
         for name, methods in ttrpc_services(HypervisorService(manager)).items():
             server.add_service(name, methods)
         await server.start_unix(settings.socket, mode=0o600)
     except BaseException:
+        if grpc_server is not None:
+            await grpc_server.stop(0)
+        if manager is not None:
+            await manager.aclose()
         store.close()
         await provider.aclose()
         await probe.aclose()
         raise
-    grpc_server = None
-    if settings.grpc_socket is not None:
-        grpc_server = grpc.aio.server()
-        add_grpc_services(grpc_server, HypervisorService(manager))
-        settings.grpc_socket.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            settings.grpc_socket.unlink()
-        grpc_server.add_insecure_port(f"unix://{settings.grpc_socket}")
-        await grpc_server.start()
-        os.chmod(settings.grpc_socket, 0o600)
     probe.set_ready()
     supervisor = TaskSupervisor("daemon")
     reconciler = OrphanReconciler(provider, manager, settings.orphan_grace_period)
@@ -148,6 +145,21 @@ async def start_daemon(
         len(manager.records()),
     )
     return Daemon(settings, provider, manager, probe, server, grpc_server, supervisor, registry, store)
+
+
+async def _start_grpc(settings: Settings, manager: SandboxManager) -> grpc.aio.Server | None:
+    """The optional gRPC socket; started before the ttrpc socket, so 'listening' means all is up."""
+    if settings.grpc_socket is None:
+        return None
+    server = grpc.aio.server()
+    add_grpc_services(server, HypervisorService(manager))
+    settings.grpc_socket.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        settings.grpc_socket.unlink()
+    server.add_insecure_port(f"unix://{settings.grpc_socket}")
+    await server.start()
+    os.chmod(settings.grpc_socket, 0o600)
+    return server
 
 
 async def serve(settings: Settings, provider_values: OptionValues, stop: asyncio.Event) -> None:
