@@ -1,0 +1,204 @@
+"""The libvirt provider's configuration keys and the frozen ``LibvirtConfig`` built from them.
+
+The keys and defaults are the Go version's (``LIBVIRT_*``, ``DISABLECVM`` defaulting
+to true for libvirt), so an existing ``peer-pods-cm`` works unchanged.  A few keys
+are new and marked so in their help: the guest architecture and domain type
+overrides (for hosts whose capabilities do not tell the truth, e.g. a ``kvm``
+offered to a qemu user that cannot open ``/dev/kvm``) and the IP-wait policy.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from cloud_api_adaptor.errors import ConfigError
+from cloud_api_adaptor.options import Option, OptionValues
+
+GROUP = "libvirt"
+
+DEFAULT_URI = "qemu+ssh://root@192.168.122.1/system?no_verify=1"
+DEFAULT_EFI_FIRMWARE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+DEFAULT_ROOT_DISK_GIB = 10
+
+#: the Go version's LIBVIRT_CPUSET check: "0-3", "1,3", "0-1,4-5"
+_CPUSET = re.compile(r"^(\d+(-\d+)?)(,\d+(-\d+)?)*$")
+
+ARCHES = ("x86_64", "aarch64", "s390x")
+DOMAIN_TYPES = ("kvm", "qemu", "test")
+LAUNCH_SECURITY = ("s390-pv", "sev-snp")
+
+OPTIONS: tuple[Option, ...] = (
+    Option("uri", "LIBVIRT_URI", DEFAULT_URI, "libvirt connection URI.", group=GROUP),
+    Option("pool-name", "LIBVIRT_POOL", "default", "Storage pool for pod VM volumes.", group=GROUP),
+    Option("network-name", "LIBVIRT_NET", "default", "libvirt network the pod VM's NIC joins.", group=GROUP),
+    Option(
+        "vol-name",
+        "LIBVIRT_VOL_NAME",
+        "podvm-base.qcow2",
+        "Base (backing) volume of the pod VM image.",
+        group=GROUP,
+    ),
+    Option(
+        "launch-security",
+        "LIBVIRT_LAUNCH_SECURITY",
+        "",
+        "Launch security: empty for auto (s390-pv on s390x, sev-snp on x86_64), s390-pv or sev-snp.",
+        group=GROUP,
+    ),
+    Option(
+        "efi-firmware",
+        "LIBVIRT_EFI_FIRMWARE",
+        DEFAULT_EFI_FIRMWARE,
+        "UEFI firmware (pflash loader) path on the libvirt host; empty boots with the default BIOS.",
+        group=GROUP,
+    ),
+    Option("cpu", "LIBVIRT_CPU", "2", "vCPUs when the pod does not ask for a number.", "int", group=GROUP),
+    Option("memory", "LIBVIRT_MEMORY", "8192", "Memory (MiB) when the pod does not ask.", "int", group=GROUP),
+    Option("cpuset", "LIBVIRT_CPUSET", "", "Host CPUs the vCPUs may run on, e.g. 0-3,6.", group=GROUP),
+    Option(
+        "root-disk-size",
+        "LIBVIRT_ROOT_DISK_SIZE",
+        str(DEFAULT_ROOT_DISK_GIB),
+        "Root disk size in GiB (0 means 10; never smaller than the base volume).",
+        "int",
+        group=GROUP,
+    ),
+    Option(
+        "disable-cvm", "DISABLECVM", "true", "Create plain VMs, without launch security.", "bool", group=GROUP
+    ),
+    Option(
+        "data-dir",
+        None,
+        "/var/lib/libvirt/images",
+        "Accepted for compatibility; the cidata ISO is built in memory and uploaded.",
+        group=GROUP,
+    ),
+    Option(
+        "libvirt-arch",
+        "LIBVIRT_ARCH",
+        "",
+        "Guest architecture x86_64, aarch64 or s390x (new; empty: the host's, from capabilities).",
+        group=GROUP,
+    ),
+    Option(
+        "libvirt-domain-type",
+        "LIBVIRT_DOMAIN_TYPE",
+        "",
+        "Domain type kvm or qemu (new; empty: kvm when the host offers it, else qemu/TCG).",
+        group=GROUP,
+    ),
+    Option(
+        "libvirt-ip-attempts",
+        "LIBVIRT_IP_ATTEMPTS",
+        "20",
+        "How many times to look for the pod VM's IP address (new).",
+        "int",
+        group=GROUP,
+    ),
+    Option(
+        "libvirt-ip-interval",
+        "LIBVIRT_IP_INTERVAL",
+        "3s",
+        "Pause between looks for the pod VM's IP address (new).",
+        "duration",
+        group=GROUP,
+    ),
+)
+
+
+@dataclass(frozen=True)
+class AddressPolicy:
+    """How long to wait for a new domain's IP address: ``attempts`` looks, ``interval`` seconds apart."""
+
+    attempts: int = 20
+    interval: float = 3.0
+
+
+@dataclass(frozen=True)
+class LibvirtConfig:
+    """Validated libvirt provider settings (sizes in MiB/GiB as named)."""
+
+    uri: str = DEFAULT_URI
+    pool: str = "default"
+    network: str = "default"
+    #: the base volume (pod VM image) root disks are backed by; the pod's image annotation overrides it
+    vol_name: str = "podvm-base.qcow2"
+    #: "" (auto), "s390-pv" or "sev-snp"; only used when ``disable_cvm`` is false
+    launch_security: str = ""
+    #: pflash loader path on the libvirt host, "" for none
+    efi_firmware: str = DEFAULT_EFI_FIRMWARE
+    vcpus: int = 2
+    memory_mib: int = 8192
+    #: "" or a libvirt cpuset such as "0-3,6"
+    cpuset: str = ""
+    root_disk_gib: int = DEFAULT_ROOT_DISK_GIB
+    disable_cvm: bool = True
+    data_dir: str = "/var/lib/libvirt/images"
+    #: "" means the host architecture reported by libvirt
+    arch: str = ""
+    #: "" means kvm when the capabilities offer it, else qemu (or the driver's only type)
+    domain_type: str = ""
+    address_policy: AddressPolicy = AddressPolicy()
+
+    def __post_init__(self) -> None:
+        for key, value in (
+            ("LIBVIRT_URI", self.uri),
+            ("LIBVIRT_POOL", self.pool),
+            ("LIBVIRT_NET", self.network),
+        ):
+            if not value:
+                raise ConfigError(key, "must not be empty")
+        if not self.vol_name or "/" in self.vol_name:
+            raise ConfigError("LIBVIRT_VOL_NAME", f"invalid volume name {self.vol_name!r}")
+        if self.launch_security and self.launch_security not in LAUNCH_SECURITY:
+            raise ConfigError(
+                "LIBVIRT_LAUNCH_SECURITY",
+                f"unsupported launch security {self.launch_security!r} "
+                f"(use {', '.join(LAUNCH_SECURITY)} or leave it empty)",
+            )
+        if self.vcpus < 1:
+            raise ConfigError("LIBVIRT_CPU", f"{self.vcpus} is below the minimum 1")
+        if self.memory_mib < 1:
+            raise ConfigError("LIBVIRT_MEMORY", f"{self.memory_mib} is below the minimum 1")
+        if self.cpuset and not _CPUSET.match(self.cpuset):
+            raise ConfigError("LIBVIRT_CPUSET", f"invalid cpuset {self.cpuset!r} (e.g. 0-3 or 0,2,4-5)")
+        if self.root_disk_gib < 1:
+            raise ConfigError("LIBVIRT_ROOT_DISK_SIZE", f"{self.root_disk_gib} is below the minimum 1")
+        if self.arch and self.arch not in ARCHES:
+            raise ConfigError(
+                "LIBVIRT_ARCH", f"unsupported architecture {self.arch!r} (use {', '.join(ARCHES)})"
+            )
+        if self.domain_type and self.domain_type not in DOMAIN_TYPES:
+            raise ConfigError(
+                "LIBVIRT_DOMAIN_TYPE", f"unsupported domain type {self.domain_type!r} (use kvm or qemu)"
+            )
+        if self.address_policy.attempts < 1:
+            raise ConfigError("LIBVIRT_IP_ATTEMPTS", f"{self.address_policy.attempts} is below the minimum 1")
+        if self.address_policy.interval < 0:
+            raise ConfigError("LIBVIRT_IP_INTERVAL", "must not be negative")
+
+    @classmethod
+    def from_values(cls, values: OptionValues) -> LibvirtConfig:
+        """Build from resolved option values; every error is a ``ConfigError`` naming the key."""
+        root_disk = values.int("LIBVIRT_ROOT_DISK_SIZE", DEFAULT_ROOT_DISK_GIB, minimum=0)
+        return cls(
+            uri=values.str("LIBVIRT_URI", DEFAULT_URI).strip(),
+            pool=values.str("LIBVIRT_POOL", "default").strip(),
+            network=values.str("LIBVIRT_NET", "default").strip(),
+            vol_name=values.str("LIBVIRT_VOL_NAME", "podvm-base.qcow2").strip(),
+            launch_security=values.str("LIBVIRT_LAUNCH_SECURITY").strip().lower(),
+            efi_firmware=values.str("LIBVIRT_EFI_FIRMWARE", DEFAULT_EFI_FIRMWARE).strip(),
+            vcpus=values.int("LIBVIRT_CPU", 2, minimum=1),
+            memory_mib=values.int("LIBVIRT_MEMORY", 8192, minimum=1),
+            cpuset=values.str("LIBVIRT_CPUSET").strip(),
+            root_disk_gib=root_disk or DEFAULT_ROOT_DISK_GIB,
+            disable_cvm=values.bool("DISABLECVM", True),
+            data_dir=values.str("data-dir", "/var/lib/libvirt/images"),
+            arch=values.str("LIBVIRT_ARCH").strip(),
+            domain_type=values.str("LIBVIRT_DOMAIN_TYPE").strip().lower(),
+            address_policy=AddressPolicy(
+                attempts=values.int("LIBVIRT_IP_ATTEMPTS", 20, minimum=1),
+                interval=values.duration("LIBVIRT_IP_INTERVAL", 3.0),
+            ),
+        )
