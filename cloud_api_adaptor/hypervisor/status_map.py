@@ -41,6 +41,9 @@ def to_status(exc: BaseException) -> tuple[Code, str]:
     """(code, message) for an exception raised by the lifecycle."""
     if isinstance(exc, asyncio.CancelledError):
         return Code.CANCELLED, "cancelled"
+    if isinstance(exc, InvalidInput) and exc.field not in str(exc):
+        # Every INVALID_ARGUMENT names the field or annotation at fault.
+        return Code.INVALID_ARGUMENT, f"{exc.field}: {exc}"
     for kind, code in _CODES:
         if isinstance(exc, kind):
             return code, str(exc)

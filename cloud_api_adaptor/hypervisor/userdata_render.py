@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cloud_api_adaptor.apf import ApfConfig
+from cloud_api_adaptor.errors import ConfigError, InvalidInput
 from cloud_api_adaptor.hypervisor.requests import ANN_INITDATA, PodRequest
 from cloud_api_adaptor.initdata import decode_initdata, encode_initdata, parse_initdata
 from cloud_api_adaptor.settings import Settings
@@ -15,7 +16,10 @@ from cloud_api_adaptor.userdata import build_userdata
 def validate_global_initdata(encoded: str) -> None:
     """INITDATA (gzip+base64 TOML) must parse; checked once at start-up."""
     if encoded:
-        parse_initdata(decode_initdata(encoded, field="INITDATA"), field="INITDATA")
+        try:
+            parse_initdata(decode_initdata(encoded, field="INITDATA"), field="INITDATA")
+        except InvalidInput as exc:
+            raise ConfigError("INITDATA", f"failed to parse global initdata: {exc}") from exc
 
 
 def sandbox_initdata(settings: Settings, pod: PodRequest) -> str:
