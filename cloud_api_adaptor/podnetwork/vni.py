@@ -1,0 +1,35 @@
+"""VXLAN network identifier (VNI) allocation.
+
+The Go adaptor counts a process-global index up from 0 at every start, so after
+a restart a new pod can get the VNI of a pod that is still running, and the
+kernel refuses the second VXLAN device (or, worse, traffic mixes).  Here the
+daemon passes the VNIs its live sandbox records hold (they persist them) and
+gets the lowest free one, so VNIs are unique among live sandboxes on the node,
+survive restarts, and are reused after StopVM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from cloud_api_adaptor.errors import FailedPrecondition, InvalidInput
+
+DEFAULT_MIN_VNI = 555000
+MAX_VNI = (1 << 24) - 1
+
+
+def allocate_vni(in_use: Collection[int], minimum: int = DEFAULT_MIN_VNI) -> int:
+    """The lowest VNI >= ``minimum`` not in ``in_use``.
+
+    ``in_use`` may hold VNIs below ``minimum`` (e.g. allocated before
+    VXLAN_MIN_ID changed); they are simply never candidates.  Raises
+    ``FailedPrecondition`` when the 24-bit space above ``minimum`` is full.
+    """
+    if not 0 <= minimum <= MAX_VNI:
+        raise InvalidInput("VXLAN_MIN_ID", f"VXLAN_MIN_ID: {minimum} is outside 0..{MAX_VNI}")
+    taken = {v for v in in_use if v >= minimum}
+    # At most len(taken) candidates are taken, so one of the first len(taken)+1 is free.
+    for vni in range(minimum, min(minimum + len(taken), MAX_VNI) + 1):
+        if vni not in taken:
+            return vni
+    raise FailedPrecondition(f"no free VXLAN network identifier between {minimum} and {MAX_VNI}")
