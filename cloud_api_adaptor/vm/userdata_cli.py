@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
@@ -97,12 +98,16 @@ async def _provision_files(args: argparse.Namespace) -> int:
         platform.cidata_user_data,
     )
     try:
+        # One budget for detection (the GCP probe) and the fetch, as Go's single ctx.
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             async with asyncio.timeout(config.fetch_timeout):
                 source = await detect_source(platform, endpoints)
         except TimeoutError:
             raise FetchFailed("no user data source found in time") from None
-        result = await provision(config, source)
+        remaining = max(config.fetch_timeout - (loop.time() - started), 0.001)
+        result = await provision(dataclasses.replace(config, fetch_timeout=remaining), source)
     except FetchFailed as exc:
         print(f"failed to retrieve cloud config: {exc}", file=sys.stderr)
         return 1
