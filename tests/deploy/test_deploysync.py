@@ -1,0 +1,222 @@
+"""`make deploy-sync`: one source of truth for configuration keys, and the drift check."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cloud_api_adaptor import deploysync
+from cloud_api_adaptor.deploysync import (
+    CONFIG_DOC_PATH,
+    DEPLOY_PROVIDERS,
+    MANAGED_KEYS,
+    VALUES_PATH,
+    DeploySyncError,
+    ProviderKeys,
+    provider_keys,
+)
+from cloud_api_adaptor.options import Option
+from cloud_api_adaptor.provider_keys import PROVIDER_OPTIONS
+from cloud_api_adaptor.settings import DAEMON_OPTIONS
+
+from .conftest import CHART, OVERLAYS, REPO
+
+FAKE_AWS = (
+    Option("imageid", "PODVM_AMI_ID", "", "Pod VM AMI.", required=True, group="aws"),
+    Option("instance-type", "PODVM_INSTANCE_TYPE", "m6a.large", "Default type.", group="aws"),
+    Option("access-key", "AWS_ACCESS_KEY_ID", "", "Access key.", secret=True, group="aws"),
+    Option("aws-profile", None, "", "Profile (flag only).", group="aws"),
+)
+
+
+def _fake_loader(installed: dict[str, Sequence[Option]]) -> deploysync.PluginLoader:
+    def load(name: str) -> Sequence[Option] | None:
+        return installed.get(name)
+
+    return load
+
+
+def _providers() -> list[ProviderKeys]:
+    load = _fake_loader({"aws": FAKE_AWS, "libvirt": ()})
+    return [provider_keys(name, load) for name in DEPLOY_PROVIDERS]
+
+
+# ----------------------------------------------------------------------------- where keys come from
+
+
+def test_installed_plugin_options_win_over_the_static_list() -> None:
+    keys = provider_keys("azure", _fake_loader({"azure": FAKE_AWS}))
+    assert (keys.options, keys.source) == (FAKE_AWS, "plugin")
+
+
+def test_static_list_stands_in_for_providers_not_written_yet() -> None:
+    keys = provider_keys("gcp", _fake_loader({}))
+    assert (keys.options, keys.source) == (PROVIDER_OPTIONS["gcp"], "static")
+
+
+def test_a_provider_in_neither_place_fails_loudly() -> None:
+    with pytest.raises(DeploySyncError, match="'aws': no installed plugin"):
+        provider_keys("aws", _fake_loader({}))
+
+
+def test_installed_core_plugins_are_read_through_the_entry_points() -> None:
+    options = deploysync.installed_plugin_options("fake")
+    assert options is not None
+    assert deploysync.installed_plugin_options("no-such-provider") is None
+
+
+def test_static_keys_exist_only_for_providers_without_a_distribution() -> None:
+    for name in PROVIDER_OPTIONS:
+        assert not (REPO / "providers" / name / "pyproject.toml").exists(), (
+            f"providers/{name} exists: delete its static keys from provider_keys.py"
+        )
+
+
+@pytest.mark.parametrize("name", sorted(PROVIDER_OPTIONS))
+def test_static_keys_are_unique_and_do_not_clash_with_daemon_flags(name: str) -> None:
+    options = PROVIDER_OPTIONS[name]
+    envs = [o.env for o in options if o.env]
+    assert len(envs) == len(set(envs))
+    flags = [o.flag for o in (*DAEMON_OPTIONS, *options)]
+    assert len(flags) == len(set(flags))
+
+
+def test_static_secret_keys_are_the_go_versions_peer_pods_secret_keys() -> None:
+    secrets = {name: {o.env for o in options if o.secret} for name, options in PROVIDER_OPTIONS.items()}
+    assert secrets == {
+        "azure": {"AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_TENANT_ID"},
+        "gcp": {"GCP_CREDENTIALS"},
+        "ibmcloud": {"IBMCLOUD_API_KEY", "IBMCLOUD_IAM_PROFILE_ID"},
+    }
+
+
+def test_static_defaults_follow_the_go_version() -> None:
+    def default(provider: str, key: str) -> str:
+        return next(o.default for o in PROVIDER_OPTIONS[provider] if o.env == key)
+
+    assert default("azure", "AZURE_INSTANCE_SIZE") == "Standard_DC2as_v5"
+    assert default("gcp", "GCP_MACHINE_TYPE") == "e2-medium"
+    assert default("gcp", "GCP_DISK_TYPE") == "pd-standard"
+    assert default("ibmcloud", "DISABLECVM") == "true"
+    assert default("azure", "DISABLECVM") == "false"
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _values(providers: list[ProviderKeys]) -> dict[str, Any]:
+    current = (REPO / VALUES_PATH).read_text()
+    spliced = deploysync.splice_values(current, deploysync.render_values_section(DAEMON_OPTIONS, providers))
+    values = yaml.safe_load(spliced)
+    assert isinstance(values, dict)
+    return values
+
+
+def test_values_offer_every_key_once_in_its_place_with_empty_defaults() -> None:
+    values = _values(_providers())
+
+    daemon_keys = {o.env for o in DAEMON_OPTIONS if o.env and o.env not in MANAGED_KEYS}
+    assert set(values["config"]) == daemon_keys
+    assert values["providerConfigs"]["aws"] == {"PODVM_AMI_ID": "", "PODVM_INSTANCE_TYPE": ""}
+    assert values["providerSecrets"]["aws"] == {"AWS_ACCESS_KEY_ID": ""}
+    assert values["providerConfigs"]["libvirt"] == {}
+    azure = {o.env for o in PROVIDER_OPTIONS["azure"] if o.env and not o.secret}
+    assert set(values["providerConfigs"]["azure"]) == azure
+    # The hand-written part survives the splice.
+    assert values["secrets"]["mode"] == "create"
+
+
+def test_keys_the_daemonset_sets_itself_are_not_offered() -> None:
+    values = _values(_providers())
+    offered = set(values["config"])
+    for section in ("providerConfigs", "providerSecrets"):
+        for keys in values[section].values():
+            offered |= set(keys)
+    assert not offered & set(MANAGED_KEYS)
+
+
+def test_splice_needs_exactly_one_pair_of_markers() -> None:
+    with pytest.raises(DeploySyncError, match="expected one"):
+        deploysync.splice_values("provider: aws\n", "x\n")
+
+
+def test_env_files_make_required_keys_placeholders_and_comment_out_the_rest() -> None:
+    aws = provider_keys("aws", _fake_loader({"aws": FAKE_AWS}))
+    cm, secret = deploysync.render_env_files(DAEMON_OPTIONS, aws)
+
+    active = [line for line in cm.splitlines() if line and not line.startswith("#")]
+    assert active == ["CLOUD_PROVIDER=aws", "PODVM_AMI_ID="]
+    assert "# PODVM_INSTANCE_TYPE=m6a.large" in cm.splitlines()
+    assert "# VXLAN_PORT=4789" in cm.splitlines()
+    assert "# AWS_ACCESS_KEY_ID=" in secret.splitlines()
+    assert not [line for line in secret.splitlines() if line and not line.startswith("#")]
+    assert "aws-profile" not in cm  # flag-only options cannot live in a ConfigMap
+
+
+def test_configuration_reference_has_a_row_per_key_and_says_where_it_lives() -> None:
+    doc = deploysync.render_configuration_doc(DAEMON_OPTIONS, _providers())
+
+    for option in (*DAEMON_OPTIONS, *FAKE_AWS):
+        assert f"`-{option.flag}`" in doc
+    rows = {line.split("|")[1].strip(): line for line in doc.splitlines() if line.startswith("| `")}
+    assert "peer-pods-secret" in rows["`AWS_ACCESS_KEY_ID`"]
+    assert "**required**" in rows["`PODVM_AMI_ID`"]
+    assert "downward API" in rows["`NODE_NAME`"]
+    assert "## Provider `gcp`" in doc
+
+
+def test_required_keys_template_lists_non_secret_required_keys() -> None:
+    tpl = deploysync.render_generated_tpl(DAEMON_OPTIONS, _providers())
+    assert '"aws": ["PODVM_AMI_ID"]' in tpl
+    assert '"libvirt": []' in tpl
+
+
+# ----------------------------------------------------------------------------- drift
+
+
+def test_generated_files_match_the_option_definitions() -> None:
+    """Fails when an option changed and `make deploy-sync` was not run (or a generated file was edited)."""
+    providers = [provider_keys(name) for name in DEPLOY_PROVIDERS]
+    files = deploysync.render_all(REPO, DAEMON_OPTIONS, providers)
+    assert deploysync.drifted(REPO, files) == [], "run `make deploy-sync` and commit the result"
+
+
+def _scratch_repo(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    (root / VALUES_PATH).parent.mkdir(parents=True)
+    shutil.copy(CHART / "values.yaml", root / VALUES_PATH)
+    return root
+
+
+def test_main_writes_the_files_and_check_then_passes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = _scratch_repo(tmp_path)
+    load = _fake_loader({"aws": FAKE_AWS, "libvirt": ()})
+
+    assert deploysync.main(["--check", "--root", str(root)], load) == 1
+    assert deploysync.main(["--root", str(root)], load) == 0
+    assert deploysync.main(["--check", "--root", str(root)], load) == 0
+
+    assert (
+        (root / OVERLAYS.relative_to(REPO) / "gcp/peer-pods-cm.env").read_text().startswith("# peer-pods-cm")
+    )
+    assert "## Provider `aws`" in (root / CONFIG_DOC_PATH).read_text()
+    capsys.readouterr()
+    (root / CONFIG_DOC_PATH).write_text("edited by hand\n")
+    assert deploysync.main(["--check", "--root", str(root)], load) == 1
+    assert "docs/configuration.md is out of date" in capsys.readouterr().err
+
+
+def test_main_reports_an_unknown_provider_instead_of_skipping_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = _scratch_repo(tmp_path)
+    assert deploysync.main(["--root", str(root)], _fake_loader({})) == 2
+    assert "'aws': no installed plugin" in capsys.readouterr().err
+    assert not (root / CONFIG_DOC_PATH).exists()
