@@ -312,23 +312,26 @@ class LocalProvider(Provider):
             _write(vm_dir / "cidata" / "vendor-data", b"")
             _write(vm_dir / SPEC_FILE, spec.to_json())
         except OSError as exc:
-            raise PermanentProviderError(f"cannot write local VM {record.id} files: {exc}") from exc
+            raise TemporaryProviderError(f"cannot write local VM {record.id} files: {exc}") from exc
 
     async def _spawn_guest(self, record: VmRecord) -> dict[str, int]:
         """Start the launcher; it detaches, sets the VM up and reports its pid on stdout."""
         vm_dir = self.vm_dir(record.id)
-        with open(vm_dir / LOG_DIR / "guest.log", "ab") as log:
-            proc = await asyncio.create_subprocess_exec(
-                self.config.programs.python,
-                "-m",
-                GUEST_MODULE,
-                str(vm_dir / SPEC_FILE),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=log,
-                cwd=vm_dir,
-                env=self._env,
-            )
+        try:
+            with open(vm_dir / LOG_DIR / "guest.log", "ab") as log:
+                proc = await asyncio.create_subprocess_exec(
+                    self.config.programs.python,
+                    "-m",
+                    GUEST_MODULE,
+                    str(vm_dir / SPEC_FILE),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=log,
+                    cwd=vm_dir,
+                    env=self._env,
+                )
+        except OSError as exc:
+            raise PermanentProviderError(f"cannot start local VM {record.id}: {exc}") from exc
         try:
             out, _ = await asyncio.wait_for(proc.communicate(), self.config.launch_timeout)
         except TimeoutError:

@@ -18,6 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from cloud_api_adaptor.errors import PermanentProviderError, TemporaryProviderError
 from cloud_api_adaptor.fsutil import atomic_write, remove_durably
 
 logger = logging.getLogger(__name__)
@@ -84,7 +85,11 @@ class VmRecord:
 
 
 class RecordStore:
-    """The directory of VM records (``<work_dir>/records``)."""
+    """The directory of VM records (``<work_dir>/records``).
+
+    It is the local "cloud API", so file-system failures leave it as
+    ``TemporaryProviderError`` (a full or read-only disk may recover).
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -102,7 +107,12 @@ class RecordStore:
             data = self.path(vm_id).read_bytes()
         except FileNotFoundError:
             return None
-        return VmRecord.from_json(data)
+        except OSError as exc:
+            raise TemporaryProviderError(f"cannot read local VM record {vm_id}: {exc}") from exc
+        try:
+            return VmRecord.from_json(data)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise PermanentProviderError(f"local VM record {vm_id} is unreadable: {exc}") from exc
 
     def all(self) -> list[VmRecord]:
         """Every readable record; an unreadable one is logged, not fatal (the rest still count)."""
@@ -111,6 +121,8 @@ class RecordStore:
             paths = sorted(self.root.iterdir())
         except FileNotFoundError:
             return records
+        except OSError as exc:
+            raise TemporaryProviderError(f"cannot list local VM records in {self.root}: {exc}") from exc
         for path in paths:
             if path.suffix != ".json" or not ID_PATTERN.fullmatch(path.stem):
                 continue  # atomic_write's temp files, strays
@@ -123,7 +135,13 @@ class RecordStore:
         return records
 
     def put(self, record: VmRecord) -> None:
-        atomic_write(self.path(record.id), record.to_json(), mode=0o600)
+        try:
+            atomic_write(self.path(record.id), record.to_json(), mode=0o600)
+        except OSError as exc:
+            raise TemporaryProviderError(f"cannot write local VM record {record.id}: {exc}") from exc
 
     def remove(self, vm_id: str) -> None:
-        remove_durably(self.path(vm_id))
+        try:
+            remove_durably(self.path(vm_id))
+        except OSError as exc:
+            raise TemporaryProviderError(f"cannot remove local VM record {vm_id}: {exc}") from exc
