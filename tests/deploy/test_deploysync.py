@@ -220,3 +220,11 @@ def test_main_reports_an_unknown_provider_instead_of_skipping_it(
     assert deploysync.main(["--root", str(root)], _fake_loader({})) == 2
     assert "'aws': no installed plugin" in capsys.readouterr().err
     assert not (root / CONFIG_DOC_PATH).exists()
+
+
+def test_install_guide_names_every_required_key() -> None:
+    guide = (REPO / "docs/install.md").read_text()
+    for name in DEPLOY_PROVIDERS:
+        for option in provider_keys(name).options:
+            if option.required and not option.secret:
+                assert f"providerConfigs.{name}.{option.env}=" in guide, option.env
