@@ -153,20 +153,25 @@ class Guest:
             self._stop_children()
         return 1  # pragma: no cover - _supervise only leaves by raising
 
+    def configure_network(self) -> None:
+        """netns mode: the pod namespace, then eth0 once the provider has plugged it in."""
+        spec = self.spec
+        if spec.mode != "netns":
+            return
+        from cloud_api_adaptor.localvm import netns
+
+        assert spec.vm_address and spec.host_address and spec.prefixlen
+        self.status("network")
+        netns.create_pod_netns()
+        netns.configure_vm_link(
+            ipaddress.IPv4Address(spec.vm_address),
+            spec.prefixlen,
+            ipaddress.IPv4Address(spec.host_address),
+            timeout=spec.link_timeout,
+        )
+
     def _boot(self) -> None:
         spec = self.spec
-        if spec.mode == "netns":
-            from cloud_api_adaptor.localvm import netns
-
-            assert spec.vm_address and spec.host_address and spec.prefixlen
-            self.status("network")
-            netns.create_pod_netns()
-            netns.configure_vm_link(
-                ipaddress.IPv4Address(spec.vm_address),
-                spec.prefixlen,
-                ipaddress.IPv4Address(spec.host_address),
-                timeout=spec.link_timeout,
-            )
         if spec.boot_delay > 0:
             self.status("booting")
             time.sleep(spec.boot_delay)
@@ -249,10 +254,11 @@ class Guest:
         self.children.clear()
 
 
-def _report(body: dict[str, Any]) -> None:
-    """One JSON line on stdout (the provider's pipe), then stdout joins the log."""
+def _report(body: dict[str, Any], *, last: bool) -> None:
+    """One JSON line on stdout (the provider's pipe); after the last, stdout joins the log."""
     os.write(1, json.dumps(body).encode() + b"\n")
-    os.dup2(2, 1)
+    if last:
+        os.dup2(2, 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -273,16 +279,20 @@ def main(argv: list[str] | None = None) -> int:
     guest.status("starting")
     try:
         guest.enter()
-    except (OSError, ValueError, AssertionError) as exc:
-        logger.error("cannot set up VM %s: %s", spec.vm_id, exc)
-        guest.status("failed", str(exc))
-        _report({"error": str(exc)})
-        return 1
+        # The provider records who we are, then plugs in the NIC; we report again once the
+        # VM's address is live, so a dial to it is refused at once rather than left unanswered.
+        _report({"pid": guest.pid, "start_time": guest.start_time}, last=False)
+        guest.configure_network()
     except _Stop:
         guest.status("stopped")
-        _report({"error": "stopped while starting"})
+        _report({"error": "stopped while starting"}, last=True)
         return 0
-    _report({"pid": guest.pid, "start_time": guest.start_time})
+    except Exception as exc:
+        logger.error("cannot set up VM %s: %s", spec.vm_id, exc)
+        guest.status("failed", str(exc))
+        _report({"error": str(exc)}, last=True)
+        return 1
+    _report({"ready": True}, last=True)
     return guest.run()
 
 

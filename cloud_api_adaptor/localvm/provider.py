@@ -33,6 +33,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import cloud_api_adaptor
 from cloud_api_adaptor._aio import shielded
@@ -229,11 +230,25 @@ class LocalProvider(Provider):
     async def _launch(self, record: VmRecord, request: CreateRequest) -> VmRecord:
         spec = self.launch_spec(record)
         await asyncio.to_thread(self._write_vm_files, record, request, spec)
-        report = await self._spawn_guest(record)
-        record = record.evolve(pid=report["pid"], start_time=report["start_time"])
-        await asyncio.to_thread(self.records.put, record)
-        if self.config.mode == "netns":
-            await asyncio.to_thread(self._plug, record)
+        proc = await self._start_guest(record)
+        try:
+            async with asyncio.timeout(self.config.launch_timeout):
+                assert proc.stdout is not None
+                identity = _report(record, await proc.stdout.readline(), expect="pid")
+                record = record.evolve(pid=int(identity["pid"]), start_time=int(identity["start_time"]))
+                await asyncio.to_thread(self.records.put, record)
+                if self.config.mode == "netns":
+                    await asyncio.to_thread(self._plug, record)
+                _report(record, await proc.stdout.read(), expect="ready")  # once the VM's address is live
+        except TimeoutError:
+            raise TemporaryProviderError(
+                f"local VM {record.id} did not start within {self.config.launch_timeout:g}s"
+            ) from None
+        finally:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()  # the launcher's short-lived parent, never the VM
+                await shielded(proc.wait())
         record = record.evolve(state=VmState.LAUNCHED)
         await asyncio.to_thread(self.records.put, record)
         return record
@@ -314,12 +329,12 @@ class LocalProvider(Provider):
         except OSError as exc:
             raise TemporaryProviderError(f"cannot write local VM {record.id} files: {exc}") from exc
 
-    async def _spawn_guest(self, record: VmRecord) -> dict[str, int]:
-        """Start the launcher; it detaches, sets the VM up and reports its pid on stdout."""
+    async def _start_guest(self, record: VmRecord) -> asyncio.subprocess.Process:
+        """Start the launcher; it detaches at once and reports on stdout (see ``guest.main``)."""
         vm_dir = self.vm_dir(record.id)
         try:
             with open(vm_dir / LOG_DIR / "guest.log", "ab") as log:
-                proc = await asyncio.create_subprocess_exec(
+                return await asyncio.create_subprocess_exec(
                     self.config.programs.python,
                     "-m",
                     GUEST_MODULE,
@@ -332,28 +347,6 @@ class LocalProvider(Provider):
                 )
         except OSError as exc:
             raise PermanentProviderError(f"cannot start local VM {record.id}: {exc}") from exc
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(), self.config.launch_timeout)
-        except TimeoutError:
-            raise TemporaryProviderError(
-                f"local VM {record.id} did not start within {self.config.launch_timeout:g}s"
-            ) from None
-        finally:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await shielded(proc.wait())
-        lines = out.decode(errors="replace").strip().splitlines()
-        try:
-            report = json.loads(lines[-1]) if lines else {}
-        except json.JSONDecodeError:
-            report = {}
-        if "pid" not in report:
-            reason = (
-                report.get("error") or f"launcher exited with {proc.returncode}, see {vm_dir}/logs/guest.log"
-            )
-            raise PermanentProviderError(f"local VM {record.id} failed to start: {reason}")
-        return {"pid": int(report["pid"]), "start_time": int(report["start_time"])}
 
     def _plug(self, record: VmRecord) -> None:
         from pyroute2.netlink.exceptions import NetlinkError
@@ -418,6 +411,20 @@ def _instance(record: VmRecord) -> Instance:
         tags=dict(record.tags),
         created_at=record.created_at,
     )
+
+
+def _report(record: VmRecord, raw: bytes, *, expect: str) -> dict[str, Any]:
+    """The launcher's last JSON line; an error report (or none at all) means the VM did not start."""
+    lines = raw.decode(errors="replace").strip().splitlines()
+    try:
+        body = json.loads(lines[-1]) if lines else {}
+    except json.JSONDecodeError:
+        body = {}
+    if not isinstance(body, dict) or expect not in body:
+        reason = body.get("error") if isinstance(body, dict) else None
+        where = f"see {record.id}/logs/guest.log"
+        raise PermanentProviderError(f"local VM {record.id} failed to start: {reason or where}")
+    return body
 
 
 def _write(path: Path, data: bytes, mode: int = 0o600) -> None:

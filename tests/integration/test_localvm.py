@@ -34,9 +34,9 @@ from cloud_api_adaptor.errors import PermanentProviderError
 from cloud_api_adaptor.kata_client import AgentClient
 from cloud_api_adaptor.localvm import netns
 from cloud_api_adaptor.localvm.config import GuestPrograms, LocalConfig
-from cloud_api_adaptor.localvm.procs import read_stat
+from cloud_api_adaptor.localvm.procs import VmIdentity, read_stat
 from cloud_api_adaptor.localvm.provider import LocalProvider
-from cloud_api_adaptor.localvm.records import VmRecord
+from cloud_api_adaptor.localvm.records import VmRecord, VmState
 from cloud_api_adaptor.provider import (
     TAG_CLUSTER,
     CreateRequest,
@@ -293,6 +293,26 @@ async def test_a_vm_outlives_its_provider_and_a_new_provider_finds_and_deletes_i
 
 
 @pytest.mark.asyncio
+async def test_a_create_interrupted_before_its_record_was_updated_is_redone_without_leaks(
+    loopback: LocalProvider, tls: Tls
+) -> None:
+    req = request(tls.userdata())
+    instance = await loopback.create_instance(req)
+    launched = read_record(loopback, instance.id)
+    assert launched.pid is not None
+    # The daemon died after starting the launcher but before recording it.
+    loopback.records.put(launched.evolve(state=VmState.CREATING, pid=None, start_time=None))
+
+    again = await loopback.create_instance(req)
+    assert again.id == instance.id
+    redone = read_record(loopback, instance.id)
+    assert redone.state is VmState.LAUNCHED and redone.pid != launched.pid
+    assert session_processes(launched.pid) == []  # the first launch was found (status.json) and stopped
+    agent = await connect_agent(again, tls)
+    await agent.aclose()
+
+
+@pytest.mark.asyncio
 async def test_a_dying_agent_crashes_the_vm_which_stays_listed_until_deleted(loopback: LocalProvider) -> None:
     crashing = replace(loopback.config.programs, agent=(sys.executable, "-c", "raise SystemExit(3)"))
     provider = LocalProvider(replace(loopback.config, programs=crashing), loopback.context)
@@ -397,6 +417,9 @@ async def test_a_netns_vm_has_its_own_namespaces_and_real_paths_and_leaves_nothi
 
     agent = await connect_agent(instance, tls)
     await agent.aclose()
+    # Every VM process lives in the VM's network namespace (what delete also looks for).
+    in_netns = VmIdentity.resolve(None, None, netns.NETNS_RUN_DIR / record.netns).members()
+    assert record.pid in in_netns and len(in_netns) >= 3
 
     # The programs ran with their real default paths, in the VM's own mount namespace.
     assert json.loads(run_in_vm(record.pid, "cat", "/run/peerpod/apf.json"))["pod-name"] == "pod-a"
