@@ -1,0 +1,32 @@
+"""Entry point ``aws``: the AWS provider's options and factory."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from caa_provider_aws.config import AWS_OPTIONS, AwsConfig
+from caa_provider_aws.ec2 import Boto3Ec2, Ec2Port, make_client
+from caa_provider_aws.imds import ImdsClient
+from caa_provider_aws.provider import AwsProvider
+from cloud_api_adaptor.options import Option, OptionValues
+from cloud_api_adaptor.provider import ProviderContext
+
+
+def boto3_port(config: AwsConfig) -> Ec2Port:
+    """The production EC2 port: boto3 with botocore's retries off."""
+    return Boto3Ec2(make_client(config))
+
+
+class AwsPlugin:
+    """Builds ``AwsProvider`` from the Go version's configuration keys."""
+
+    name = "aws"
+    options: Sequence[Option] = AWS_OPTIONS
+
+    def build(self, values: OptionValues, context: ProviderContext) -> AwsProvider:
+        config = AwsConfig.from_values(values)
+        imds = None if config.imds_disabled else ImdsClient(config.imds_endpoint)
+        return AwsProvider(config, ec2_factory=boto3_port, imds=imds)
+
+
+PLUGIN = AwsPlugin()
