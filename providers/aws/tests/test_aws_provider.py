@@ -6,6 +6,7 @@ for what moto does not store (CpuOptions), from the request log on the wire.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import ipaddress
 from collections.abc import AsyncIterator
@@ -216,6 +217,15 @@ async def test_duplicates_left_by_a_cloud_ignoring_client_token_are_reconciled(
     assert instance.id in before
     assert world.live_ids() == {instance.id}
     assert world.proxy.count("RunInstances") == 0
+
+
+@pytest.mark.asyncio
+async def test_concurrent_creates_with_one_token_launch_once(world: AwsWorld, provider: AwsProvider) -> None:
+    req = request()
+    results = await asyncio.gather(*(provider.create_instance(req) for _ in range(3)))
+    assert len({r.id for r in results}) == 1
+    assert world.live_ids() == {results[0].id}
+    assert world.proxy.count("RunInstances") == 1
 
 
 @pytest.mark.asyncio

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aws_testkit import FAST_RETRY, FAST_WAIT
 from botocore.exceptions import (
     ClientError,
     ConnectionClosedError,
@@ -256,3 +257,46 @@ def test_instance_type_info_sums_gpus() -> None:
     }
     info = instance_type_info(raw)
     assert (info.name, info.vcpus, info.memory_mib, info.gpus) == ("p4d.24xlarge", 96, 1179648, 8)
+
+
+# -- branches moto cannot produce -----------------------------------------------------------------------
+
+
+class StubEc2:
+    """Just enough of Ec2Port for create: no instance carries the token; launches answer ``launched``."""
+
+    def __init__(self, launched: dict[str, Any]) -> None:
+        self.launched = launched
+        self.polls = 0
+
+    async def run_instances(self, params: Any) -> dict[str, Any]:
+        return self.launched
+
+    async def describe_instances(self, *, instance_ids: Any = (), filters: Any = ()) -> list[dict[str, Any]]:
+        if instance_ids:
+            self.polls += 1
+            return [self.launched]
+        return []
+
+    async def aclose(self) -> None:
+        pass
+
+
+def _stub_provider(stub: StubEc2) -> AwsProvider:
+    config = AwsConfig(image_id="ami-1", root_volume_size=0, imds_disabled=True)
+    return AwsProvider(config, ec2_factory=lambda _: stub, retry=FAST_RETRY, wait=FAST_WAIT)  # type: ignore[arg-type,return-value]
+
+
+@pytest.mark.asyncio
+async def test_an_instance_that_never_gets_an_address_is_a_bounded_temporary_error() -> None:
+    stub = StubEc2({"InstanceId": "i-1", "State": {"Name": "pending"}})
+    with pytest.raises(TemporaryProviderError, match="no IP address"):
+        await _stub_provider(stub).create_instance(_request())
+    assert stub.polls == 5
+
+
+@pytest.mark.asyncio
+async def test_a_token_answered_with_a_terminated_instance_is_a_permanent_error() -> None:
+    stub = StubEc2({"InstanceId": "i-1", "State": {"Name": "terminated"}, "PrivateIpAddress": "10.0.0.1"})
+    with pytest.raises(PermanentProviderError, match="new token"):
+        await _stub_provider(stub).create_instance(_request())
