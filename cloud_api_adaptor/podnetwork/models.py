@@ -325,6 +325,8 @@ def _bool(value: object, where: str) -> bool:
 def _interface(value: object, where: str) -> ipaddress.IPv4Interface:
     text = _str(value, where)
     try:
+        if "/" not in text:  # netip.ParsePrefix needs the length too
+            raise ValueError(text)
         return ipaddress.IPv4Interface(text)
     except ValueError as exc:
         raise InvalidInput(where, f"{where}: {text!r} is not an IPv4 address with a prefix length") from exc
@@ -335,6 +337,8 @@ def _opt_network(value: object, where: str) -> ipaddress.IPv4Network | None:
     if not text:
         return None
     try:
+        if "/" not in text:
+            raise ValueError(text)
         return ipaddress.IPv4Network(text, strict=False)
     except ValueError as exc:
         raise InvalidInput(where, f"{where}: {text!r} is not an IPv4 prefix") from exc

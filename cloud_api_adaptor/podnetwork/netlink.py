@@ -151,11 +151,15 @@ class Netlink:
             return [_link(m) for m in self._ipr.get_links()]
 
     def link(self, name: str) -> Link | None:
-        """The link called ``name``, or None."""
-        for link in self.links():
-            if link.name == name:
-                return link
-        return None
+        """The link called ``name``, or None (one request: a full dump costs much more to parse)."""
+        try:
+            with self._op(f"get link {name}"):
+                msgs = self._ipr.link("get", ifname=name)
+        except NetlinkFailure as exc:
+            if is_missing(exc):
+                return None
+            raise
+        return _link(msgs[0]) if msgs else None
 
     def add_vxlan(self, name: str, vni: int, group: ipaddress.IPv4Address, port: int) -> int:
         """Create a VXLAN device (remote = ``group``, see local-stand-ins §7) and return its index."""
@@ -299,7 +303,8 @@ class Netlink:
         """Delete a main-table route; False if there was none."""
         try:
             with self._op(f"delete route {dst} dev {oif}"):
-                kwargs: dict[str, Any] = {"dst": str(dst), "oif": oif, "table": RT_TABLE_MAIN}
+                # scope "nowhere" is the kernel's wildcard when deleting
+                kwargs: dict[str, Any] = {"dst": str(dst), "oif": oif, "table": RT_TABLE_MAIN, "scope": 255}
                 if protocol is not None:
                     kwargs["proto"] = protocol
                 self._ipr.route("del", **kwargs)

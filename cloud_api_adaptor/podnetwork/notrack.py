@@ -86,68 +86,85 @@ def _run(
 
 
 class IptablesNotrack:
-    """The Go adaptor's layout in the ``raw`` table."""
+    """The Go adaptor's layout in the ``raw`` table.
+
+    One ``iptables-save`` to read and one ``iptables-restore --noflush`` to
+    apply all changes atomically: a dozen single ``iptables`` calls would each
+    re-read the whole ruleset.
+    """
 
     name = "iptables"
 
     def __init__(self, binary: str = "iptables") -> None:
         self._binary = binary
 
-    def _ipt(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return _run([self._binary, "-w", "5", "-t", "raw", *args], check=check)
+    def _read(self) -> tuple[set[str], list[list[str]]]:
+        """The raw table's chain names and its rules as ``-A`` token lists."""
+        done = _run([f"{self._binary}-save", "-t", "raw"], check=False)
+        chains: set[str] = set()
+        rules: list[list[str]] = []
+        if done.returncode != 0:  # no raw table yet
+            return chains, rules
+        for line in done.stdout.splitlines():
+            if line.startswith(":"):
+                chains.add(line[1:].split()[0])
+            elif line.startswith("-A "):
+                rules.append(shlex.split(line))
+        return chains, rules
 
-    def _chain_rules(self, chain: str) -> list[list[str]] | None:
-        """The chain's rules as ``-A`` argument lists, or None if the chain does not exist."""
-        done = self._ipt("-S", chain, check=False)
-        if done.returncode != 0:
-            return None
-        return [shlex.split(line) for line in done.stdout.splitlines() if line.startswith("-A ")]
+    def _apply(self, lines: list[str]) -> None:
+        if lines:
+            script = "*raw\n" + "\n".join(lines) + "\nCOMMIT\n"
+            _run([f"{self._binary}-restore", "-w", "5", "--noflush"], stdin=script)
+
+    def _plan_ensure(self, vni: int, peer: ipaddress.IPv4Address, port: int) -> list[str]:
+        comment = comment_for(vni)
+        chains, rules = self._read()
+        lines = []
+        for chain, base, flag in IPT_CHAINS:
+            if chain not in chains:
+                lines.append(f"-N {chain}")
+            if ["-A", base, "-j", chain] not in rules:
+                lines.append(f"-A {base} -j {chain}")
+            # The order iptables-save prints, so an unchanged rule compares equal.
+            wanted = ["-A", chain, flag, f"{peer}/32", "-p", "udp", "-m", "comment", "--comment", comment]
+            wanted += ["-m", "udp", "--dport", str(port), "-j", "NOTRACK"]
+            ours = [r for r in rules if r[1] == chain and _comment_of(r) == comment]
+            if ours == [wanted]:
+                continue
+            lines += [_restore_line(["-D", *r[1:]]) for r in ours]  # stale: another peer or port
+            lines.append(_restore_line(wanted))
+        return lines
+
+    def _plan_remove(self, vni: int) -> list[str]:
+        comment = comment_for(vni)
+        chains, rules = self._read()
+        lines = []
+        for chain, base, _ in IPT_CHAINS:
+            if chain not in chains:
+                continue
+            in_chain = [r for r in rules if r[1] == chain]
+            ours = [r for r in in_chain if _comment_of(r) == comment]
+            lines += [_restore_line(["-D", *r[1:]]) for r in ours]
+            if len(ours) == len(in_chain):
+                lines += [f"-D {base} -j {chain}"] * rules.count(["-A", base, "-j", chain])
+                lines.append(f"-X {chain}")
+        return lines
 
     def ensure(self, vni: int, peer: ipaddress.IPv4Address, port: int) -> None:
-        comment = comment_for(vni)
         with _LOCK:
-            for chain, base, flag in IPT_CHAINS:
-                rules = self._chain_rules(chain)
-                if rules is None:
-                    self._ipt("-N", chain)
-                    rules = []
-                if self._ipt("-C", base, "-j", chain, check=False).returncode != 0:
-                    self._ipt("-A", base, "-j", chain)
-                spec = [flag, f"{peer}/32", "-p", "udp", "-m", "comment", "--comment", comment]
-                spec += ["-m", "udp", "--dport", str(port), "-j", "NOTRACK"]
-                ours = [r for r in rules if _comment_of(r) == comment]
-                if len(ours) == 1 and self._ipt("-C", chain, *spec, check=False).returncode == 0:
-                    continue
-                for rule in ours:  # stale: another peer or port from an earlier attempt
-                    self._ipt("-D", *rule[1:], check=False)
-                self._ipt("-A", chain, *spec)
+            _twice(lambda: self._apply(self._plan_ensure(vni, peer, port)))
 
     def remove(self, vni: int) -> None:
-        comment = comment_for(vni)
         with _LOCK:
-            for chain, base, _ in IPT_CHAINS:
-                rules = self._chain_rules(chain)
-                if rules is None:
-                    continue
-                for rule in rules:
-                    if _comment_of(rule) == comment:
-                        self._ipt("-D", *rule[1:], check=False)
-                if self._chain_rules(chain):
-                    continue
-                while self._ipt("-C", base, "-j", chain, check=False).returncode == 0:
-                    self._ipt("-D", base, "-j", chain)
-                self._ipt("-X", chain, check=False)
+            _twice(lambda: self._apply(self._plan_remove(vni)))
 
     def rules(self) -> list[str]:
-        out = []
-        for chain, base, _ in IPT_CHAINS:
-            rules = self._chain_rules(chain)
-            if rules is None:
-                continue
-            out += [f"chain {chain}"]
-            out += [shlex.join(r) for r in rules]
-            if self._ipt("-C", base, "-j", chain, check=False).returncode == 0:
-                out.append(f"jump {base} -> {chain}")
+        chains, rules = self._read()
+        out = [f"chain {chain}" for chain, _, _ in IPT_CHAINS if chain in chains]
+        for r in rules:
+            if r[1] in {c for c, _, _ in IPT_CHAINS} or (len(r) == 4 and r[3].startswith("peerpod-")):
+                out.append(shlex.join(r))
         return out
 
 
@@ -159,8 +176,8 @@ class NftablesNotrack:
     def __init__(self, binary: str = "nft") -> None:
         self._binary = binary
 
-    def _table(self) -> list[dict[str, Any]] | None:
-        """The table's rules (JSON objects), or None if the table does not exist."""
+    def _table(self) -> tuple[set[str], list[dict[str, Any]]] | None:
+        """The table's chain names and rules (JSON objects), or None if the table does not exist."""
         done = _run([self._binary, "-j", "list", "table", "ip", NFT_TABLE], check=False)
         if done.returncode != 0:
             return None
@@ -168,59 +185,78 @@ class NftablesNotrack:
             items = json.loads(done.stdout)["nftables"]
         except (ValueError, KeyError, TypeError) as exc:
             raise FailedPrecondition(f"nft -j list table ip {NFT_TABLE}: unreadable output") from exc
-        return [item["rule"] for item in items if isinstance(item, dict) and "rule" in item]
+        chains = {i["chain"]["name"] for i in items if isinstance(i, dict) and "chain" in i}
+        return chains, [i["rule"] for i in items if isinstance(i, dict) and "rule" in i]
 
-    def _apply(self, script: str) -> None:
-        _run([self._binary, "-f", "-"], stdin=script)
+    def _apply(self, lines: list[str]) -> None:
+        if lines:
+            _run([self._binary, "-f", "-"], stdin="\n".join(lines) + "\n")
 
-    def ensure(self, vni: int, peer: ipaddress.IPv4Address, port: int) -> None:
+    def _plan_ensure(self, vni: int, peer: ipaddress.IPv4Address, port: int) -> list[str]:
         comment = comment_for(vni)
-        with _LOCK:
-            lines = [f"table ip {NFT_TABLE} {{"]
+        chains, rules = self._table() or (set(), [])
+        lines = []
+        if chains != {c for c, _, _ in NFT_CHAINS}:
+            lines.append(f"table ip {NFT_TABLE} {{")
             for chain, hook, _ in NFT_CHAINS:
                 lines.append(f"  chain {chain} {{ type filter hook {hook} priority raw; policy accept; }}")
             lines.append("}")
-            self._apply("\n".join(lines) + "\n")
-            rules = self._table() or []
-            script = []
-            for chain, _, field in NFT_CHAINS:
-                ours = [r for r in rules if r.get("chain") == chain and r.get("comment") == comment]
-                wanted = {("ip", field, str(peer)), ("udp", "dport", port)}
-                if len(ours) == 1 and _nft_matches(ours[0]) == wanted:
-                    continue
-                script += [f"delete rule ip {NFT_TABLE} {chain} handle {r['handle']}" for r in ours]
-                script.append(
-                    f"add rule ip {NFT_TABLE} {chain} ip {field} {peer} udp dport {port} notrack "
-                    f'comment "{comment}"'
-                )
-            if script:
-                self._apply("\n".join(script) + "\n")
+        for chain, _, field in NFT_CHAINS:
+            ours = [r for r in rules if r.get("chain") == chain and r.get("comment") == comment]
+            wanted = {("ip", field, str(peer)), ("udp", "dport", port)}
+            if len(ours) == 1 and _nft_matches(ours[0]) == wanted:
+                continue
+            lines += [f"delete rule ip {NFT_TABLE} {chain} handle {r['handle']}" for r in ours]
+            lines.append(
+                f"add rule ip {NFT_TABLE} {chain} ip {field} {peer} udp dport {port} notrack "
+                f'comment "{comment}"'
+            )
+        return lines
+
+    def _plan_remove(self, vni: int) -> list[str]:
+        comment = comment_for(vni)
+        table = self._table()
+        if table is None:
+            return []
+        _, rules = table
+        ours = [r for r in rules if r.get("comment") == comment]
+        if len(ours) == len(rules):
+            return [f"delete table ip {NFT_TABLE}"]
+        return [f"delete rule ip {NFT_TABLE} {r['chain']} handle {r['handle']}" for r in ours]
+
+    def ensure(self, vni: int, peer: ipaddress.IPv4Address, port: int) -> None:
+        with _LOCK:
+            _twice(lambda: self._apply(self._plan_ensure(vni, peer, port)))
 
     def remove(self, vni: int) -> None:
-        comment = comment_for(vni)
         with _LOCK:
-            rules = self._table()
-            if rules is None:
-                return
-            ours = [r for r in rules if r.get("comment") == comment]
-            if len(ours) == len(rules):
-                self._apply(f"delete table ip {NFT_TABLE}\n")
-                return
-            script = [f"delete rule ip {NFT_TABLE} {r['chain']} handle {r['handle']}" for r in ours]
-            if script:
-                self._apply("\n".join(script) + "\n")
+            _twice(lambda: self._apply(self._plan_remove(vni)))
 
     def rules(self) -> list[str]:
-        rules = self._table()
-        if rules is None:
+        table = self._table()
+        if table is None:
             return []
         out = [f"table ip {NFT_TABLE}"]
-        for r in rules:
+        for r in table[1]:
             matches = " ".join(
                 f"{proto} {fld} {value}" for proto, fld, value in sorted(_nft_matches(r), key=str)
             )
             out.append(f"{r.get('chain')}: {matches} notrack comment {r.get('comment', '')!r}")
         return out
+
+
+def _twice(step: Callable[[], None]) -> None:
+    """Read-plan-apply again if another process changed the ruleset between our read and write."""
+    try:
+        step()
+    except FailedPrecondition as exc:
+        logger.info("retrying NOTRACK rule change once: %s", exc)
+        step()
+
+
+def _restore_line(tokens: list[str]) -> str:
+    # iptables-restore understands double quotes only.
+    return " ".join(f'"{t}"' if any(c.isspace() for c in t) else t for t in tokens)
 
 
 def _comment_of(rule: list[str]) -> str | None:

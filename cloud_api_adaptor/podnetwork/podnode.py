@@ -58,12 +58,24 @@ class HasPodNetwork(Protocol):
     def pod_network(self) -> Mapping[str, Any] | None: ...
 
 
-async def forwarder_network_setup(apf: HasPodNetwork, pod_namespace: str = DEFAULT_POD_NAMESPACE) -> None:
-    """The forwarder's ``network_setup`` hook: build the tunnel from apf.json, if it has one."""
+async def forwarder_network_setup(
+    apf: HasPodNetwork,
+    pod_namespace: str = DEFAULT_POD_NAMESPACE,
+    *,
+    vm_netns: str | None = None,
+    mtu_cap: int = DEFAULT_MTU_CAP,
+    notrack: NotrackBackend | bool = True,
+) -> None:
+    """The forwarder's ``network_setup`` hook: build the tunnel from apf.json, if it has one.
+
+    The keyword arguments are those of ``setup_pod_node`` (bind them with
+    ``functools.partial`` for a configurable MTU cap).
+    """
     if apf.pod_network is None:
         logger.info("apf.json has no pod-network object: no pod network tunnel")
         return
-    await setup_pod_node(PodNetworkConfig.from_json_obj(apf.pod_network), pod_namespace)
+    config = PodNetworkConfig.from_json_obj(apf.pod_network)
+    await setup_pod_node(config, pod_namespace, vm_netns=vm_netns, mtu_cap=mtu_cap, notrack=notrack)
 
 
 async def setup_pod_node(

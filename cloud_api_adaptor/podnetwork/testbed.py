@@ -30,6 +30,7 @@ from cloud_api_adaptor.podnetwork.netns import (
     run_in_netns,
     socket_in_netns,
 )
+from cloud_api_adaptor.podnetwork.notrack import NotrackBackend
 from cloud_api_adaptor.podnetwork.workernode import WorkerNodeSettings
 
 NODE_UNDERLAY = ipaddress.IPv4Interface("192.0.2.1/24")
@@ -49,6 +50,7 @@ _ROLES = ("node", "pod", "vm", "vmpod", "peer", "plain")
 class Testbed:
     """Paths of the namespaces; ``aclose`` deletes them all (and every link inside)."""
 
+    __test__ = False  # not a pytest test class
     prefix: str
     paths: dict[str, str] = field(default_factory=dict)
 
@@ -106,6 +108,32 @@ class Testbed:
         """Delete every namespace of the bed (idempotent)."""
         for name in self.names():
             await delete_named_netns(name)
+
+    async def leftovers(self, notrack: NotrackBackend | None = None) -> list[str]:
+        """What a tunnel left behind: VXLAN links, ingress qdiscs or filters, NOTRACK rules.
+
+        Empty after a clean teardown; the namespaces' own veths do not count.
+        """
+
+        def scan(nl: Netlink) -> list[str]:
+            found = []
+            for link in nl.links():
+                if link.kind == "vxlan":
+                    found.append(f"{nl.where}: vxlan link {link.name} ({link.vxlan})")
+                    continue
+                kind = nl.ingress_kind(link.index)
+                if kind is not None:
+                    filters, prios = nl.ingress_filters(link.index)
+                    found.append(f"{nl.where}: {kind} qdisc on {link.name} ({prios} filter prios, {filters})")
+            return found
+
+        found: list[str] = []
+        for path in self.paths.values():
+            found += await in_netns(path, scan)
+        if notrack is not None:
+            for path in (self.node, self.vm):
+                found += [f"{path}: {rule}" for rule in await run_in_netns(path, notrack.rules)]
+        return found
 
     async def _wire(self, underlay_mtu: int) -> None:
         for path in self.paths.values():
