@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from cloud_api_adaptor.ttrpc.connection import ClientStreamIds, ServerStreamIds
 from cloud_api_adaptor.ttrpc.framing import (
     MAX_MESSAGE_LENGTH,
     Frame,
@@ -47,3 +48,20 @@ def test_encoder_refuses_data_above_four_mebibytes() -> None:
     with pytest.raises(OversizedMessageError) as info:
         encode_frame(1, 1, b"\0" * (MAX_MESSAGE_LENGTH + 1))
     assert str(info.value) == "message length 4194305 exceed maximum message size of 4194304"
+
+
+def test_server_stream_ids_must_be_odd_and_increasing() -> None:
+    ids = ServerStreamIds()
+    assert ids.accept_request(2) == "StreamID must be odd for client initiated streams"
+    assert ids.accept_request(3) is None
+    assert ids.accept_request(3) == "StreamID cannot be re-used and must increment"
+    assert ids.accept_request(1) == "StreamID cannot be re-used and must increment"
+    assert ids.accept_request(9) is None  # gaps are fine
+
+
+def test_client_stream_ids_are_odd_from_one_until_exhausted() -> None:
+    ids = ClientStreamIds()
+    assert [ids.allocate() for _ in range(3)] == [1, 3, 5]
+    ids._next = 0xFFFF_FFFF
+    assert ids.allocate() == 0xFFFF_FFFF
+    assert ids.allocate() is None

@@ -90,3 +90,40 @@ async def test_expired_timeout_fails_before_sending() -> None:
         assert info.value.code == Code.DEADLINE_EXCEEDED
     await server.wait_closed()
     assert seen == []
+
+
+@pytest.mark.asyncio
+async def test_client_fails_only_the_stream_of_an_oversized_reply() -> None:
+    import socket
+
+    from cloud_api_adaptor.ttrpc.framing import FrameDecoder, encode_frame
+    from cloud_api_adaptor.ttrpc.messages import encode_response
+
+    ours, peer = socket.socketpair()
+    client = await Client.connect_socket(ours)
+    reader, writer = await asyncio.open_unix_connection(sock=peer)
+    try:
+        first = asyncio.create_task(
+            client.call("hypervisor.Hypervisor", "Version", hv.VersionRequest(), hv.VersionResponse)
+        )
+        second = asyncio.create_task(
+            client.call("hypervisor.Hypervisor", "Version", hv.VersionRequest(), hv.VersionResponse)
+        )
+        decoder = FrameDecoder()
+        frames: list[object] = []
+        while len(frames) < 2:
+            frames.extend(decoder.feed(await reader.read(65536)))
+        # Stream 1 gets a frame announcing 5 MB; stream 3 a normal reply.
+        writer.write(b"\x00\x4c\x4b\x40\x00\x00\x00\x01\x02\x00" + b"\0" * 5_000_000)
+        writer.write(
+            encode_frame(3, 2, encode_response(hv.VersionResponse(version="ok").SerializeToString()))
+        )
+        await writer.drain()
+        with pytest.raises(RpcError) as info:
+            await first
+        assert info.value.code == Code.RESOURCE_EXHAUSTED
+        assert (await second).version == "ok"
+    finally:
+        await client.aclose()
+        writer.close()
+        await writer.wait_closed()
