@@ -6,9 +6,10 @@ It detaches at once (fork, ``setsid``), so the VM is not the daemon's child and
 survives a ``kill -9`` of the daemon, and leads a session of its own that holds
 every VM process.  In netns mode it then becomes the VM: its own network
 namespace (named for the provider to plug a veth into), a private mount
-namespace with the real default paths, its own hostname.  It reports
-``{"pid", "start_time"}`` (or ``{"error"}``) as one JSON line on stdout and closes
-it, which is when ``create_instance`` returns.
+namespace with the real default paths, its own hostname.  It reports on
+stdout, one JSON line at a time: ``{"pid", "start_time"}`` (the provider records
+it and plugs in the VM's NIC), then ``{"ready"}`` once the VM's address is
+configured, or ``{"error"}``; closing stdout is when ``create_instance`` returns.
 
 Then it boots, as the pod VM's systemd units would: wait ``boot_delay``, run
 ``process-user-data provision-files``, start the agent, wait for its socket,
@@ -90,7 +91,13 @@ class _Crash(Exception):
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
+    _shutting_down()  # a second SIGTERM must not interrupt the shutdown the first one started
     raise _Stop(signal.Signals(signum).name)
+
+
+def _shutting_down() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _self_start_time() -> int:
@@ -131,27 +138,28 @@ class Guest:
         netns.enter_vm_namespaces(Path(self.spec.netns_path), Path(self.spec.cidata_dir), self.spec.name)
 
     def run(self) -> int:
+        """Boot and supervise; returns the exit code once the VM is down (stopped or crashed)."""
         try:
             self._boot()
             self.status("running")
             logger.info("VM %s running", self.spec.vm_id)
             self._supervise()
         except _Stop as stop:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one stop at a time
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            _shutting_down()
             logger.info("VM %s stopping (%s)", self.spec.vm_id, stop)
             self.status("stopping")
             self._stop_children()
             self.status("stopped")
             return 0
         except Exception as exc:
+            _shutting_down()
             logger.error("VM %s crashed: %s", self.spec.vm_id, exc)
             self.status("crashed", str(exc))
             self._stop_children()
             return 1
         finally:
+            _shutting_down()
             self._stop_children()
-        return 1  # pragma: no cover - _supervise only leaves by raising
 
     def configure_network(self) -> None:
         """netns mode: the pod namespace, then eth0 once the provider has plugged it in."""

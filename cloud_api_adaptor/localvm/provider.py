@@ -128,10 +128,11 @@ class LocalProvider(Provider):
                     return _instance(record)
                 if record.state is VmState.DELETING:
                     raise TemporaryProviderError(f"local VM {vm_id} is being deleted", retry_after=1.0)
-                logger.info("local VM %s: finishing an interrupted create from scratch", vm_id)
-                await shielded(asyncio.to_thread(self._teardown, record, keep_record=True))
-            else:
-                record = await self._reserve(vm_id, request)
+                # An interrupted create (the daemon died before recording the launch): undo
+                # whatever it left, found through the launcher's own status file, and redo it.
+                logger.info("local VM %s: redoing an interrupted create", vm_id)
+                await shielded(asyncio.to_thread(self._teardown, record))
+            record = await self._reserve(vm_id, request)
             try:
                 record = await self._launch(record, request)
             except BaseException:
@@ -236,9 +237,10 @@ class LocalProvider(Provider):
                 assert proc.stdout is not None
                 identity = _report(record, await proc.stdout.readline(), expect="pid")
                 record = record.evolve(pid=int(identity["pid"]), start_time=int(identity["start_time"]))
-                await asyncio.to_thread(self.records.put, record)
+                # Shielded: a timeout or cancellation must not undo the VM while a thread still builds it.
+                await shielded(asyncio.to_thread(self.records.put, record))
                 if self.config.mode == "netns":
-                    await asyncio.to_thread(self._plug, record)
+                    await shielded(asyncio.to_thread(self._plug, record))
                 _report(record, await proc.stdout.read(), expect="ready")  # once the VM's address is live
         except TimeoutError:
             raise TemporaryProviderError(
@@ -370,8 +372,8 @@ class LocalProvider(Provider):
 
     # -- delete ---------------------------------------------------------------------------------------
 
-    def _teardown(self, record: VmRecord, *, keep_record: bool = False) -> None:
-        """Stop the processes, unplug, unname the netns, remove the files, then (unless kept) the record."""
+    def _teardown(self, record: VmRecord) -> None:
+        """Stop the processes, unplug, unname the netns, remove the files, and last the record."""
         vm_dir = self.vm_dir(record.id)
         pid, start_time = record.pid, record.start_time
         if pid is None:  # crashed between launch and record update: the launcher wrote its own identity
@@ -399,8 +401,7 @@ class LocalProvider(Provider):
             pass
         except OSError as exc:
             raise TemporaryProviderError(f"cannot remove {vm_dir}: {exc}") from exc
-        if not keep_record:
-            self.records.remove(record.id)
+        self.records.remove(record.id)
 
 
 def _instance(record: VmRecord) -> Instance:

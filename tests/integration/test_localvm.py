@@ -335,6 +335,36 @@ async def test_a_vm_deleted_while_it_boots_stops_at_once(work: Path) -> None:
     assert_nothing_left(provider, record)
 
 
+def processes_mentioning(path: Path) -> list[int]:
+    """Live processes whose command line names ``path`` (every loopback VM program does)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        stat = read_stat(int(entry.name))
+        if str(path).encode() in cmdline and stat is not None and not stat.is_zombie:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.asyncio
+async def test_a_create_cancelled_midway_leaves_nothing(work: Path, tls: Tls) -> None:
+    provider = make_provider("loopback", work)
+    task = asyncio.create_task(provider.create_instance(request(tls.userdata())))
+    while not any(provider.vms_dir.glob("*/launch.json")):
+        await asyncio.sleep(0.001)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await provider.list_instances({}) == []
+    assert list(provider.vms_dir.iterdir()) == []
+    assert processes_mentioning(work) == []
+
+
 @pytest.mark.asyncio
 async def test_a_launch_that_cannot_start_fails_permanently_and_leaves_nothing(work: Path) -> None:
     broken = GuestPrograms.installed("/nonexistent/bin/python")
