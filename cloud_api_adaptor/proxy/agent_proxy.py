@@ -69,8 +69,13 @@ class _DialFailed(Exception):
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "connection attempt timed out"
-    text = str(exc) or type(exc).__name__
-    return text
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"tls: failed to verify certificate: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"tls: {exc.reason or exc}"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc.strerror or os.strerror(exc.errno).lower()
+    return str(exc) or type(exc).__name__
 
 
 class AgentProxy:
@@ -284,8 +289,15 @@ class AgentProxy:
         sock = socket.socket(family, type_, proto)
         try:
             sock.setblocking(False)
-            async with asyncio.timeout(min(self._attempt_timeout, budget)):
-                await loop.sock_connect(sock, sockaddr)
+            try:
+                async with asyncio.timeout(min(self._attempt_timeout, budget)):
+                    await loop.sock_connect(sock, sockaddr)
+            except OSError as exc:
+                if exc.errno is None:
+                    raise
+                raise OSError(
+                    exc.errno, f"dial tcp {host}:{port}: connect: {os.strerror(exc.errno).lower()}"
+                ) from exc
             up = Pipe(self.stats)
             handshake: dict[str, Any] = {}
             if self._ssl is not None:

@@ -17,8 +17,10 @@ direction) costs 100-180 us per hop; writing to the peer transport straight from
 
 A ``Pipe`` may be connected before its peer exists (the agent proxy dials the
 forwarder before the shim connects, and a shim connection exists before its
-upstream dial finishes); until ``link`` joins them, a pipe holds what it reads
-and stops reading, so nothing is lost and memory stays bounded.
+upstream dial finishes); until ``link`` joins them, a pipe holds what it reads,
+so nothing is lost.  A downstream pipe stops reading until linked (the shim
+talks first); an upstream one keeps reading, bounded by ``_HOLD_LIMIT``, so an
+idle pre-dialled connection notices when the far end closes it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ logger = logging.getLogger(__name__)
 # A filter turns bytes read on one side into bytes to write on the other (e.g. the
 # forwarder's frame interceptor).  It must be cheap: it runs inside data_received.
 Filter = Callable[[bytes], bytes | bytearray | memoryview]
+
+_HOLD_LIMIT = 1 << 20  # bytes an unlinked pipe holds before it stops reading
 
 
 @dataclass
@@ -52,6 +56,7 @@ class Pipe(asyncio.Protocol):
         "_downstream",
         "_eof",
         "_filter",
+        "_pause_unlinked",
         "_peer",
         "_pending",
         "_stats",
@@ -61,7 +66,12 @@ class Pipe(asyncio.Protocol):
     )
 
     def __init__(
-        self, stats: PumpStats | None = None, *, downstream: bool = False, filter: Filter | None = None
+        self,
+        stats: PumpStats | None = None,
+        *,
+        downstream: bool = False,
+        filter: Filter | None = None,
+        pause_unlinked: bool | None = None,
     ):
         self.transport: asyncio.Transport | None = None
         self._peer: Pipe | None = None
@@ -70,6 +80,7 @@ class Pipe(asyncio.Protocol):
         self._stats = stats
         self._downstream = downstream
         self._filter = filter
+        self._pause_unlinked = downstream if pause_unlinked is None else pause_unlinked
         loop = asyncio.get_running_loop()
         self.connected: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[None] = loop.create_future()
@@ -103,7 +114,7 @@ class Pipe(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        if self._peer is None:
+        if self._peer is None and self._pause_unlinked:
             transport.pause_reading()
         if not self.connected.done():
             self.connected.set_result(None)
@@ -117,9 +128,11 @@ class Pipe(asyncio.Protocol):
                 self._stats.bytes_out += len(data)
         peer = self._peer
         if peer is None:
-            # Can arrive once after pause_reading (SSL may deliver decrypted buffered data).
+            # Unlinked: hold (SSL may also deliver buffered data after pause_reading).
             if out:
                 self._pending.append(out)
+                if self.transport is not None and sum(len(c) for c in self._pending) > _HOLD_LIMIT:
+                    self.transport.pause_reading()
             return
         if out and peer.transport is not None:
             peer.transport.write(out)

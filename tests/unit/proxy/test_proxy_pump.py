@@ -1,0 +1,157 @@
+"""The byte pump: both directions, half-close, back-pressure, failure propagation, late linking."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+import pytest_asyncio
+
+from cloud_api_adaptor.proxy.pump import Pipe, PumpStats, link
+
+
+@dataclass
+class Rig:
+    """client <-> [down Pipe | up Pipe] <-> backend, over two socketpairs."""
+
+    client_r: asyncio.StreamReader
+    client_w: asyncio.StreamWriter
+    backend_r: asyncio.StreamReader
+    backend_w: asyncio.StreamWriter
+    down: Pipe
+    up: Pipe
+    stats: PumpStats
+
+
+async def make_rig(*, linked: bool = True, filter=None) -> Rig:  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    client_sock, relay_down = socket.socketpair()
+    relay_up, backend_sock = socket.socketpair()
+    stats = PumpStats()
+    down = Pipe(stats, downstream=True, filter=filter)
+    up = Pipe(stats)
+    await loop.create_unix_connection(lambda: down, sock=relay_down)
+    await loop.create_unix_connection(lambda: up, sock=relay_up)
+    cr, cw = await asyncio.open_unix_connection(sock=client_sock)
+    br, bw = await asyncio.open_unix_connection(sock=backend_sock)
+    if linked:
+        link(down, up)
+    return Rig(cr, cw, br, bw, down, up, stats)
+
+
+@pytest_asyncio.fixture
+async def rig() -> AsyncIterator[Rig]:
+    r = await make_rig()
+    yield r
+    await close_rig(r)
+
+
+async def close_rig(r: Rig) -> None:
+    for w in (r.client_w, r.backend_w):
+        w.close()
+    r.down.close()
+    r.up.close()
+    await asyncio.gather(r.down.closed, r.up.closed)
+    for w in (r.client_w, r.backend_w):
+        with contextlib.suppress(OSError):
+            await w.wait_closed()
+
+
+@pytest.mark.asyncio
+async def test_bytes_flow_both_ways_unchanged_and_are_counted(rig: Rig) -> None:
+    rig.client_w.write(b"hello agent")
+    assert await rig.backend_r.readexactly(11) == b"hello agent"
+    rig.backend_w.write(b"hello shim!!")
+    assert await rig.client_r.readexactly(12) == b"hello shim!!"
+    assert rig.stats.bytes_in == 11
+    assert rig.stats.bytes_out == 12
+
+
+@pytest.mark.asyncio
+async def test_half_close_lets_the_other_side_finish_its_answer(rig: Rig) -> None:
+    rig.client_w.write(b"request")
+    rig.client_w.write_eof()
+    assert await rig.backend_r.read() == b"request"  # EOF reached the backend
+    rig.backend_w.write(b"late answer")
+    await rig.backend_w.drain()
+    rig.backend_w.close()
+    assert await rig.client_r.read() == b"late answer"
+    await asyncio.gather(rig.down.closed, rig.up.closed)
+
+
+@pytest.mark.asyncio
+async def test_one_side_failing_closes_the_other(rig: Rig) -> None:
+    assert rig.up.transport is not None
+    rig.up.transport.abort()  # what a transport does on a socket error
+    assert await rig.client_r.read() == b""
+    await asyncio.gather(rig.down.closed, rig.up.closed)
+    assert not rig.down.is_alive and not rig.up.is_alive
+
+
+@pytest.mark.asyncio
+async def test_eof_from_both_sides_closes_the_relay(rig: Rig) -> None:
+    rig.backend_w.close()
+    assert await rig.client_r.read() == b""
+    rig.client_w.write_eof()
+    await asyncio.gather(rig.down.closed, rig.up.closed)
+
+
+@pytest.mark.asyncio
+async def test_a_slow_reader_pauses_the_writer_instead_of_buffering_everything(rig: Rig) -> None:
+    payload = os.urandom(16 << 20)
+    rig.client_w.write(payload)  # the backend is not reading yet
+    assert rig.down.transport is not None
+    for _ in range(2000):
+        if not rig.down.transport.is_reading():
+            break
+        await asyncio.sleep(0.005)
+    assert not rig.down.transport.is_reading(), "the relay never applied back-pressure"
+    assert rig.up.transport is not None
+    assert rig.up.transport.get_write_buffer_size() < (4 << 20)
+    received = await rig.backend_r.readexactly(len(payload))
+    assert received == payload
+    await rig.client_w.drain()
+
+
+@pytest.mark.asyncio
+async def test_data_read_before_linking_is_delivered_after() -> None:
+    r = await make_rig(linked=False)
+    try:
+        r.client_w.write(b"early bytes")
+        await r.client_w.drain()
+        await asyncio.sleep(0)
+        link(r.down, r.up)
+        assert await r.backend_r.readexactly(11) == b"early bytes"
+    finally:
+        await close_rig(r)
+
+
+@pytest.mark.asyncio
+async def test_linking_to_a_dead_peer_closes_the_live_side() -> None:
+    r = await make_rig(linked=False)
+    try:
+        r.backend_w.close()
+        await r.up.closed  # an unlinked upstream pipe keeps reading, so it sees the EOF
+        assert not r.up.is_alive
+        link(r.down, r.up)
+        assert await r.client_r.read() == b""
+        await r.down.closed
+    finally:
+        await close_rig(r)
+
+
+@pytest.mark.asyncio
+async def test_a_filter_rewrites_the_downstream_direction_only() -> None:
+    r = await make_rig(filter=lambda data: data.upper())
+    try:
+        r.client_w.write(b"shout")
+        assert await r.backend_r.readexactly(5) == b"SHOUT"
+        r.backend_w.write(b"quiet")
+        assert await r.client_r.readexactly(5) == b"quiet"
+    finally:
+        await close_rig(r)
