@@ -24,8 +24,9 @@ import errno
 import ipaddress
 import logging
 import os
+import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -97,18 +98,12 @@ def sethostname(name: str) -> None:
 # -- mount table ------------------------------------------------------------------------------------------
 
 
+_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
 def _unescape(field: str) -> str:
-    """Mountinfo escapes space, tab, newline and backslash as octal."""
-    out = []
-    i = 0
-    while i < len(field):
-        if field[i] == "\\" and field[i + 1 : i + 4].isdigit() and len(field[i + 1 : i + 4]) == 3:
-            out.append(chr(int(field[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
+    """Mountinfo escapes space, tab, newline and backslash as ``\\ooo``."""
+    return _OCTAL_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), field)
 
 
 def parse_mount_points(mountinfo: str) -> list[str]:
@@ -276,13 +271,6 @@ def remove_link(ifname: str) -> None:
                 ipr.link("del", index=index)
 
 
-def link_exists(ifname: str) -> bool:
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        return bool(ipr.link_lookup(ifname=ifname))
-
-
 def host_ipv4_addresses() -> list[tuple[str, ipaddress.IPv4Interface]]:
     """(interface name, address/prefix) of every IPv4 address in the caller's netns."""
     from pyroute2 import IPRoute
@@ -312,10 +300,3 @@ def _netlink_error() -> type[Exception]:
 
     err: type[Exception] = NetlinkError
     return err
-
-
-def iter_netns_names(run_dir: Path = NETNS_RUN_DIR) -> Iterator[str]:
-    try:
-        yield from (p.name for p in run_dir.iterdir())
-    except FileNotFoundError:
-        return

@@ -65,17 +65,6 @@ def read_stat(pid: int, proc: Path = Path("/proc")) -> ProcStat | None:
         return None
 
 
-def start_time_of(pid: int) -> int | None:
-    stat = read_stat(pid)
-    return None if stat is None else stat.start_time
-
-
-def is_running(pid: int, start_time: int) -> bool:
-    """Whether that very process (not a reused pid) is alive and not a zombie."""
-    stat = read_stat(pid)
-    return stat is not None and stat.start_time == start_time and not stat.is_zombie
-
-
 def _all_stats() -> Iterable[ProcStat]:
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
