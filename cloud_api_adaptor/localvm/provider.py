@@ -6,9 +6,10 @@ A VM's life, as a cloud would run it:
   addresses and a record on disk (the intent), writes the VM's cidata
   (``user-data`` verbatim, ``meta-data``, empty ``vendor-data``, as libvirt's
   cidata ISO carries them) and its launch spec, starts the guest launcher in a
-  session of its own, plugs in its NIC (netns mode), records the launcher's pid
-  and start time, and returns, like RunInstances, without waiting for the
-  forwarder (the daemon's agent proxy does that);
+  session of its own, records the launcher's pid and start time, plugs in its
+  NIC (netns mode), and returns once the VM's address is live (a dial is then
+  refused at once, never left unanswered), like RunInstances: it does not wait
+  for the forwarder (the daemon's agent proxy does that);
 - ``delete_instance`` stops every process of the VM, removes its veth, its netns
   name, its files and finally its record;
 - ``list_instances`` reads the records, so a provider built after a daemon
