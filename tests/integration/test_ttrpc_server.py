@@ -465,3 +465,33 @@ async def test_connect_to_missing_socket_is_unavailable(tmp_path: Path) -> None:
     with pytest.raises(RpcError) as info:
         await Client.connect_unix(tmp_path / "missing.sock")
     assert info.value.code == Code.UNAVAILABLE
+
+
+@pytest.mark.asyncio
+async def test_tls_over_tcp_and_start_tls_takeover() -> None:
+    from cloud_api_adaptor.proxy.tls import (
+        issue_server_cert,
+        make_client_context,
+        make_server_context,
+        new_ca,
+    )
+
+    ca = new_ca()
+    server_ctx = make_server_context(server=issue_server_cert(ca, "agent"), client_ca_pem=None, profile=None)
+    client_ctx = make_client_context(ca_pem=ca.cert_pem, client=None, profile=None)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    async with Server() as server:
+        server.add_service(SVC, Stub().methods())
+        await server.start_on(listener, ssl=server_ctx)
+        async with await Client.connect_tcp("127.0.0.1", port, ssl=client_ctx, server_hostname="agent") as c:
+            await ok_call(c)
+        # Upgrade a plain connection with start_tls, then hand the transport to a Client.
+        loop = asyncio.get_running_loop()
+        plain, protocol = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+        tls = await loop.start_tls(plain, protocol, client_ctx, server_hostname="agent")
+        assert isinstance(tls, asyncio.Transport)
+        async with Client.from_transport(tls) as c:
+            await ok_call(c)
