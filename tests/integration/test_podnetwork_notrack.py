@@ -108,7 +108,11 @@ async def test_iptables_cleans_up_rules_a_go_adaptor_left(netns: str) -> None:
 
 @pytest.mark.asyncio
 async def test_rules_stay_inside_the_namespace(netns: str, backend: NotrackBackend) -> None:
-    before = await run_in_netns(None, backend.rules)
-    await run_in_netns(netns, lambda: backend.ensure(555000, PEER, 4789))
-    assert await run_in_netns(None, backend.rules) == before
-    await run_in_netns(netns, lambda: backend.remove(555000))
+    name = f"caa{secrets.token_hex(3)}-nt2"
+    other = await add_named_netns(name)
+    try:
+        await run_in_netns(netns, lambda: backend.ensure(555000, PEER, 4789))
+        assert await run_in_netns(other, backend.rules) == []
+        await run_in_netns(netns, lambda: backend.remove(555000))
+    finally:
+        await delete_named_netns(name)
