@@ -1,0 +1,48 @@
+"""Helper processes for the agent-channel benchmark: the stub agent and the worker-side proxy.
+
+``python -m benchmarks.agent_channel.procs agent SOCKET``
+``python -m benchmarks.agent_channel.procs proxy SOCKET HOST PORT STATE_DIR INSTANCE``
+
+Each prints ``READY`` once serving and runs until SIGTERM, so every hop of the
+channel has its own process (and event loop), as in a real deployment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+from cloud_api_adaptor.proxy.agent_proxy import AgentChannel
+from cloud_api_adaptor.proxy.testing import StubAgent
+from cloud_api_adaptor.proxy.tls import AgentTls
+from cloud_api_adaptor.settings import TlsSettings
+
+
+async def _until_term() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    print("READY", flush=True)
+    await stop.wait()
+
+
+async def agent(path: str) -> None:
+    async with StubAgent(Path(path)):
+        await _until_term()
+
+
+async def proxy(path: str, host: str, port: str, state_dir: str, instance: str) -> None:
+    tls = AgentTls.from_settings(TlsSettings(disabled=state_dir == "-"), Path(state_dir))
+    p = AgentChannel(tls).new_proxy(Path(path), instance)
+    await p.start(host, int(port), timeout=60)
+    try:
+        await _until_term()
+    finally:
+        await p.aclose()
+
+
+if __name__ == "__main__":
+    kind, *args = sys.argv[1:]
+    asyncio.run(agent(*args) if kind == "agent" else proxy(*args))
