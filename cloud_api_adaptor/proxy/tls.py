@@ -1,4 +1,4 @@
-"""TLS for the agent channel: profiles, certificate generation, SSL contexts, and ``AgentTls``.
+"""TLS for the agent channel: profiles, SSL contexts and ``AgentTls`` (certificates: ``proxy.certs``).
 
 The worker dials each pod VM's agent-protocol-forwarder over mutual TLS.  In
 automatic mode (no certificate files configured) the daemon owns a CA that
