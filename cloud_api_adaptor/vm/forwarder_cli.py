@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cloud_api_adaptor.apf import DEFAULT_APF_CONFIG_PATH
+from cloud_api_adaptor.apf import DEFAULT_APF_CONFIG_PATH, ApfConfig
 from cloud_api_adaptor.errors import ConfigError
 from cloud_api_adaptor.options import parse_bool
 from cloud_api_adaptor.vm.forwarder import (
@@ -99,12 +99,18 @@ def settings_from_args(args: argparse.Namespace, environ: dict[str, str] | None 
 
 
 def build_network_setup(settings: ForwarderSettings) -> NetworkSetup | None:
-    """The pod network hook (VM side of the VXLAN tunnel).
+    """The pod network hook: the VM side of the VXLAN tunnel, in ``-pod-namespace``.
 
-    Wiring point for ``cloud_api_adaptor.podnetwork``: until it provides the VM
-    side, the forwarder relays without building the pod network.
+    ``run_forwarder`` calls it before listening, only when apf.json carries a
+    ``pod-network`` object; netlink code is imported only then.
     """
-    return None
+
+    async def setup(apf: ApfConfig) -> None:
+        from cloud_api_adaptor.podnetwork import forwarder_network_setup
+
+        await forwarder_network_setup(apf, settings.pod_namespace)
+
+    return setup
 
 
 async def _serve(settings: ForwarderSettings) -> None:
