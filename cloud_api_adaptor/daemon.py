@@ -115,7 +115,7 @@ async def start_daemon(
             provider,
             store,
             channel,
-            network or build_pod_network(settings),
+            network or build_pod_network(settings, provider),
             catalogue,
             observer=metrics,
         )

@@ -146,6 +146,23 @@ class Provider(ABC):
 
 
 @runtime_checkable
+class TunnelEndpointProvider(Protocol):
+    """Optional capability: the provider owns the worker's end of the pod network tunnel.
+
+    A cloud VM reaches the worker node over the node's own network, so the
+    daemon uses the node's primary (or ``HOST_INTERFACE``) address.  A provider
+    whose VMs live on a network of its own (the local provider's veth subnet)
+    implements this instead, so the tunnel never touches the machine's real
+    interfaces.  ``None`` means the provider's VMs cannot carry a tunnel at all.
+    Checked with ``isinstance``.
+    """
+
+    def tunnel_endpoint(self) -> IPAddress | None:
+        """The worker-side tunnel address the pod VMs reach, stable for the provider's lifetime."""
+        ...
+
+
+@runtime_checkable
 class ProviderPlugin(Protocol):
     """What the entry point names: the provider's options and its factory."""
 

@@ -42,6 +42,7 @@ from cloud_api_adaptor.hypervisor.ports import AgentChannelPort, AgentProxyPort,
 from cloud_api_adaptor.hypervisor.selection import select_instance_type
 from cloud_api_adaptor.hypervisor.userdata_render import render_sandbox_userdata
 from cloud_api_adaptor.metrics import LifecycleObserver, NullObserver
+from cloud_api_adaptor.podnetwork.vni import allocate_vni
 from cloud_api_adaptor.provider import (
     TAG_CLUSTER,
     TAG_NODE,
@@ -95,6 +96,8 @@ class SandboxManager:
         self._catalogue = catalogue
         self._clock = clock
         self._sandboxes: dict[str, _Live] = {}
+        #: VNIs handed out by CreateVMs whose record is not registered yet
+        self._pending_vnis: set[int] = set()
         self._changed = asyncio.Condition()
         self._background = TaskSupervisor("sandboxes")
 
@@ -177,7 +180,12 @@ class SandboxManager:
         pod_network: dict[str, Any] | None = None
         if netns_path:
             vni = self._allocate_vni()
-            pod_network = await self._network.inspect(netns_path, vni)
+            self._pending_vnis.add(vni)  # a concurrent CreateVM must not pick it during inspect
+            try:
+                pod_network = await self._network.inspect(netns_path, vni)
+            finally:
+                # No await from here until the record is registered: no CreateVM can run in between.
+                self._pending_vnis.discard(vni)
         userdata = render_sandbox_userdata(
             settings=self._settings,
             pod=pod,
@@ -226,11 +234,9 @@ class SandboxManager:
         return socket_path
 
     def _allocate_vni(self) -> int:
-        in_use = {r.vni for r in self.records() if r.vni is not None and r.is_live()}
-        vni = self._settings.network.vxlan_min_id
-        while vni in in_use:
-            vni += 1
-        return vni
+        """Lowest VNI free among live records (persisted: unique across restarts) and CreateVMs in flight."""
+        in_use = {r.vni for r in self.records() if r.vni is not None and r.is_live()} | self._pending_vnis
+        return allocate_vni(in_use, self._settings.network.vxlan_min_id)
 
     # ---- StartVM -------------------------------------------------------------------------------
 

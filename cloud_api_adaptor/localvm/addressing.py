@@ -1,7 +1,8 @@
 """Address allocation for local VMs, sans-I/O: sets of used addresses in, a free one out.
 
 netns mode numbers each VM's veth pair from one /30 block of ``LOCAL_VM_SUBNET``
-(host side ``.1``, VM side ``.2`` of the block); loopback mode gives each VM its
+(host side ``.1``, VM side ``.2`` of the block), except the last block, whose
+last usable address is the node's tunnel endpoint; loopback mode gives each VM its
 own 127.x.y.z so every forwarder can listen on the same port.  The caller passes
 what is in use (the VM records, plus what the kernel already holds), so two live
 VMs never share an address; the chosen block is persisted in the VM's record.
@@ -49,6 +50,26 @@ def block_of(subnet: ipaddress.IPv4Network, address: ipaddress.IPv4Address) -> i
     if address not in subnet:
         return None
     return (int(address) - int(subnet.network_address)) // _BLOCK_SIZE
+
+
+def tunnel_endpoint(subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Address | None:
+    """The node's end of every pod network tunnel: the subnet's last usable address.
+
+    It belongs to no VM's veth pair (its block is never allocated) and is
+    assigned to the node's ``lo``, so every VM reaches it through its default
+    route and no pod tunnel depends on one VM's link.  A single-block subnet
+    keeps its one block for a VM and has no endpoint (no tunnels).
+    """
+    if block_count(subnet) < 2:
+        return None
+    return subnet.broadcast_address - 1
+
+
+def reserved_blocks(subnet: ipaddress.IPv4Network) -> set[int]:
+    """Blocks never handed to a VM (the one holding the tunnel endpoint)."""
+    endpoint = tunnel_endpoint(subnet)
+    index = block_of(subnet, endpoint) if endpoint is not None else None
+    return {index} if index is not None else set()
 
 
 def allocate_block(subnet: ipaddress.IPv4Network, used: Collection[int]) -> VethBlock:

@@ -101,11 +101,12 @@ def check_programs(config: LocalConfig) -> CheckResult:
 
 
 def check_subnet(provider: LocalProvider) -> CheckResult:
-    """The subnet must not overlap an address the host already has, other than our own VMs' links."""
+    """The subnet must not overlap an address the host already has, other than our VM links and endpoint."""
     from cloud_api_adaptor.localvm import netns
 
     subnet = provider.config.subnet
     ours = {r.host_ifname for r in provider.records.all() if r.host_ifname}
+    endpoint = provider.tunnel_endpoint()
     try:
         addresses = netns.host_ipv4_addresses()
     except Exception as exc:
@@ -113,7 +114,9 @@ def check_subnet(provider: LocalProvider) -> CheckResult:
     clashes = [
         f"{iface} on {name}"
         for name, iface in addresses
-        if iface.network.overlaps(subnet) and name not in ours
+        if iface.network.overlaps(subnet)
+        and name not in ours
+        and not (name == "lo" and iface.ip == endpoint and iface.network.prefixlen == 32)
     ]
     if clashes:
         return CheckResult("local.subnet", False, f"LOCAL_VM_SUBNET {subnet} is in use: {', '.join(clashes)}")

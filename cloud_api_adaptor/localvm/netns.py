@@ -261,6 +261,40 @@ def plug_veth(host_ifname: str, guest_pid: int, host_address: ipaddress.IPv4Addr
         ipr.link("set", index=index, state="up")
 
 
+def ensure_local_address(address: ipaddress.IPv4Address, ifname: str = "lo") -> bool:
+    """Give ``ifname`` the host address ``address``/32 unless it has it; True if added."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        index = ipr.link_lookup(ifname=ifname)[0]
+        for msg in ipr.get_addr(family=2, index=index):
+            if msg.get_attr("IFA_ADDRESS") == str(address) and msg["prefixlen"] == 32:
+                return False
+        try:
+            ipr.addr("add", index=index, address=str(address), prefixlen=32)
+        except _netlink_error() as exc:
+            if getattr(exc, "code", None) != errno.EEXIST:
+                raise
+            return False
+    return True
+
+
+def remove_local_address(address: ipaddress.IPv4Address, ifname: str = "lo") -> bool:
+    """Remove ``address``/32 from ``ifname``; missing is fine.  True if removed."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        for index in ipr.link_lookup(ifname=ifname):
+            try:
+                ipr.addr("del", index=index, address=str(address), prefixlen=32)
+            except _netlink_error() as exc:
+                if getattr(exc, "code", None) not in (errno.EADDRNOTAVAIL, errno.ENOENT, errno.ESRCH):
+                    raise
+                return False
+            return True
+    return False
+
+
 def remove_link(ifname: str) -> None:
     """Delete a link (a veth takes its peer with it); missing is fine."""
     from pyroute2 import IPRoute

@@ -29,6 +29,7 @@ import logging
 import os
 import shutil
 import socket
+import threading
 import time
 import weakref
 from collections.abc import Mapping, Sequence
@@ -83,6 +84,8 @@ class LocalProvider(Provider):
         self.records = RecordStore(context.work_dir / "records")
         self.vms_dir = context.work_dir / "vms"
         self._reserve_lock = asyncio.Lock()
+        #: serialises "add the tunnel endpoint" (plug) with "no VM left: remove it" (teardown)
+        self._endpoint_lock = threading.Lock()
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         bin_dir = str(Path(config.programs.python).parent)
         self._env = {
@@ -168,6 +171,49 @@ class LocalProvider(Provider):
     async def aclose(self) -> None:
         """Nothing to release; running VMs are left alone (the daemon may only be restarting)."""
 
+    # -- the pod network tunnel ---------------------------------------------------------------------
+
+    def tunnel_endpoint(self) -> ipaddress.IPv4Address | None:
+        """``TunnelEndpointProvider``: the node's tunnel address, on this provider's own subnet.
+
+        netns mode: the reserved last address of LOCAL_VM_SUBNET, on ``lo`` in the
+        daemon's namespace while any VM exists, reached by every VM through its
+        default route, so the tunnel never touches the machine's real interfaces.
+        Loopback VMs share the host's namespaces and cannot carry a tunnel: None.
+        """
+        if self.config.mode != "netns":
+            return None
+        return addressing.tunnel_endpoint(self.config.subnet)
+
+    def _ensure_endpoint(self) -> None:
+        """Before a VM is plugged in: the tunnel endpoint on ``lo`` (idempotent)."""
+        from cloud_api_adaptor.localvm import netns
+
+        endpoint = self.tunnel_endpoint()
+        if endpoint is None:
+            return
+        with self._endpoint_lock:
+            if netns.ensure_local_address(endpoint):
+                logger.info("tunnel endpoint %s/32 added to lo", endpoint)
+
+    def _release_endpoint(self) -> None:
+        """Once no VM is left, take the tunnel endpoint off ``lo`` (the next plug adds it again)."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        from cloud_api_adaptor.localvm import netns
+
+        endpoint = self.tunnel_endpoint()
+        if endpoint is None:
+            return
+        with self._endpoint_lock:
+            if self.records.all():
+                return
+            try:
+                if netns.remove_local_address(endpoint):
+                    logger.info("tunnel endpoint %s/32 removed from lo (no VM left)", endpoint)
+            except (OSError, NetlinkError) as exc:
+                logger.warning("cannot remove tunnel endpoint %s from lo: %s", endpoint, exc)
+
     # -- create steps ---------------------------------------------------------------------------------
 
     async def _reserve(self, vm_id: str, request: CreateRequest) -> VmRecord:
@@ -209,6 +255,7 @@ class LocalProvider(Provider):
         from cloud_api_adaptor.localvm import netns
 
         used = {r.block for r in records if r.block is not None}
+        used |= addressing.reserved_blocks(self.config.subnet)  # the tunnel endpoint's
         try:
             addresses = netns.host_ipv4_addresses()
         except Exception as exc:  # netlink trouble must not hide behind allocation
@@ -358,6 +405,7 @@ class LocalProvider(Provider):
 
         assert record.host_ifname and record.host_address and record.prefixlen and record.pid
         try:
+            self._ensure_endpoint()
             netns.plug_veth(
                 record.host_ifname, record.pid, ipaddress.IPv4Address(record.host_address), record.prefixlen
             )
@@ -403,6 +451,8 @@ class LocalProvider(Provider):
         except OSError as exc:
             raise TemporaryProviderError(f"cannot remove {vm_dir}: {exc}") from exc
         self.records.remove(record.id)
+        if record.mode == "netns":
+            self._release_endpoint()
 
 
 def _instance(record: VmRecord) -> Instance:
