@@ -24,7 +24,12 @@ from caa_provider_libvirt.domain import domain_uuid, read_domain
 from caa_provider_libvirt.seed_iso import read_cidata_iso
 from caa_provider_libvirt.testing import TestDriverConnection
 
-from cloud_api_adaptor.errors import InvalidInput, PermanentProviderError, TemporaryProviderError
+from cloud_api_adaptor.errors import (
+    InstanceNotFound,
+    InvalidInput,
+    PermanentProviderError,
+    TemporaryProviderError,
+)
 from cloud_api_adaptor.provider import TAG_SANDBOX, CreateRequest, InstanceSpec, Provider
 from cloud_api_adaptor.testing.contract import ProviderContract
 
@@ -423,3 +428,20 @@ async def test_a_missing_pool_is_a_permanent_error(cloud: Any, port: TestDriverC
         assert our_domains(cloud) == {}
     finally:
         await provider.aclose()
+
+
+@pytest.mark.asyncio
+async def test_libvirt_errors_are_translated_at_the_port(cloud: Any, port: TestDriverConnection) -> None:
+    try:
+        with pytest.raises(InstanceNotFound):
+            await port.start_domain("00000000-0000-4000-8000-000000000000")
+        with pytest.raises(PermanentProviderError) as info:
+            await port.define_domain("<domain type='test'><name>bad</name></domain>")  # no <os>: refused
+        assert not isinstance(info.value, InstanceNotFound)
+        assert isinstance(info.value.__cause__, libvirt.libvirtError)
+        assert await port.domain_by_uuid("00000000-0000-4000-8000-000000000000") is None
+        assert await port.volume(POOL, "nope.qcow2") is None
+        assert await port.delete_volume(POOL, "nope.qcow2") is False
+        assert await port.delete_volume("nopool", "nope.qcow2") is False
+    finally:
+        await port.aclose()
