@@ -64,6 +64,9 @@ async def test_three_pods_run_and_stop_leaving_nothing(daemon: DaemonProcess) ->
 
     await asyncio.gather(*(lifecycle(i, sid) for i, sid in enumerate(ids)))
     assert list(daemon.pods_dir.iterdir()) == []
+    # Debug logging of three full lifecycles carries no key material (the userdata holds TLS keys).
+    log = daemon.log.read_text()
+    assert "sandbox" in log and "PRIVATE KEY" not in log and "write_files" not in log
     assert vm_processes(daemon.root) == []
     assert await kata.version(daemon.socket) == "0.0.0"
 
