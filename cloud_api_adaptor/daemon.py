@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from cloud_api_adaptor._aio import TaskSupervisor
 from cloud_api_adaptor.channel import build_agent_channel
+from cloud_api_adaptor.handover import HANDOVER_SERVICE, StateLock, handover_service, take_over
 from cloud_api_adaptor.hypervisor.ports import PodNetworkPort
 from cloud_api_adaptor.hypervisor.sandboxes import SandboxManager
 from cloud_api_adaptor.hypervisor.service import HypervisorService, add_grpc_services, ttrpc_services
@@ -40,6 +41,7 @@ from cloud_api_adaptor.ttrpc import Server
 logger = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 10.0
+HANDOVER_TIMEOUT = 120.0
 
 
 def provider_context(settings: Settings) -> ProviderContext:
@@ -72,9 +74,16 @@ class Daemon:
     supervisor: TaskSupervisor
     registry: CollectorRegistry
     store: SandboxStore
+    lock: StateLock
+    handover_requested: asyncio.Event
 
     async def aclose(self) -> None:
-        """Staged shutdown: listeners, in-flight calls, background work, proxies, provider."""
+        """Staged shutdown: listeners, in-flight calls, background work, proxies, provider, lock.
+
+        Idempotent; also what a hand-over runs before the old daemon goes idle.
+        """
+        if not self.lock.held:
+            return
         self.ttrpc.close()
         if self.grpc_server is not None:
             await self.grpc_server.stop(DRAIN_SECONDS)
@@ -86,6 +95,7 @@ class Daemon:
         await self.probe.aclose()
         with contextlib.suppress(FileNotFoundError):
             self.settings.socket.unlink()
+        self.lock.release()
 
 
 async def start_daemon(
@@ -97,8 +107,25 @@ async def start_daemon(
 ) -> Daemon:
     """Build and start everything; the hypervisor socket accepts when this returns."""
     validate_global_initdata(settings.initdata)
+    lock = StateLock(settings.state_dir)
+    await take_over(lock, settings.socket, HANDOVER_TIMEOUT)
+    try:
+        return await _start_locked(settings, provider_values, lock, network, provider)
+    except BaseException:
+        lock.release()
+        raise
+
+
+async def _start_locked(
+    settings: Settings,
+    provider_values: OptionValues,
+    lock: StateLock,
+    network: PodNetworkPort | None,
+    provider: Provider | None,
+) -> Daemon:
     registry = CollectorRegistry()
     metrics = Metrics(registry)
+    handover_requested = asyncio.Event()
     probe = ProbeServer("127.0.0.1", settings.probe_port, registry)
     await probe.start()
     if provider is None:
@@ -124,6 +151,7 @@ async def start_daemon(
         server = Server()
         for name, methods in ttrpc_services(HypervisorService(manager)).items():
             server.add_service(name, methods)
+        server.add_service(HANDOVER_SERVICE, handover_service(handover_requested.set))
         await server.start_unix(settings.socket, mode=0o600)
     except BaseException:
         if grpc_server is not None:
@@ -144,7 +172,19 @@ async def start_daemon(
         settings.provider,
         len(manager.records()),
     )
-    return Daemon(settings, provider, manager, probe, server, grpc_server, supervisor, registry, store)
+    return Daemon(
+        settings,
+        provider,
+        manager,
+        probe,
+        server,
+        grpc_server,
+        supervisor,
+        registry,
+        store,
+        lock,
+        handover_requested,
+    )
 
 
 async def _start_grpc(settings: Settings, manager: SandboxManager) -> grpc.aio.Server | None:
@@ -166,7 +206,17 @@ async def serve(settings: Settings, provider_values: OptionValues, stop: asyncio
     """Run until ``stop`` is set (SIGTERM/SIGINT), then shut down in stages."""
     daemon = await start_daemon(settings, provider_values)
     try:
-        await stop.wait()
+        stopping = asyncio.ensure_future(stop.wait())
+        handing_over = asyncio.ensure_future(daemon.handover_requested.wait())
+        try:
+            await asyncio.wait({stopping, handing_over}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            handing_over.cancel()
+        if daemon.handover_requested.is_set() and not stop.is_set():
+            await asyncio.shield(daemon.aclose())
+            logger.warning("handed this node over to a new cloud-api-adaptor; idle until SIGTERM")
+            await stop.wait()
         logger.info("shutting down")
     finally:
         await asyncio.shield(daemon.aclose())

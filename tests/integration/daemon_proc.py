@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 BIN = Path(sys.executable).parent / "cloud-api-adaptor"
+SERVING_MARKER = "cloud-api-adaptor serving on"
 
 
 def free_port() -> int:
@@ -23,9 +23,15 @@ def free_port() -> int:
 
 class DaemonProcess:
     def __init__(
-        self, root: Path, extra_env: Mapping[str, str] | None = None, provider: str = "local"
+        self,
+        root: Path,
+        extra_env: Mapping[str, str] | None = None,
+        provider: str = "local",
+        wrapper: Sequence[str] = (),
     ) -> None:
+        """``wrapper`` prefixes the command (e.g. ``ip netns exec NS``; it must exec in place)."""
         self.root = root
+        self.wrapper = tuple(wrapper)
         self.socket = root / "hv.sock"
         self.pods_dir = root / "pods"
         self.state_dir = root / "state"
@@ -45,11 +51,10 @@ class DaemonProcess:
         self.log = root / "daemon.log"
 
     def start(self, timeout: float = 30.0) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.socket.unlink()
+        self._log_start = self.log.stat().st_size if self.log.exists() else 0
         self._logf = self.log.open("ab")
         self.proc = subprocess.Popen(
-            [str(BIN), "serve"], env=self.env, stdout=self._logf, stderr=subprocess.STDOUT
+            [*self.wrapper, str(BIN), "serve"], env=self.env, stdout=self._logf, stderr=subprocess.STDOUT
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -57,15 +62,22 @@ class DaemonProcess:
                 raise RuntimeError(
                     f"daemon exited with {self.proc.returncode}:\n{self.log.read_text()[-4000:]}"
                 )
-            if self.socket.exists():
-                try:
-                    with socket.socket(socket.AF_UNIX) as s:
-                        s.connect(str(self.socket))
-                    return
-                except OSError:
-                    pass
+            if self._serving():
+                return
             time.sleep(0.02)
         raise TimeoutError(f"daemon did not listen:\n{self.log.read_text()[-4000:]}")
+
+    def _serving(self) -> bool:
+        """This process (not a predecessor on the same socket) logged that it serves, and it accepts."""
+        quiet = self.env.get("LOG_LEVEL", "info").lower() in {"warning", "error"}
+        if not quiet and SERVING_MARKER not in self.log.read_text(errors="replace")[self._log_start :]:
+            return False
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(str(self.socket))
+            return True
+        except OSError:
+            return False
 
     def kill9(self) -> None:
         assert self.proc is not None
