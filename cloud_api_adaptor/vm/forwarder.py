@@ -61,6 +61,8 @@ class ForwarderSettings:
     """Seconds a connection waits for the kata-agent socket to accept."""
     notify_socket: str = field(default="")
     """``$NOTIFY_SOCKET`` from systemd (read by the CLI), empty when not under systemd."""
+    event_loop: str = ""
+    """``$CAA_EVENT_LOOP`` (read by the CLI): empty = uvloop when installed, ``asyncio`` = stock loop."""
 
 
 @dataclass

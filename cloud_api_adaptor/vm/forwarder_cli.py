@@ -4,7 +4,7 @@ The podvm image's unit runs
 ``agent-protocol-forwarder -pod-namespace /run/netns/podns -kata-agent-socket ... $TLS_OPTIONS $OPTIONS``,
 so the single-dash flags of the Go binary are accepted as they are (``-flag v``,
 ``-flag=v``, and ``--flag`` too).  This is the only place the environment is
-read (``NOTIFY_SOCKET``).
+read (``NOTIFY_SOCKET``, and ``CAA_EVENT_LOOP=asyncio`` to run without uvloop).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from cloud_api_adaptor._aio import EVENT_LOOP_ENV, run
 from cloud_api_adaptor.apf import DEFAULT_APF_CONFIG_PATH, ApfConfig
 from cloud_api_adaptor.errors import ConfigError
 from cloud_api_adaptor.options import parse_bool
@@ -95,6 +96,7 @@ def settings_from_args(args: argparse.Namespace, environ: dict[str, str] | None 
         tls_min_version=args.tls_min_version.strip(),
         tls_cipher_suites=tuple(s.strip() for s in args.tls_cipher_suites.split(",") if s.strip()),
         notify_socket=env.get("NOTIFY_SOCKET", ""),
+        event_loop=env.get(EVENT_LOOP_ENV, ""),
     )
 
 
@@ -116,6 +118,7 @@ def build_network_setup(settings: ForwarderSettings) -> NetworkSetup | None:
 async def _serve(settings: ForwarderSettings) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    logger.info("event loop: %s", type(loop).__module__.partition(".")[0])
     signals = (signal.SIGTERM, signal.SIGINT)
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
@@ -138,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     settings = settings_from_args(args)
     try:
-        asyncio.run(_serve(settings))
+        run(_serve(settings), event_loop=settings.event_loop)
     except ConfigError as exc:
         print(f"{PROG}: {exc.reason}", file=sys.stderr)
         return 1

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from cloud_api_adaptor._aio import loop_factory
 from cloud_api_adaptor.apf import ApfConfig
+from cloud_api_adaptor.errors import ConfigError
 from cloud_api_adaptor.vm.forwarder import parse_listen, sd_notify
 from cloud_api_adaptor.vm.forwarder_cli import build_parser, main, settings_from_args
 
@@ -62,6 +64,33 @@ def test_notify_socket_comes_from_the_environment() -> None:
     )
 
 
+def test_event_loop_comes_from_the_environment() -> None:
+    args = build_parser().parse_args([])
+    assert settings_from_args(args, environ={}).event_loop == ""
+    assert settings_from_args(args, environ={"CAA_EVENT_LOOP": "asyncio"}).event_loop == "asyncio"
+
+
+def test_loop_factory_prefers_uvloop_and_can_be_turned_off() -> None:
+    uvloop = pytest.importorskip("uvloop")
+    assert loop_factory("") is uvloop.new_event_loop
+    assert loop_factory("auto") is uvloop.new_event_loop
+    assert loop_factory(" UVLOOP ") is uvloop.new_event_loop
+    assert loop_factory("asyncio") is None
+    with pytest.raises(ConfigError) as err:
+        loop_factory("trio")
+    assert err.value.key == "CAA_EVENT_LOOP"
+
+
+def test_unknown_event_loop_exits_1_naming_the_variable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "apf.json"
+    path.write_text(ApfConfig(pod_namespace="ns", pod_name="p").to_json())
+    monkeypatch.setenv("CAA_EVENT_LOOP", "trio")
+    assert main(["-config", str(path), "-listen", "127.0.0.1:0", "-disable-tls"]) == 1
+    assert "unknown event loop 'trio'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("addr", "expected"),
     [("0.0.0.0:15150", ("0.0.0.0", 15150)), (":15150", ("0.0.0.0", 15150)), ("[::1]:5", ("::1", 5))],
@@ -107,14 +136,19 @@ def test_sd_notify_sends_a_datagram(short_tmp: Path) -> None:
     assert sd_notify("READY=1", "") is False
 
 
-def test_process_notifies_systemd_and_stops_gracefully_on_sigterm(short_tmp: Path) -> None:
+@pytest.mark.parametrize(("choice", "loop"), [("", "uvloop"), ("asyncio", "asyncio")])
+def test_process_notifies_systemd_and_stops_gracefully_on_sigterm(
+    short_tmp: Path, choice: str, loop: str
+) -> None:
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
     apf = short_tmp / "apf.json"
     apf.write_text(ApfConfig(pod_namespace="ns", pod_name="p").to_json())
     notify = short_tmp / "notify"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(str(notify))
         sock.settimeout(60)  # a bound on a hang, not a timing assertion
-        env = {**os.environ, "NOTIFY_SOCKET": str(notify)}
+        env = {**os.environ, "NOTIFY_SOCKET": str(notify), "CAA_EVENT_LOOP": choice}
         cmd = [sys.executable, "-m", "cloud_api_adaptor.vm.forwarder_cli", "-config", str(apf)]
         cmd += ["-listen", "127.0.0.1:0", "-disable-tls", "-kata-agent-socket", str(short_tmp / "agent.sock")]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -123,6 +157,7 @@ def test_process_notifies_systemd_and_stops_gracefully_on_sigterm(short_tmp: Pat
             proc.send_signal(signal.SIGTERM)
             assert sock.recv(64) == b"STOPPING=1"
             assert proc.wait(timeout=60) == 0
+            assert f"event loop: {loop}" in proc.stderr.read().decode()  # type: ignore[union-attr]
         finally:
             if proc.poll() is None:
                 proc.kill()
