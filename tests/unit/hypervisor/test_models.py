@@ -78,3 +78,16 @@ def test_a_corrupt_record_is_set_aside_not_fatal(tmp_path: Path) -> None:
     (store.directory / "bad.json").write_text("{not json")
     assert store.load_all() == []
     assert (store.directory / "bad.corrupt").exists()
+
+
+def test_a_late_write_of_an_older_state_never_overwrites_a_newer_one(tmp_path: Path) -> None:
+    store = SandboxStore(tmp_path)
+    store.prepare()
+    path = store.directory / "sb1.json"
+    newer = record(state=SandboxState.STARTING)
+    older = record()
+    # A cancelled caller's write (sequence 1) finishes in its thread after the cleanup's write (2).
+    store._write_in_order("sb1", 2, lambda: path.write_bytes(newer.to_json()))
+    store._write_in_order("sb1", 1, lambda: path.write_bytes(older.to_json()))
+    assert SandboxRecord.from_json(path.read_bytes()).state is SandboxState.STARTING
+    store.close()
