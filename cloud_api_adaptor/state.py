@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from cloud_api_adaptor.fsutil import atomic_write, remove_durably
 from cloud_api_adaptor.hypervisor.models import SandboxRecord
@@ -60,12 +61,12 @@ class SandboxStore:
         path = self._path(sandbox_id)
         await self._ordered(sandbox_id, lambda: remove_durably(path))
 
-    async def _ordered(self, sandbox_id: str, write: Callable[[], None]) -> None:
+    async def _ordered(self, sandbox_id: str, write: Callable[[], Any]) -> None:
         sequence = next(self._sequence)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._pool, self._write_in_order, sandbox_id, sequence, write)
 
-    def _write_in_order(self, sandbox_id: str, sequence: int, write: Callable[[], None]) -> None:
+    def _write_in_order(self, sandbox_id: str, sequence: int, write: Callable[[], Any]) -> None:
         with self._guard:
             lock = self._record_locks.setdefault(sandbox_id, threading.Lock())
         with lock:
