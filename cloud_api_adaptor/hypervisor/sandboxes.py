@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -100,6 +101,7 @@ class SandboxManager:
         self._pending_vnis: set[int] = set()
         self._changed = asyncio.Condition()
         self._background = TaskSupervisor("sandboxes")
+        self._stopping: dict[str, asyncio.Task[None]] = {}
 
     # ---- queries -------------------------------------------------------------------------------
 
@@ -357,8 +359,27 @@ class SandboxManager:
     # ---- StopVM --------------------------------------------------------------------------------
 
     async def stop_vm(self, sandbox_id: str) -> None:
+        """Tear the sandbox down; the work outlives a caller that gives up.
+
+        runtime-rs calls StopVM with a 1 s deadline: if the caller is cancelled,
+        the stop keeps running in the background (and a repeated StopVM joins
+        it), so an instance is never left half-deleted.
+        """
         live = self._get(sandbox_id, "stopping VM")
-        async with self._timed("stop"), live.lock:
+        async with self._timed("stop"):
+            task = self._stopping.get(sandbox_id)
+            if task is None or task.done():
+                task = self._background.spawn(self._stop(live), name=f"stop-{sandbox_id}")
+                self._stopping[sandbox_id] = task
+                task.add_done_callback(functools.partial(self._forget_stop, sandbox_id))
+            await asyncio.shield(task)
+
+    def _forget_stop(self, sandbox_id: str, task: asyncio.Task[None]) -> None:
+        if self._stopping.get(sandbox_id) is task:
+            del self._stopping[sandbox_id]
+
+    async def _stop(self, live: _Live) -> None:
+        async with live.lock:
             record = live.record
             if record.state is SandboxState.STOPPED:
                 return
@@ -370,7 +391,7 @@ class SandboxManager:
                 await self._delete_instances(record)
             except Exception as exc:
                 logger.error(
-                    "StopVM: deleting the instance of sandbox %s failed: %s; will retry", sandbox_id, exc
+                    "StopVM: deleting the instance of sandbox %s failed: %s; will retry", record.id, exc
                 )
                 await self._commit(live, record.with_changes(last_error=str(exc)))
                 self._schedule_delete(live, keep_tombstone=True)

@@ -105,6 +105,21 @@ async def test_a_cancelled_start_vm_still_deletes_its_instance(
 
 
 @pytest.mark.asyncio
+async def test_a_stop_vm_whose_caller_gives_up_still_deletes_the_vm(tmp_path: Path) -> None:
+    provider = FakeProvider(FakeConfig(delete_delay=0.2))
+    manager = make(tmp_path, provider, FakeChannel())
+    await manager.create_vm("sb1", kata_annotations("p"), "")
+    await manager.start_vm("sb1")
+    with pytest.raises(TimeoutError):  # runtime-rs calls StopVM with a 1 s deadline
+        async with asyncio.timeout(0.05):
+            await manager.stop_vm("sb1")
+    await manager.stop_vm("sb1")  # joins the stop still running
+    assert provider.instances == {}
+    assert manager.records()[0].state is SandboxState.STOPPED
+    await manager.aclose()
+
+
+@pytest.mark.asyncio
 async def test_a_failed_delete_is_retried_until_the_vm_is_gone(
     tmp_path: Path, provider: FakeProvider
 ) -> None:
@@ -114,7 +129,7 @@ async def test_a_failed_delete_is_retried_until_the_vm_is_gone(
     provider.fail_next_deletes(3)
     await manager.stop_vm("sb1")  # succeeds for Kata; the delete continues in the background
     for _ in range(500):
-        if not provider.instances:
+        if not provider.instances and manager.records()[0].state is SandboxState.STOPPED:
             break
         await asyncio.sleep(0.01)
     assert provider.instances == {}
