@@ -67,19 +67,26 @@ class UnavailablePodNetwork:
         return None
 
 
-def worker_node_settings(settings: Settings) -> WorkerNodeSettings:
+def worker_node_settings(settings: Settings, host_netns: str | None = None) -> WorkerNodeSettings:
     net = settings.network
     return WorkerNodeSettings(
         tunnel_type=net.tunnel_type,
         vxlan_port=net.vxlan_port,
         vxlan_min_id=net.vxlan_min_id,
         host_interface=net.host_interface,
+        host_netns=host_netns,
     )
 
 
-def build_pod_network(settings: Settings, provider: Provider | None = None) -> PodNetworkPort:
-    """The daemon's ``PodNetworkPort``; the provider decides where the worker's end is (see above)."""
-    base = worker_node_settings(settings)
+def build_pod_network(
+    settings: Settings, provider: Provider | None = None, *, host_netns: str | None = None
+) -> PodNetworkPort:
+    """The daemon's ``PodNetworkPort``; the provider decides where the worker's end is (see above).
+
+    ``host_netns`` (a path) is the namespace acting as the worker node; None, the
+    daemon's own.  Tests and benchmarks pass one of theirs.
+    """
+    base = worker_node_settings(settings, host_netns)
     if not isinstance(provider, TunnelEndpointProvider):
         return WorkerNodeNetwork(WorkerNode(base))
     endpoint = provider.tunnel_endpoint()
@@ -103,6 +110,7 @@ def build_pod_network(settings: Settings, provider: Provider | None = None) -> P
         vxlan_port=base.vxlan_port,
         vxlan_min_id=base.vxlan_min_id,
         dedicated=False,
+        host_netns=host_netns,
     )
     logger.info("pod network tunnel endpoint: %s (from the %s provider)", endpoint, settings.provider)
     return WorkerNodeNetwork(ProviderEndpointWorkerNode(node_settings, endpoint))
