@@ -28,10 +28,13 @@ class DaemonProcess:
         extra_env: Mapping[str, str] | None = None,
         provider: str = "local",
         wrapper: Sequence[str] = (),
+        args: Sequence[str] = (),
     ) -> None:
-        """``wrapper`` prefixes the command (e.g. ``ip netns exec NS``; it must exec in place)."""
+        """``wrapper`` prefixes the command (e.g. ``ip netns exec NS``; it must exec in place);
+        ``args`` follow ``serve`` (flags without an environment variable, e.g. ``-disable-tls``)."""
         self.root = root
         self.wrapper = tuple(wrapper)
+        self.args = tuple(args)
         self.socket = root / "hv.sock"
         self.pods_dir = root / "pods"
         self.state_dir = root / "state"
@@ -54,7 +57,10 @@ class DaemonProcess:
         self._log_start = self.log.stat().st_size if self.log.exists() else 0
         self._logf = self.log.open("ab")
         self.proc = subprocess.Popen(
-            [*self.wrapper, str(BIN), "serve"], env=self.env, stdout=self._logf, stderr=subprocess.STDOUT
+            [*self.wrapper, str(BIN), "serve", *self.args],
+            env=self.env,
+            stdout=self._logf,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -12,6 +12,7 @@ import re
 import shutil
 import tempfile
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,13 +62,15 @@ class AwsNode:
 
     # -- parts -----------------------------------------------------------------------------------------------
 
-    def daemon(self, endpoint: str | None = None, start: bool = True, **env: str) -> DaemonProcess:
+    def daemon(
+        self, endpoint: str | None = None, start: bool = True, args: Sequence[str] = (), **env: str
+    ) -> DaemonProcess:
         """A daemon in the node namespace using ``endpoint`` (default: moto's node-facing listener)."""
         root = self.work / f"d{len(self._daemons)}"
         root.mkdir()
         base = self.vpc.daemon_env(endpoint or self.moto_url, self.node_name, self.cluster_id)
         daemon = DaemonProcess(
-            root, {**base, **env}, provider="aws", wrapper=netns_exec(self.stand.node_ns, [])
+            root, {**base, **env}, provider="aws", wrapper=netns_exec(self.stand.node_ns, []), args=args
         )
         self._daemons.append(daemon)
         if start:

@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +78,14 @@ class PodVm:
         if proc.returncode != 0:
             raise AssertionError(f"process-user-data failed ({proc.returncode}):\n{out.decode()}")
 
+    async def boot_shared(self) -> None:
+        """One VM for every instance (benchmarks): TLS off, listening on every address it owns."""
+        self.apf_json.parent.mkdir(parents=True, exist_ok=True)
+        self.apf_json.write_text(json.dumps({"pod-namespace": "bench", "pod-name": "bench"}))
+        self.start_agent()
+        await eventually(self.agent_socket.exists, "the development agent's socket", timeout=30)
+        self.start_forwarder(listen=f"0.0.0.0:{FORWARDER_PORT}", extra=["-disable-tls"])
+
     def _spawn(self, argv: list[str]) -> None:
         with self.log.open("ab") as log:
             self.procs.append(
@@ -87,17 +97,21 @@ class PodVm:
             [sys.executable, "-m", "cloud_api_adaptor.vm.devagent", "--socket", str(self.agent_socket)]
         )
 
-    def start_forwarder(self) -> None:
-        assert self.ip is not None
+    def start_forwarder(self, listen: str = "", extra: Sequence[str] = ()) -> None:
+        """The forwarder on ``listen`` (default: the instance's IP, as the pod VM's unit does)."""
+        if not listen:
+            assert self.ip is not None
+            listen = f"{self.ip}:{FORWARDER_PORT}"
         self._spawn(
             [
                 str(BIN / "agent-protocol-forwarder"),
                 "-config",
                 str(self.apf_json),
                 "-listen",
-                f"{self.ip}:{FORWARDER_PORT}",
+                listen,
                 "-kata-agent-socket",
                 str(self.agent_socket),
+                *extra,
             ]
         )
 

@@ -36,8 +36,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 VM_SUBNET = ipaddress.IPv4Network("198.51.100.0/24")
-#: the node's address on the vm link (moto hands out .4 and up: AWS reserves .0-.3)
-NODE_VM_ADDRESS = ipaddress.IPv4Interface("198.51.100.1/24")
+#: the node's address on the vm link, far from the addresses moto hands out (.4 and up, in order)
+NODE_VM_ADDRESS = ipaddress.IPv4Interface("198.51.100.254/24")
+#: what a shared pod VM answers on (see ``NodeStand.answer_on``): every address moto will hand out
+SHARED_VM_RANGE = ipaddress.IPv4Network("198.51.100.0/25")
 LINK_POOL = ipaddress.IPv4Network("203.0.113.0/24")
 
 
@@ -177,7 +179,18 @@ class NodeStand:
         """Give the pod VM the private IP the cloud assigned to it."""
         if address not in VM_SUBNET:
             raise StandError(f"{address} is outside the stand's VM subnet {VM_SUBNET}")
-        ip("addr", "add", f"{address}/{VM_SUBNET.prefixlen}", "dev", self.vm_if, ns=self.vm_ns)
+        # "replace": a later instance may get the address of a terminated one
+        ip("addr", "replace", f"{address}/{VM_SUBNET.prefixlen}", "dev", self.vm_if, ns=self.vm_ns)
+
+    def answer_on(self, network: ipaddress.IPv4Network) -> None:
+        """Make the vm namespace own every address of ``network`` (a local route: "AnyIP").
+
+        One pod VM then stands in for many instances (benchmarks): whatever IP moto
+        assigns, the node's packets for it reach the one forwarder.
+        """
+        if not network.subnet_of(VM_SUBNET) or NODE_VM_ADDRESS.ip in network:
+            raise StandError(f"{network} must be inside {VM_SUBNET} and exclude {NODE_VM_ADDRESS.ip}")
+        ip("route", "add", "local", str(network), "dev", "lo", ns=self.vm_ns)
 
     def vm_addresses(self) -> list[str]:
         shown = json.loads(ip("-j", "-4", "addr", "show", "dev", self.vm_if, ns=self.vm_ns) or "[]")
