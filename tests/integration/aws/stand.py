@@ -62,8 +62,16 @@ def netns_exec(ns: str, argv: Sequence[str]) -> list[str]:
 
 
 def _sysctl(ns: str | None, key: str, value: str) -> None:
-    argv = ["sysctl", "-q", "-w", f"{key}={value}"]
-    subprocess.run(netns_exec(ns, argv) if ns else argv, check=True, capture_output=True)
+    """Write a net sysctl of ``ns`` (/proc/sys/net is per namespace: the writer's own)."""
+    path = "/proc/sys/" + key.replace(".", "/")
+    if ns is None:
+        with open(path, "w") as f:
+            f.write(value)
+        return
+    argv = netns_exec(ns, ["sh", "-c", 'echo "$1" > "$2"', "sh", value, path])
+    done = subprocess.run(argv, check=False, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise StandError(f"{key}={value} in {ns}: {done.stderr.strip()}")
 
 
 def root_networks() -> list[ipaddress.IPv4Network]:
@@ -147,26 +155,15 @@ class NodeStand:
             _sysctl(ns, "net.ipv6.conf.all.disable_ipv6", "1")
             _sysctl(ns, "net.ipv6.conf.default.disable_ipv6", "1")
             ip("link", "set", "lo", "up", ns=ns)
-        ip(
-            "link",
-            "add",
-            self.root_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            self.node_up_if,
-            "netns",
-            self.node_ns,
-        )
+        ip(*f"link add {self.root_if} type veth peer name {self.node_up_if} netns {self.node_ns}".split())
         _sysctl(None, f"net.ipv6.conf.{self.root_if}.disable_ipv6", "1")
         _sysctl(self.node_ns, f"net.ipv6.conf.{self.node_up_if}.disable_ipv6", "1")
         ip("addr", "add", f"{self.root_ip}/{prefix}", "dev", self.root_if)
         ip("link", "set", self.root_if, "up")
         ip("addr", "add", f"{self.node_ip}/{prefix}", "dev", self.node_up_if, ns=self.node_ns)
         ip("link", "set", self.node_up_if, "up", ns=self.node_ns)
-        ip("link", "add", self.node_vm_if, "type", "veth", "peer", "name", self.vm_if, "netns", self.vm_ns,
-           ns=self.node_ns)  # fmt: skip
+        vm_pair = f"link add {self.node_vm_if} type veth peer name {self.vm_if} netns {self.vm_ns}"
+        ip(*vm_pair.split(), ns=self.node_ns)
         _sysctl(self.node_ns, f"net.ipv6.conf.{self.node_vm_if}.disable_ipv6", "1")
         _sysctl(self.vm_ns, f"net.ipv6.conf.{self.vm_if}.disable_ipv6", "1")
         ip("addr", "add", str(NODE_VM_ADDRESS), "dev", self.node_vm_if, ns=self.node_ns)
