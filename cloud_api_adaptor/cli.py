@@ -4,6 +4,8 @@ The only place that reads argv and the environment.  Every ``serve`` option
 also reads the Go version's environment variable, so an existing
 ``peer-pods-cm`` works unchanged; ``cloud-api-adaptor <provider>`` works as the
 Go entrypoint does.  Flags are accepted with one dash (Go style) or two.
+``serve`` runs on uvloop when it is installed; ``CAA_EVENT_LOOP=asyncio`` selects
+the stock asyncio loop instead.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from cloud_api_adaptor import __version__
+from cloud_api_adaptor._aio import EVENT_LOOP_ENV, loop_factory, run
 from cloud_api_adaptor.errors import AdaptorError, ConfigError
 from cloud_api_adaptor.options import Option, OptionValues, resolve
 from cloud_api_adaptor.plugins import installed_providers, load_plugin
@@ -121,13 +124,16 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         values["provider"] = provider
         settings = Settings.from_values(resolve(DAEMON_OPTIONS, env, values))
         provider_values = resolve(plugin.options, env, values)
+        event_loop = env.get(EVENT_LOOP_ENV, "")
+        loop_factory(event_loop)  # an unknown CAA_EVENT_LOOP is a configuration error
     except ConfigError as exc:
         print(f"cloud-api-adaptor: {exc}", file=sys.stderr)
         return 2
     _setup_logging(settings.log_level)
     try:
         if command == "serve":
-            return asyncio.run(_serve(settings, provider_values))
+            # uvloop unless CAA_EVENT_LOOP=asyncio: the ttrpc frame loop and the agent relays live in it.
+            return run(_serve(settings, provider_values), event_loop=event_loop)
         if command == "plan":
             from cloud_api_adaptor.plan import plan
 
@@ -164,6 +170,7 @@ async def _serve(settings: Settings, provider_values: OptionValues) -> int:
     from cloud_api_adaptor.daemon import install_signal_handlers, serve
 
     _raise_fd_limit()
+    logger.info("event loop: %s", type(asyncio.get_running_loop()).__module__.partition(".")[0])
     stop = asyncio.Event()
     install_signal_handlers(stop)
     await serve(settings, provider_values, stop)
@@ -180,8 +187,6 @@ def _raise_fd_limit() -> None:
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from cloud_api_adaptor.logs import setup_logging
+
+    setup_logging(level)

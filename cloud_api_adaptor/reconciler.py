@@ -46,13 +46,13 @@ class OrphanReconciler:
     async def scan_once(self) -> ScanResult:
         instances = await self._provider.list_instances(self._manager.owner_tags())
         live_ids = self._manager.live_instance_ids()
-        live_sandboxes = self._manager.live_sandbox_ids()
+        claiming = self._manager.claiming_sandbox_ids()
         now = self._clock()
         deleted = young = failed = 0
         current: set[str] = set()
         for instance in instances:
             current.add(instance.id)
-            if instance.id in live_ids or instance.tags.get(TAG_SANDBOX, "") in live_sandboxes:
+            if instance.id in live_ids or instance.tags.get(TAG_SANDBOX, "") in claiming:
                 continue
             born = instance.created_at or self._first_seen.setdefault(instance.id, now)
             if now - born < self._grace:

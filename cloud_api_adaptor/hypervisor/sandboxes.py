@@ -126,8 +126,13 @@ class SandboxManager:
             counts[r.state.value] = counts.get(r.state.value, 0) + 1
         return counts
 
-    def live_sandbox_ids(self) -> set[str]:
-        return {r.id for r in self.records() if r.is_live()}
+    def claiming_sandbox_ids(self) -> set[str]:
+        """Sandboxes that may own a cloud instance (STARTING, RUNNING, STOPPING).
+
+        A FAILED or CREATED sandbox owns none, so an instance tagged with it (a
+        launch that landed after StartVM gave up) is an orphan.
+        """
+        return {r.id for r in self.records() if r.owns_instance()}
 
     @contextlib.asynccontextmanager
     async def _timed(self, operation: str) -> AsyncIterator[None]:

@@ -78,12 +78,6 @@ async def test_kill_9_while_run_instances_is_in_flight_then_restart_and_stop_vm_
     assert list(daemon.pods_dir.iterdir()) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: a FAILED sandbox still counts as live for the orphan scan "
-    "(SandboxManager.live_sandbox_ids), so an instance whose launch lands after StartVM failed "
-    "is shielded until StopVM; only sandboxes that may own an instance should claim one",
-)
 @pytest.mark.asyncio
 async def test_a_launch_landing_after_the_restart_is_deleted_by_the_orphan_scan_even_before_stop_vm(
     aws_node: AwsNode,

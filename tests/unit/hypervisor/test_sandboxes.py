@@ -229,3 +229,24 @@ async def test_the_orphan_scan_deletes_only_old_unclaimed_instances_of_this_node
     assert len(provider.instances) == 2  # the live sandbox's VM and the other node's
     await manager.stop_vm("live")
     await manager.aclose()
+
+
+@pytest.mark.asyncio
+async def test_an_instance_that_landed_after_start_vm_failed_is_an_orphan(tmp_path: Path) -> None:
+    now = [1000.0]
+    provider = FakeProvider(FakeConfig(), clock=lambda: now[0])
+    channel = FakeChannel()
+    channel.unreachable = True
+    manager = make(tmp_path, provider, channel)
+    await manager.create_vm("sb1", kata_annotations("p"), "")
+    with pytest.raises(DeadlineExceeded):
+        await manager.start_vm("sb1")
+    # The cloud finishes a launch the daemon had given up on, tagged for the FAILED sandbox.
+    late = await provider.create_instance(
+        CreateRequest("late", "sb1", "t-late", InstanceSpec(), "", manager.owner_tags("sb1"))
+    )
+    now[0] += 121
+    result = await OrphanReconciler(provider, manager, grace_period=120, clock=lambda: now[0]).scan_once()
+    assert result.deleted == 1
+    assert late.id not in provider.instances
+    await manager.aclose()

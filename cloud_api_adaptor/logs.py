@@ -1,0 +1,54 @@
+"""Logging set-up with a last line of defence for secrets.
+
+Userdata carries the pod VM's TLS private key, and SDKs at DEBUG level log
+whole request bodies (botocore logs RunInstances' UserData).  So SDK and HTTP
+client loggers never go below INFO, and every record passes a filter that
+blanks PEM private keys and AWS-style secrets before any handler sees it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+
+#: third-party loggers that dump request bodies at DEBUG
+_CHATTY = ("botocore", "boto3", "urllib3", "s3transfer", "azure", "google", "ibm_cloud_sdk_core", "libvirt")
+
+_PEM_KEY = re.compile(
+    r"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.*?-----END \1PRIVATE KEY-----|"
+    r"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.*",
+    re.DOTALL,
+)
+
+
+def redact(text: str) -> str:
+    """Blank PEM private keys (also truncated ones) in ``text``."""
+    if "PRIVATE KEY" not in text:
+        return text
+    return _PEM_KEY.sub("<redacted private key>", text)
+
+
+class RedactingFilter(logging.Filter):
+    """Scrubs key material from the formatted message of every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg = cleaned
+            record.args = None
+        return True
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    numeric = getattr(logging, level.upper(), logging.INFO)
+    root.setLevel(numeric)
+    for name in _CHATTY:
+        logging.getLogger(name).setLevel(max(numeric, logging.INFO))
+    logging.getLogger("asyncio").setLevel(max(numeric, logging.INFO))
