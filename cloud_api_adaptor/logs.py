@@ -13,7 +13,17 @@ import re
 import sys
 
 #: third-party loggers that dump request bodies at DEBUG
-_CHATTY = ("botocore", "boto3", "urllib3", "s3transfer", "azure", "google", "ibm_cloud_sdk_core", "libvirt")
+_CHATTY = (
+    "botocore",
+    "boto3",
+    "urllib3",
+    "s3transfer",
+    "azure",
+    "google",
+    "ibm_cloud_sdk_core",
+    "libvirt",
+    "pyroute2",
+)
 
 _PEM_KEY = re.compile(
     r"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.*?-----END \1PRIVATE KEY-----|"
