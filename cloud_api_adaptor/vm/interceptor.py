@@ -119,13 +119,17 @@ class FrameRewriter:
         self._body = bytearray()
         self.frames_rewritten = 0
 
-    def feed(self, data: bytes) -> bytes:
-        """Bytes to forward for ``data``; usually ``data`` itself, without a copy."""
+    def feed(self, data: bytes | memoryview) -> bytes | memoryview:
+        """Bytes to forward for ``data``; usually ``data`` itself, without a copy.
+
+        ``data`` may be a view of the relay's read buffer: everything kept across
+        calls (a partial header, a collected body) is copied.
+        """
         if not self._header and not self._passthrough and self._collect is None and _all_plain(data):
             return data
         return b"".join(self._slow(data))
 
-    def _slow(self, data: bytes) -> list[bytes | memoryview]:
+    def _slow(self, data: bytes | memoryview) -> list[bytes | memoryview]:
         out: list[bytes | memoryview] = []
         mv = memoryview(data)
         pos, end = 0, len(data)
@@ -205,7 +209,7 @@ class FrameRewriter:
         return new
 
 
-def _all_plain(data: bytes) -> bool:
+def _all_plain(data: bytes | memoryview) -> bool:
     """Fast path: ``data`` is whole frames, none of which is intercepted."""
     pos, end = 0, len(data)
     mv = memoryview(data)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -147,7 +148,7 @@ async def test_linking_to_a_dead_peer_closes_the_live_side() -> None:
 
 @pytest.mark.asyncio
 async def test_a_filter_rewrites_the_downstream_direction_only() -> None:
-    r = await make_rig(filter=lambda data: data.upper())
+    r = await make_rig(filter=lambda data: bytes(data).upper())
     try:
         r.client_w.write(b"shout")
         assert await r.backend_r.readexactly(5) == b"SHOUT"
@@ -155,3 +156,89 @@ async def test_a_filter_rewrites_the_downstream_direction_only() -> None:
         assert await r.client_r.readexactly(5) == b"quiet"
     finally:
         await close_rig(r)
+
+
+@pytest.mark.asyncio
+async def test_bytes_stay_intact_when_the_peer_keeps_the_read_buffer(rig: Rig) -> None:
+    """Reads of every size, a reader that lags: the pipe must not reuse a buffer the peer still holds."""
+    rng = random.Random(7)
+    chunks = [os.urandom(rng.choice([1, 10, 5000, 16 << 10, 70000, 300000])) for _ in range(60)]
+    for chunk in chunks:
+        rig.client_w.write(chunk)
+    await asyncio.sleep(0.05)  # let the relay fill the backend's socket and its own write buffer
+    expected = b"".join(chunks)
+    assert await rig.backend_r.readexactly(len(expected)) == expected
+    assert rig.stats.bytes_in == len(expected)
+
+
+@pytest.mark.asyncio
+async def test_tcp_ends_get_tcp_nodelay() -> None:
+    loop = asyncio.get_running_loop()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+    pipe = Pipe()
+    await loop.create_connection(lambda: pipe, sock=client)
+    try:
+        assert pipe.transport is not None
+        sock = pipe.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        pipe.close()
+        await pipe.closed
+        server.close()
+
+
+class HoldingTransport(asyncio.Transport):
+    """A peer that keeps references to what it is given, as uvloop does with bytes a full socket refused."""
+
+    def __init__(self, *, keeps: bool) -> None:
+        super().__init__()
+        self.keeps = keeps
+        self.held: list[bytes | bytearray | memoryview] = []
+        self.sent = bytearray()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.keeps:
+            self.held.append(data)  # a reference into the writer's memory, not a copy
+        else:
+            self.sent += data
+
+    def received(self) -> bytes:
+        return bytes(self.sent) + b"".join(bytes(d) for d in self.held)
+
+    def get_write_buffer_size(self) -> int:
+        return sum(len(d) for d in self.held)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def feed(pipe: Pipe, data: bytes) -> memoryview:
+    """What a transport does for a BufferedProtocol: fill the lent buffer, report the count."""
+    buffer = pipe.get_buffer(-1)
+    buffer[: len(data)] = data
+    pipe.buffer_updated(len(data))
+    return buffer
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("keeps", [True, False])
+async def test_the_read_buffer_is_reused_only_when_the_peer_let_go_of_it(keeps: bool) -> None:
+    reader, peer = Pipe(), Pipe()
+    reader.connection_made(HoldingTransport(keeps=False))
+    out = HoldingTransport(keeps=keeps)
+    peer.connection_made(out)
+    link(reader, peer)
+    first = feed(reader, b"A" * 100)
+    second = feed(reader, b"B" * 100)
+    assert out.received() == b"A" * 100 + b"B" * 100
+    # A peer that wrote everything at once leaves the buffer free: no allocation per read.
+    assert (first.obj is second.obj) is not keeps

@@ -177,3 +177,31 @@ def test_counter_reports_rewritten_frames() -> None:
     )
     rewriter.feed(check_frame(3))
     assert rewriter.frames_rewritten == 1
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096])
+def test_views_of_a_reused_read_buffer_are_copied_where_kept(chunk: int) -> None:
+    """The relay feeds views of one buffer that it overwrites after each call (a BufferedProtocol)."""
+    sandbox = agent_pb2.CreateSandboxRequest(hostname="pod", dns=["nameserver 10.96.0.10"], sandbox_id="sb")
+    big = request("test.Echo", "Echo", bytes(range(256)) * 300)  # plain, spans many chunks
+    create = request("grpc.AgentService", "CreateSandbox", sandbox.SerializeToString())
+    data = (
+        check_frame(1)
+        + encode_frame(3, MessageType.REQUEST, big)
+        + encode_frame(5, MessageType.REQUEST, create)
+        + check_frame(7)
+    )
+    rewriter = FrameRewriter(Interceptor())
+    buffer = bytearray(chunk)
+    out = bytearray()
+    for i in range(0, len(data), chunk):
+        piece = data[i : i + chunk]
+        buffer[: len(piece)] = piece
+        out += rewriter.feed(memoryview(buffer)[: len(piece)])  # written out at once, as the relay does
+        buffer[:] = b"\xff" * chunk  # the next read overwrites it
+    frames = agent_view(bytes(out))
+    assert [sid for sid, _ in frames] == [1, 3, 5, 7]
+    assert frames[1][1] == big
+    seen = agent_pb2.CreateSandboxRequest.FromString(ttrpc_pb2.Request.FromString(frames[2][1]).payload)
+    assert (list(seen.dns), seen.hostname) == ([], "pod")
+    assert frames[3][1] == check_frame(7)[10:]
