@@ -14,10 +14,13 @@ change, so the worker stays a lean pump; worker-side rewriting can be added as a
 ``pump.Filter`` on the downstream pipe without changing this module's shape.
 
 Differences from Go, on purpose:
-- readiness dials retry at most ``retry_interval`` (100 ms) apart, and one
-  connect attempt gives up after ``connect_attempt_timeout`` so a SYN sent
-  before the VM had its address does not hold readiness back for seconds (Go
-  backs off to 5 s, which adds seconds to every pod start);
+- readiness dials start a new attempt every ``retry_interval`` (100 ms), even
+  while earlier ones are still pending (happy-eyeballs style, at most
+  ``max_attempts_in_flight``), and the first to finish TCP and TLS wins: a
+  booting cloud VM often drops SYNs rather than refusing them, and an attempt
+  whose SYN was dropped would otherwise hold the next one back until its own
+  ``connect_attempt_timeout`` (Go backs off to 5 s, which adds seconds to
+  every pod start);
 - the first connection is kept and handed to the first shim connection, so the
   TLS handshake done for readiness is not wasted;
 - every shim connection gets its own upstream connection, so after the VM
@@ -33,11 +36,12 @@ import logging
 import os
 import socket
 import ssl
+from asyncio import FIRST_COMPLETED
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cloud_api_adaptor._aio import TaskSupervisor
+from cloud_api_adaptor._aio import TaskSupervisor, shielded
 from cloud_api_adaptor.errors import DeadlineExceeded, FailedPrecondition
 from cloud_api_adaptor.proxy.pump import Pipe, PumpStats, link
 from cloud_api_adaptor.proxy.tls import AgentTls
@@ -78,6 +82,15 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+async def _reap(attempts: set[asyncio.Task[Pipe]]) -> None:
+    """Cancel the losing dial attempts; close any that connected before the cancellation landed."""
+    for task in attempts:
+        task.cancel()
+    for outcome in await asyncio.gather(*attempts, return_exceptions=True):
+        if isinstance(outcome, Pipe):
+            outcome.close()
+
+
 class AgentProxy:
     """One sandbox's agent socket; ``start`` returns once the forwarder is reachable."""
 
@@ -91,6 +104,7 @@ class AgentProxy:
         retry_interval: float = 0.1,
         connect_attempt_timeout: float = 1.0,
         handshake_timeout: float = 10.0,
+        max_attempts_in_flight: int = 10,
     ) -> None:
         self.socket_path = socket_path
         self._ssl = ssl_context
@@ -99,6 +113,7 @@ class AgentProxy:
         self._retry_interval = retry_interval
         self._attempt_timeout = connect_attempt_timeout
         self._handshake_timeout = handshake_timeout
+        self._max_in_flight = max(1, max_attempts_in_flight)
         self.stats = ProxyStats()
         self._server: asyncio.AbstractServer | None = None
         self._addr: tuple[str, int] | None = None
@@ -252,37 +267,98 @@ class AgentProxy:
     # -- dialling ----------------------------------------------------------------
 
     async def _dial(self, deadline: float, stop: asyncio.Future[None] | None = None) -> Pipe:
-        """Connect (and handshake) until ``deadline``; attempts at most ``retry_interval`` apart."""
+        """Connect (and handshake) until ``deadline``: staggered attempts, the first to finish wins.
+
+        A new attempt starts every ``retry_interval`` while fewer than
+        ``max_attempts_in_flight`` are pending; a failed attempt is followed by
+        the next one at most ``retry_interval`` after its own start.  On return,
+        failure or cancellation no other attempt is left running or connected.
+        """
         assert self._addr is not None
         host, port = self._addr
         loop = asyncio.get_running_loop()
         last: BaseException | None = None
-        attempts = 0
-        while not self._closed and (stop is None or not stop.done()):
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            started = loop.time()
-            attempts += 1
-            try:
-                return await self._connect_once(host, port, remaining)
-            except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
-                last = exc
-                self.stats.upstream_failures += 1
-                # The first failure and then one in fifty: a VM boot is minutes of refusals.
-                if attempts == 1 or attempts % 50 == 0:
-                    logger.info(
-                        "Retrying failed agent proxy connection: %s (attempt %d)", _describe(exc), attempts
+        attempts = failures = 0
+        pending: set[asyncio.Task[Pipe]] = set()
+        winner: Pipe | None = None
+        next_start = loop.time()
+        try:
+            while winner is None and not self._closed and (stop is None or not stop.done()):
+                now = loop.time()
+                remaining = deadline - now
+                if remaining <= 0:
+                    break
+                if now >= next_start and len(pending) < self._max_in_flight:
+                    attempts += 1
+                    pending.add(
+                        loop.create_task(
+                            self._connect_once(host, port),
+                            name=f"agent-proxy-attempt {host}:{port} #{attempts}",
+                        )
                     )
-            pause = self._retry_interval - (loop.time() - started)
-            remaining = deadline - loop.time()
-            if pause > 0 and remaining > 0:
-                await asyncio.sleep(min(pause, remaining))
+                    next_start = now + self._retry_interval
+                wait = remaining if len(pending) >= self._max_in_flight else min(next_start - now, remaining)
+                waiters: set[asyncio.Future[Any]] = set(pending)
+                if stop is not None:
+                    waiters.add(stop)
+                if waiters:
+                    await asyncio.wait(waiters, timeout=max(0.0, wait), return_when=FIRST_COMPLETED)
+                else:
+                    await asyncio.sleep(max(0.0, wait))
+                for task in [t for t in pending if t.done()]:
+                    pending.discard(task)
+                    if task.cancelled():
+                        continue
+                    exc = task.exception()
+                    if exc is None:
+                        if winner is None:
+                            winner = task.result()
+                        else:
+                            task.result().close()  # finished together with the winner
+                        continue
+                    if not isinstance(exc, (OSError, ssl.SSLError, TimeoutError, ConnectionError)):
+                        raise exc
+                    last = exc
+                    failures += 1
+                    self._note_failure(exc, failures)
+        except BaseException:
+            if winner is not None:
+                winner.close()
+            raise
+        finally:
+            if pending:
+                try:
+                    await shielded(_reap(pending))
+                except BaseException:
+                    if winner is not None:
+                        winner.close()
+                    raise
+        if winner is not None:
+            self.stats.upstream_dials += 1
+            return winner
+        if last is None and attempts:
+            last = TimeoutError()  # every attempt was still pending at the deadline
         raise _DialFailed(last)
 
-    async def _connect_once(self, host: str, port: int, budget: float) -> Pipe:
+    def _note_failure(self, exc: BaseException, failures: int) -> None:
+        self.stats.upstream_failures += 1
+        # The first failure and then one in fifty: a VM boot is minutes of refusals.
+        if failures == 1 or failures % 50 == 0:
+            logger.info("Retrying failed agent proxy connection: %s (attempt %d)", _describe(exc), failures)
+
+    async def _connect_once(self, host: str, port: int) -> Pipe:
+        """One attempt: TCP connect within ``connect_attempt_timeout``, then the TLS handshake.
+
+        The dial's own deadline is not applied here: ``_dial`` cancels what is
+        still pending when it passes, so the error it reports is the last real
+        failure (refused, unreachable, a bad certificate) rather than a timeout
+        cut short by the deadline.
+        """
         loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        try:  # an IP address (the usual case) needs no resolver thread
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+        except socket.gaierror:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         if not infos:
             raise OSError(f"cannot resolve {host}")
         family, type_, proto, _, sockaddr = infos[0]
@@ -290,7 +366,7 @@ class AgentProxy:
         try:
             sock.setblocking(False)
             try:
-                async with asyncio.timeout(min(self._attempt_timeout, budget)):
+                async with asyncio.timeout(self._attempt_timeout):
                     await loop.sock_connect(sock, sockaddr)
             except OSError as exc:
                 if exc.errno is None:
@@ -298,19 +374,21 @@ class AgentProxy:
                 raise OSError(
                     exc.errno, f"dial tcp {host}:{port}: connect: {os.strerror(exc.errno).lower()}"
                 ) from exc
-            up = Pipe(self.stats)
-            handshake: dict[str, Any] = {}
-            if self._ssl is not None:
-                handshake = {
-                    "ssl": self._ssl,
-                    "server_hostname": self._server_hostname,
-                    "ssl_handshake_timeout": max(0.1, min(self._handshake_timeout, budget)),
-                }
-            await loop.create_connection(lambda: up, sock=sock, **handshake)
         except BaseException:
             sock.close()
             raise
-        self.stats.upstream_dials += 1
+        # From here the loop owns the socket: a failed or cancelled create_connection
+        # closes its transport and with it the socket (closing it here as well would,
+        # with uvloop, close a descriptor number that may already be reused).
+        up = Pipe(self.stats)
+        handshake: dict[str, Any] = {}
+        if self._ssl is not None:
+            handshake = {
+                "ssl": self._ssl,
+                "server_hostname": self._server_hostname,
+                "ssl_handshake_timeout": self._handshake_timeout,
+            }
+        await loop.create_connection(lambda: up, sock=sock, **handshake)
         return up
 
 

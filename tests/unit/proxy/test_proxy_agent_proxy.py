@@ -1,4 +1,10 @@
-"""AgentProxy: readiness dialling, timeout, socket hygiene, reuse of the first connection, reconnects."""
+"""AgentProxy: readiness dialling, timeout, socket hygiene, reuse of the first connection, reconnects.
+
+Dropped SYNs (a booting cloud VM without a listener often drops rather than
+refuses) are made with a loopback listener whose accept queue is full: the
+kernel then drops every new SYN, and the dialling sockets sit in SYN_SENT,
+visible in ``/proc/net/tcp``.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +30,44 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def tcp_sockets_to(port: int, state: str) -> set[int]:
+    """Local ports of this namespace's IPv4 sockets in ``state`` (/proc/net/tcp's hex) towards ``port``."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[2].rpartition(":")[2], 16) == port and fields[3] == state:
+            found.add(int(fields[1].rpartition(":")[2], 16))
+    return found
+
+
+SYN_SENT, ESTABLISHED = "02", "01"
+
+
+class BlackHole:
+    """A loopback listener whose accept queue is full, so that new SYNs are dropped, not refused.
+
+    ``listen(0)`` queues one connection; a filler takes that place.  ``serve``
+    turns it into an echoing forwarder (the queue drained, the backlog raised).
+    """
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(0)
+        self.port: int = self.sock.getsockname()[1]
+        self.filler = socket.create_connection(("127.0.0.1", self.port))
+
+    async def serve(self) -> EchoServer:
+        conn, _ = self.sock.accept()
+        conn.close()
+        self.filler.close()
+        return await EchoServer(self.port).start(sock=self.sock)
+
+    def close(self) -> None:
+        self.filler.close()
+        self.sock.close()
+
+
 class EchoServer:
     """A stand-in forwarder on loopback that echoes; counts and can drop its connections."""
 
@@ -47,8 +91,11 @@ class EchoServer:
             self._writers.discard(writer)
             writer.close()
 
-    async def start(self) -> EchoServer:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, ssl=self.ssl)
+    async def start(self, sock: socket.socket | None = None) -> EchoServer:
+        if sock is not None:
+            self._server = await asyncio.start_server(self._handle, sock=sock, ssl=self.ssl)
+        else:
+            self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, ssl=self.ssl)
         return self
 
     async def stop(self) -> None:
@@ -100,6 +147,100 @@ async def test_start_waits_for_the_forwarder_then_relays(short_tmp: Path, server
         assert await roundtrip(proxy.socket_path) == b"ping"
     finally:
         await proxy.aclose()
+
+
+@pytest_asyncio.fixture
+async def hole() -> AsyncIterator[BlackHole]:
+    h = BlackHole()
+    yield h
+    h.close()
+
+
+@pytest.mark.asyncio
+async def test_a_dropped_syn_does_not_hold_back_the_next_attempt(
+    short_tmp: Path, hole: BlackHole, servers: list[EchoServer]
+) -> None:
+    # An attempt waits a minute for its SYN: only attempts started while it is pending can win.
+    proxy = AgentProxy(short_tmp / "agent.ttrpc", retry_interval=0.02, connect_attempt_timeout=60)
+    starting = asyncio.create_task(proxy.start("127.0.0.1", hole.port, timeout=60))
+    try:
+        await wait_for(lambda: len(tcp_sockets_to(hole.port, SYN_SENT)) >= 2, "two attempts in flight")
+        assert not starting.done()
+        assert proxy.stats.upstream_failures == 0  # pending, not failed
+        servers.append(await hole.serve())  # the forwarder comes up
+        await starting
+        assert tcp_sockets_to(hole.port, SYN_SENT) == set()  # the other attempts are gone
+        assert proxy.stats.upstream_dials == 1
+        assert await roundtrip(proxy.socket_path) == b"ping"  # over the winner, kept for the first shim
+        # That relay is closed now; a loser that had connected too would still be established.
+        await wait_for(lambda: not tcp_sockets_to(hole.port, ESTABLISHED), "no connection left")
+    finally:
+        await proxy.aclose()
+
+
+@pytest.mark.asyncio
+async def test_attempts_in_flight_are_bounded(short_tmp: Path, hole: BlackHole) -> None:
+    proxy = AgentProxy(
+        short_tmp / "agent.ttrpc", retry_interval=0.005, connect_attempt_timeout=60, max_attempts_in_flight=3
+    )
+    starting = asyncio.create_task(proxy.start("127.0.0.1", hole.port, timeout=60))
+    try:
+        await wait_for(lambda: len(tcp_sockets_to(hole.port, SYN_SENT)) >= 3, "three attempts in flight")
+        await asyncio.sleep(0.1)  # twenty intervals: room for more attempts if the bound did not hold
+        assert len(tcp_sockets_to(hole.port, SYN_SENT)) == 3
+    finally:
+        starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        await proxy.aclose()
+    assert tcp_sockets_to(hole.port, SYN_SENT) == set()
+
+
+@pytest.mark.asyncio
+async def test_timing_out_behind_dropped_syns_leaves_no_socket(short_tmp: Path, hole: BlackHole) -> None:
+    proxy = AgentProxy(short_tmp / "agent.ttrpc", retry_interval=0.02, connect_attempt_timeout=60)
+    with pytest.raises(DeadlineExceeded) as err:
+        await proxy.start("127.0.0.1", hole.port, timeout=0.3)
+    assert str(err.value) == (
+        f"failed to establish agent proxy connection to 127.0.0.1:{hole.port}: connection attempt timed out"
+    )
+    assert tcp_sockets_to(hole.port, SYN_SENT) == set()
+    assert not proxy.socket_path.exists()
+    await proxy.aclose()
+
+
+@pytest.mark.asyncio
+async def test_an_attempt_that_times_out_is_a_failure_and_the_dial_goes_on(
+    short_tmp: Path, hole: BlackHole, servers: list[EchoServer]
+) -> None:
+    proxy = AgentProxy(
+        short_tmp / "agent.ttrpc", retry_interval=0.01, connect_attempt_timeout=0.05, max_attempts_in_flight=2
+    )
+    starting = asyncio.create_task(proxy.start("127.0.0.1", hole.port, timeout=60))
+    try:
+        await wait_for(lambda: proxy.stats.upstream_failures >= 3, "attempts timing out")
+        assert not starting.done()
+        servers.append(await hole.serve())
+        await starting
+        assert await roundtrip(proxy.socket_path) == b"ping"
+    finally:
+        await proxy.aclose()
+    assert tcp_sockets_to(hole.port, SYN_SENT) == set()
+
+
+@pytest.mark.asyncio
+async def test_cancelling_a_start_with_attempts_in_flight_leaves_no_socket(
+    short_tmp: Path, hole: BlackHole
+) -> None:
+    proxy = AgentProxy(short_tmp / "agent.ttrpc", retry_interval=0.02, connect_attempt_timeout=60)
+    task = asyncio.create_task(proxy.start("127.0.0.1", hole.port, timeout=60))
+    await wait_for(lambda: len(tcp_sockets_to(hole.port, SYN_SENT)) >= 3, "attempts in flight")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert tcp_sockets_to(hole.port, SYN_SENT) == set()
+    assert not proxy.socket_path.exists()
+    await proxy.aclose()
 
 
 @pytest.mark.asyncio
