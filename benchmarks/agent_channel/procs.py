@@ -4,16 +4,20 @@
 ``python -m benchmarks.agent_channel.procs proxy SOCKET HOST PORT STATE_DIR INSTANCE``
 
 Each prints ``READY`` once serving and runs until SIGTERM, so every hop of the
-channel has its own process (and event loop), as in a real deployment.
+channel has its own process (and event loop), as in a real deployment.  The
+proxy runs on the loop the daemon uses (``_aio.run``: uvloop unless
+``CAA_EVENT_LOOP=asyncio``); the stub agent, part of the baseline, on asyncio's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from pathlib import Path
 
+from cloud_api_adaptor._aio import EVENT_LOOP_ENV, run
 from cloud_api_adaptor.proxy.agent_proxy import AgentChannel
 from cloud_api_adaptor.proxy.testing import StubAgent
 from cloud_api_adaptor.proxy.tls import AgentTls
@@ -45,4 +49,7 @@ async def proxy(path: str, host: str, port: str, state_dir: str, instance: str) 
 
 if __name__ == "__main__":
     kind, *args = sys.argv[1:]
-    asyncio.run(agent(*args) if kind == "agent" else proxy(*args))
+    if kind == "agent":
+        asyncio.run(agent(*args))
+    else:
+        run(proxy(*args), event_loop=os.environ.get(EVENT_LOOP_ENV, ""))
