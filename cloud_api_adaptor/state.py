@@ -97,10 +97,23 @@ class SandboxStore:
     def prepare(self) -> None:
         self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
-    async def save(self, record: SandboxRecord) -> None:
+    async def save(self, record: SandboxRecord, *, first: Callable[[], object] | None = None) -> None:
+        """Write ``record`` durably.
+
+        ``first`` is a blocking filesystem step that belongs to this state (creating
+        or removing the pod directory): it runs in the writer thread just before the
+        record is written, so the event loop neither blocks on it nor pays a thread
+        hop of its own.  If it raises, the record is not written.
+        """
         data = encode_record(record)
         path = self._path(record.id)
-        await self._ordered(record.id, lambda: atomic_write(path, data, sync_dir=False))
+
+        def write() -> None:
+            if first is not None:
+                first()
+            atomic_write(path, data, sync_dir=False)
+
+        await self._ordered(record.id, write)
 
     async def remove(self, sandbox_id: str) -> None:
         path = self._path(sandbox_id)

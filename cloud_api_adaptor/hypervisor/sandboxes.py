@@ -146,9 +146,12 @@ class SandboxManager:
 
     # ---- persistence helpers -------------------------------------------------------------------
 
-    async def _commit(self, live: _Live, record: SandboxRecord) -> SandboxRecord:
+    async def _commit(
+        self, live: _Live, record: SandboxRecord, first: Callable[[], object] | None = None
+    ) -> SandboxRecord:
+        """Persist ``record``; ``first`` is a pod-directory step done in the store's writer thread."""
         record = record.with_changes(updated_at=self._clock())
-        await self._store.save(record)
+        await self._store.save(record, first=first)
         live.record = record
         async with self._changed:
             self._changed.notify_all()
@@ -229,8 +232,7 @@ class SandboxManager:
             live.lock = existing.lock
         self._sandboxes[sandbox_id] = live
         try:
-            await self._commit(live, record)
-            Path(socket_path).parent.mkdir(parents=True, exist_ok=True)
+            await self._commit(live, record, first=functools.partial(_make_pod_dir, Path(socket_path).parent))
         except BaseException:
             self._sandboxes.pop(sandbox_id, None)
             await shielded(self._store.remove(sandbox_id))
@@ -405,9 +407,10 @@ class SandboxManager:
 
     async def _finish_stop(self, live: _Live) -> None:
         record = live.record
-        shutil.rmtree(Path(record.agent_socket_path).parent, ignore_errors=True)
         await self._commit(
-            live, record.transition(SandboxState.STOPPED, instance_id="", instance_ips=(), userdata="")
+            live,
+            record.transition(SandboxState.STOPPED, instance_id="", instance_ips=(), userdata=""),
+            first=functools.partial(shutil.rmtree, Path(record.agent_socket_path).parent, ignore_errors=True),
         )
         logger.info("sandbox %s stopped", record.id)
 
@@ -493,6 +496,10 @@ class SandboxManager:
         await self._background.aclose()
         for live in list(self._sandboxes.values()):
             await self._close_proxy(live)
+
+
+def _make_pod_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
 
 
 def _request_digest(sandbox_id: str, annotations: Mapping[str, str], netns_path: str) -> str:
