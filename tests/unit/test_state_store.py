@@ -204,3 +204,25 @@ async def test_saving_after_close_raises_instead_of_waiting_forever(tmp_path: Pa
     with pytest.raises(RuntimeError):
         await store.save(record(state=SandboxState.STARTING))
     assert store.load_all()[0].state is SandboxState.CREATED
+
+
+@pytest.mark.asyncio
+async def test_a_first_step_runs_before_its_record_and_a_failing_one_keeps_the_record_out(
+    tmp_path: Path,
+) -> None:
+    store = SandboxStore(tmp_path / "state")
+    store.prepare()
+    pod_dir = tmp_path / "pods" / "sb1"
+    try:
+        await store.save(record(), first=lambda: pod_dir.mkdir(parents=True))
+        assert pod_dir.is_dir()
+        assert [r.state for r in store.load_all()] == [SandboxState.CREATED]
+
+        def fail() -> None:
+            raise PermissionError(13, "Permission denied")
+
+        with pytest.raises(PermissionError):
+            await store.save(record(state=SandboxState.STARTING), first=fail)
+        assert [r.state for r in store.load_all()] == [SandboxState.CREATED]
+    finally:
+        store.close()
