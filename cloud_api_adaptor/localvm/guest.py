@@ -278,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     if os.fork() != 0:
         os._exit(0)  # the provider reaps this parent; the VM lives on in the child
     os.setsid()
+    # Keep only stdin/stdout/stderr: a descriptor inherited without CLOEXEC (uvloop's spawn leaks
+    # a duplicate of the report pipe) would outlive the last report and hold the provider's read open.
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s %(levelname)s {spec.vm_id}: %(message)s", stream=sys.stderr
     )
