@@ -8,7 +8,10 @@ it gets its userdata from a cidata directory, as libvirt's cidata ISO delivers
 it, and runs ``process-user-data``, an agent (``LOCAL_AGENT_COMMAND``, by default
 the built-in development agent, a stand-in for kata-agent) and
 ``agent-protocol-forwarder``.  VMs outlive the daemon; their records on disk
-let a restarted daemon find them again.
+let a restarted daemon find them again.  In netns mode the provider also owns
+the node's end of the pod network tunnel (``tunnel_endpoint``: the last usable
+address of ``LOCAL_VM_SUBNET``, on ``lo`` while any VM exists), so a pod's
+VXLAN runs over the VMs' own subnet, never the machine's real interfaces.
 
 Layout: ``config`` (options), ``addressing`` and ``records`` (sans-I/O-ish
 state), ``procs`` (process identity and stopping), ``netns`` (namespaces,

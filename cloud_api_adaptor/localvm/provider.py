@@ -197,7 +197,10 @@ class LocalProvider(Provider):
                 logger.info("tunnel endpoint %s/32 added to lo", endpoint)
 
     def _release_endpoint(self) -> None:
-        """Once no VM is left, take the tunnel endpoint off ``lo`` (the next plug adds it again)."""
+        """Once no VM is left, take the tunnel endpoint off ``lo`` (the next plug adds it again).
+
+        "No VM" counts another daemon's too: any other address of the subnet here keeps it.
+        """
         from pyroute2.netlink.exceptions import NetlinkError
 
         from cloud_api_adaptor.localvm import netns
@@ -209,6 +212,9 @@ class LocalProvider(Provider):
             if self.records.all():
                 return
             try:
+                others = [a for _, a in netns.host_ipv4_addresses() if a.ip in self.config.subnet]
+                if any(a.ip != endpoint for a in others):
+                    return
                 if netns.remove_local_address(endpoint):
                     logger.info("tunnel endpoint %s/32 removed from lo (no VM left)", endpoint)
             except (OSError, NetlinkError) as exc:
