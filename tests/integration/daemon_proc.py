@@ -71,6 +71,9 @@ class DaemonProcess:
             if self._serving():
                 return
             time.sleep(0.02)
+        self.proc.kill()  # never leave a daemon behind when start-up fails
+        self.proc.wait(10)
+        self._logf.close()
         raise TimeoutError(f"daemon did not listen:\n{self.log.read_text()[-4000:]}")
 
     def _serving(self) -> bool:
