@@ -17,7 +17,7 @@ import itertools
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from cloud_api_adaptor._pb import health_pb2, ttrpc_pb2
 from cloud_api_adaptor.ttrpc.framing import FrameDecoder, MessageType, OversizedFrame, encode_frame
@@ -45,9 +45,8 @@ class _AgentConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        self._agent._conns.add(transport)
+        self._transport = t = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport
+        self._agent._conns.add(t)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._transport is not None:
@@ -158,8 +157,7 @@ class StubClient(asyncio.Protocol):
         return proto
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         for frame in self._decoder.feed(data):
