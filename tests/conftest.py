@@ -37,8 +37,9 @@ def reap_local_vms(root: Path) -> int:
         finally:
             await provider.aclose()
 
-    for work_dir in root.glob("**/providers/local"):
-        if (work_dir / "records").is_dir():
+    for records in root.glob("**/records"):
+        work_dir = records.parent
+        if (work_dir / "vms").is_dir():
             reaped += asyncio.run(reap(work_dir))
     return reaped
 

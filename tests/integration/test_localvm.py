@@ -56,6 +56,7 @@ from cloud_api_adaptor.testing.contract import ProviderContract
 from cloud_api_adaptor.ttrpc import RpcError
 from cloud_api_adaptor.ttrpc.client import Client
 from cloud_api_adaptor.userdata import build_userdata
+from tests.conftest import reap_local_vms
 
 Mode = Literal["netns", "loopback"]
 PORT = 15150
@@ -99,6 +100,7 @@ def work() -> Iterator[Path]:
     try:
         yield path
     finally:
+        reap_local_vms(path)  # a failed test must not leave VMs behind
         shutil.rmtree(path, ignore_errors=True)
 
 
