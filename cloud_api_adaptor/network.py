@@ -74,6 +74,8 @@ def worker_node_settings(settings: Settings, host_netns: str | None = None) -> W
         vxlan_port=net.vxlan_port,
         vxlan_min_id=net.vxlan_min_id,
         host_interface=net.host_interface,
+        external_net_via_pod_vm=net.external_net_via_pod_vm,
+        pod_subnet_cidrs=net.pod_subnet_cidrs,
         host_netns=host_netns,
     )
 

@@ -9,6 +9,7 @@ names the key at fault.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,22 @@ DAEMON_OPTIONS: tuple[Option, ...] = (
         "Worker interface for the tunnel (default: auto).",
         group="network",
     ),
+    Option(
+        "ext-network-via-podvm",
+        "EXTERNAL_NETWORK_VIA_PODVM",
+        "false",
+        "Route the pod's external traffic through the pod VM (multi-NIC).",
+        "bool",
+        group="network",
+    ),
+    Option(
+        "pod-subnet-cidrs",
+        "POD_SUBNET_CIDRS",
+        "",
+        "Cluster pod subnets kept on the tunnel when external traffic goes via the pod VM.",
+        "list",
+        group="network",
+    ),
     Option("peerpods-limit-per-node", "PEERPODS_LIMIT_PER_NODE", "10", "Peer pods per node.", "int"),
     Option("probe-port", "PROBE_PORT", "8000", "Port of the startup probe on 127.0.0.1.", "int"),
     Option("node-name", "NODE_NAME", "", "Kubernetes node name (owner tag on instances)."),
@@ -125,6 +142,8 @@ class NetworkSettings:
     vxlan_port: int = 4789
     vxlan_min_id: int = 555000
     host_interface: str = ""
+    external_net_via_pod_vm: bool = False
+    pod_subnet_cidrs: tuple[ipaddress.IPv4Network, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -192,6 +211,8 @@ class Settings:
                 vxlan_port=v.int("VXLAN_PORT", 4789, minimum=1, maximum=65535),
                 vxlan_min_id=v.int("VXLAN_MIN_ID", 555000, minimum=1, maximum=(1 << 24) - 1),
                 host_interface=v.str("HOST_INTERFACE").strip(),
+                external_net_via_pod_vm=v.bool("EXTERNAL_NETWORK_VIA_PODVM"),
+                pod_subnet_cidrs=_cidrs(v, "POD_SUBNET_CIDRS"),
             ),
             peerpods_limit_per_node=v.int("PEERPODS_LIMIT_PER_NODE", 10, minimum=0),
             probe_port=v.int("PROBE_PORT", 8000, minimum=0, maximum=65535),
@@ -214,6 +235,16 @@ def _abs_path(v: OptionValues, key: str) -> Path:
     if not _SAFE_PATH.match(raw):
         raise ConfigError(key, f"must be an absolute path, got {raw!r}")
     return Path(raw)
+
+
+def _cidrs(v: OptionValues, key: str) -> tuple[ipaddress.IPv4Network, ...]:
+    result = []
+    for raw in v.list(key):
+        try:
+            result.append(ipaddress.IPv4Network(raw, strict=False))
+        except ValueError as exc:
+            raise ConfigError(key, f"invalid IPv4 CIDR {raw!r}: {exc}") from None
+    return tuple(result)
 
 
 def _positive(v: OptionValues, key: str, value: float) -> float:

@@ -62,6 +62,8 @@ def test_an_existing_peer_pods_cm_configures_the_daemon() -> None:
         ("PODS_DIR", "relative/dir"),
         ("TUNNEL_TYPE", "routing"),
         ("TLS_SKIP_VERIFY", "maybe"),
+        ("POD_SUBNET_CIDRS", "10.0.0.0/8,10.1.0.0/33"),
+        ("EXTERNAL_NETWORK_VIA_PODVM", "sometimes"),
     ],
 )
 def test_bad_settings_are_refused_naming_the_variable(key: str, value: str) -> None:
