@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cloud_api_adaptor.errors import InvalidInput
+from cloud_api_adaptor.jsontypes import json_type_name
 
 logger = logging.getLogger(__name__)
 
@@ -94,13 +95,13 @@ class ApfConfig:
             if value is None:
                 continue
             if not isinstance(value, str):
-                raise InvalidInput(key, f"{key}: expected a string, got {_json_type(value)}")
+                raise InvalidInput(key, f"{key}: expected a string, got {json_type_name(value)}")
             kwargs[attr] = value
         network = obj.get("pod-network")
         if network is not None:
             if not isinstance(network, Mapping):
                 raise InvalidInput(
-                    "pod-network", f"pod-network: expected an object, got {_json_type(network)}"
+                    "pod-network", f"pod-network: expected an object, got {json_type_name(network)}"
                 )
             kwargs["pod_network"] = dict(network)
         suites = obj.get("tls-cipher-suites")
@@ -108,7 +109,7 @@ class ApfConfig:
             if not isinstance(suites, list | tuple) or not all(isinstance(s, str) for s in suites):
                 raise InvalidInput(
                     "tls-cipher-suites",
-                    f"tls-cipher-suites: expected a list of strings, got {_json_type(suites)}",
+                    f"tls-cipher-suites: expected a list of strings, got {json_type_name(suites)}",
                 )
             kwargs["tls_cipher_suites"] = tuple(suites)
         for key, attr in _BYTES_FIELDS.items():
@@ -119,7 +120,7 @@ class ApfConfig:
                 kwargs[attr] = value
                 continue
             if not isinstance(value, str):
-                raise InvalidInput(key, f"{key}: expected a base64 string, got {_json_type(value)}")
+                raise InvalidInput(key, f"{key}: expected a base64 string, got {json_type_name(value)}")
             try:
                 kwargs[attr] = base64.b64decode(value, validate=True)
             except binascii.Error as exc:
@@ -134,24 +135,8 @@ class ApfConfig:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InvalidInput("apf.json", f"invalid JSON: {exc}") from exc
         if not isinstance(obj, dict):
-            raise InvalidInput("apf.json", f"expected a JSON object, got {_json_type(obj)}")
+            raise InvalidInput("apf.json", f"expected a JSON object, got {json_type_name(obj)}")
         return cls.from_mapping(obj)
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list | tuple):
-        return "array"
-    if isinstance(value, Mapping):
-        return "object"
-    return type(value).__name__
 
 
 def _go_escape(text: str) -> str:

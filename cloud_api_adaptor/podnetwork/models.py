@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from cloud_api_adaptor.errors import InvalidInput
+from cloud_api_adaptor.jsontypes import json_type_name
 
 FIELD = "pod-network"
 TUNNEL_VXLAN = "vxlan"
@@ -270,24 +271,8 @@ def normalize_mac(value: str, where: str) -> str:
 # ---- strict JSON field readers --------------------------------------------------------------
 
 
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list | tuple):
-        return "array"
-    if isinstance(value, Mapping):
-        return "object"
-    return type(value).__name__
-
-
 def _wrong(where: str, expected: str, value: object) -> InvalidInput:
-    return InvalidInput(where, f"{where}: expected {expected}, got {_json_type(value)}")
+    return InvalidInput(where, f"{where}: expected {expected}, got {json_type_name(value)}")
 
 
 def _object(value: object, where: str) -> Mapping[str, Any]:
