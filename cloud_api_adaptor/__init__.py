@@ -4,6 +4,7 @@ Providers may import only the names exported here (the contract) and
 ``cloud_api_adaptor.testing``.
 """
 
+from cloud_api_adaptor._aio import KeyedLocks
 from cloud_api_adaptor.errors import (
     AdaptorError,
     ConfigError,
@@ -35,6 +36,7 @@ __all__ = [
     "InstanceSpec",
     "InstanceTypeInfo",
     "InvalidInput",
+    "KeyedLocks",
     "Option",
     "OptionValues",
     "PermanentProviderError",

@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TypeVar
 
 from caa_provider_aws.config import AwsConfig
@@ -49,7 +49,7 @@ from caa_provider_aws.shapes import (
     tag_filters,
     to_instance,
 )
-from cloud_api_adaptor._aio import shielded
+from cloud_api_adaptor._aio import KeyedLocks, shielded
 from cloud_api_adaptor.errors import (
     AdaptorError,
     InstanceNotFound,
@@ -92,7 +92,7 @@ class AwsProvider(Provider):
         self._ready = asyncio.Lock()
         self._root_devices: dict[str, RootDevice | None] = {}
         self._root_lock = asyncio.Lock()
-        self._launching = _KeyedLocks()
+        self._launching = KeyedLocks()
         self.default_instance_type = config.instance_type
         self.instance_types = config.instance_types
         self.default_image = config.image_id
@@ -346,27 +346,6 @@ class AwsProvider(Provider):
         if not await self._retried(lambda: ec2.describe_launch_templates([name])):
             raise PermanentProviderError(f"launch template {name} not found")
         return name
-
-
-class _KeyedLocks:
-    """One lock per key, dropped when its last holder or waiter leaves."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
 
 
 async def _check(name: str, run: Callable[[], Awaitable[str]]) -> CheckResult:

@@ -22,13 +22,13 @@ instance.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from cloud_api_adaptor._aio import KeyedLocks
 from cloud_api_adaptor.errors import (
     InstanceNotFound,
     InvalidInput,
@@ -86,27 +86,6 @@ class HostFacts:
     launch_security: str
 
 
-class _KeyedLocks:
-    """One asyncio lock per key, dropped when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users <= 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
-
-
 class LibvirtProvider(Provider):
     """Pod VMs as libvirt domains with a qcow2 overlay root disk and a cidata seed ISO."""
 
@@ -130,7 +109,7 @@ class LibvirtProvider(Provider):
         self._clock = clock
         self._host: HostFacts | None = None
         self._host_lock = asyncio.Lock()
-        self._locks = _KeyedLocks()
+        self._locks = KeyedLocks()
 
     # -- host facts --------------------------------------------------------------------------------
 
