@@ -14,13 +14,18 @@ change, so the worker stays a lean pump; worker-side rewriting can be added as a
 ``pump.Filter`` on the downstream pipe without changing this module's shape.
 
 Differences from Go, on purpose:
-- readiness dials start a new attempt every ``retry_interval`` (100 ms), even
+- readiness dials start a new attempt every ``retry_interval`` (50 ms), even
   while earlier ones are still pending (happy-eyeballs style, at most
   ``max_attempts_in_flight``), and the first to finish TCP and TLS wins: a
   booting cloud VM often drops SYNs rather than refusing them, and an attempt
   whose SYN was dropped would otherwise hold the next one back until its own
   ``connect_attempt_timeout`` (Go backs off to 5 s, which adds seconds to
-  every pod start);
+  every pod start).  50 ms, not the 100 ms the requirement allows: StartVM
+  should return within 100 ms of the forwarder accepting, and the wait for the
+  next attempt plus the handshake must fit in that.  The price is about twenty
+  refused connects per second per booting VM.  In-flight attempts (10) times
+  the interval covers the attempt timeout (0.5 s), so attempts stay 50 ms
+  apart even when every SYN is dropped;
 - the first connection is kept and handed to the first shim connection, so the
   TLS handshake done for readiness is not wasted;
 - every shim connection gets its own upstream connection, so after the VM
@@ -101,8 +106,8 @@ class AgentProxy:
         server_hostname: str | None = None,
         *,
         dial_timeout: float = 300.0,
-        retry_interval: float = 0.1,
-        connect_attempt_timeout: float = 1.0,
+        retry_interval: float = 0.05,
+        connect_attempt_timeout: float = 0.5,
         handshake_timeout: float = 10.0,
         max_attempts_in_flight: int = 10,
     ) -> None:
