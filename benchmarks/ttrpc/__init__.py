@@ -1,17 +1,23 @@
 """ttrpc benchmark: hypervisor ``Version`` round trips, our Python Server against Go's.
 
-Both servers answer ``hypervisor.Hypervisor/Version`` with "0.0.0" on a unix
-socket, each in its own process: ``benchmarks.ttrpc.pyserver`` (our Server) and
-``tests/interop/bin/ttrpc-bench-server`` (containerd/ttrpc v1.2.7, built in the
-same run by tests/interop/build.sh).  Each is measured
+Three servers answer ``hypervisor.Hypervisor/Version`` with "0.0.0" on unix
+sockets, each in its own process:
 
-* with our Python Client and with the Go client (``kata-sim -mode bench``),
-* opening a new connection per call (what Kata's runtime does for every
-  hypervisor RPC) and over one reused connection,
+* ``python_server``: ``benchmarks.ttrpc.pyserver`` (our Server) on the loop
+  ``cloud-api-adaptor serve`` uses by default (uvloop when installed);
+* ``python_server_asyncio``: the same on the stock asyncio loop
+  (``CAA_EVENT_LOOP=asyncio``);
+* ``go_server``: ``tests/interop/bin/ttrpc-bench-server`` (containerd/ttrpc
+  v1.2.7, built in the same run by tests/interop/build.sh).
 
-for ``CALLS`` sequential calls after a warm-up.  Reported: p50 and p99 latency
-(µs) and calls per second, plus the ratio Python server / Go server for each
-client and mode (latency ratio > 1 means our server is slower).  Loopback unix
+Each is measured with our Python Client and with the Go client (``kata-sim -mode
+bench``), opening a new connection per call (what Kata's runtime does for every
+hypervisor RPC) and over one reused connection.  The servers run side by side
+and are measured in interleaved rounds (``ROUNDS`` x ``CALLS`` sequential calls
+after a warm-up), so a burst of load on a shared machine hits all of them alike;
+each figure is the median over the rounds.  Reported: p50 and p99 latency (µs)
+and calls per second, plus the ratios Python server / Go server for each client
+and mode (a latency ratio > 1 means our server is slower).  Loopback unix
 sockets only; nothing is asserted (machines are noisy).
 """
 
@@ -34,8 +40,12 @@ from cloud_api_adaptor._pb import hypervisor_pb2 as hv
 from cloud_api_adaptor.ttrpc import Client
 
 CALLS = 2000
+ROUNDS = 3
 WARMUP = 200
 SERVICE = "hypervisor.Hypervisor"
+CLIENTS = ("python_client", "go_client")
+MODES = (("new_connection", False), ("reused_connection", True))
+Summary = dict[str, float]
 
 
 def _go_bin() -> Path:
@@ -45,15 +55,15 @@ def _go_bin() -> Path:
 
 
 @contextlib.contextmanager
-def _server(argv: list[str], socket_path: Path) -> Iterator[None]:
-    """Start a server process and wait for its READY line; terminate it on exit."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+def _server(argv: list[str], socket_path: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Start a server process and wait for its READY line (yielded); terminate it on exit."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         if not line.startswith("READY"):
             raise RuntimeError(f"{argv[0]} did not start: {line!r}")
-        yield
+        yield line.strip()
     finally:
         proc.terminate()
         try:
@@ -67,7 +77,7 @@ def _server(argv: list[str], socket_path: Path) -> Iterator[None]:
             socket_path.unlink()
 
 
-def _summary(latencies_us: list[float], elapsed: float) -> dict[str, float]:
+def _summary(latencies_us: list[float], elapsed: float) -> Summary:
     ordered = sorted(latencies_us)
     return {
         "p50_us": round(statistics.median(ordered), 1),
@@ -76,7 +86,7 @@ def _summary(latencies_us: list[float], elapsed: float) -> dict[str, float]:
     }
 
 
-async def _python_client(socket_path: Path, *, reuse: bool, calls: int) -> dict[str, float]:
+async def _python_client(socket_path: Path, *, reuse: bool, calls: int) -> Summary:
     request = hv.VersionRequest()
     latencies: list[float] = []
     clock = time.perf_counter
@@ -103,7 +113,7 @@ async def _python_client(socket_path: Path, *, reuse: bool, calls: int) -> dict[
     return _summary(latencies, elapsed)
 
 
-def _go_client(go_bin: Path, socket_path: Path, *, reuse: bool, calls: int) -> dict[str, float]:
+def _go_client(go_bin: Path, socket_path: Path, *, reuse: bool, calls: int) -> Summary:
     base = [os.fspath(go_bin / "kata-sim"), "-socket", os.fspath(socket_path), "-mode", "bench"]
     extra = ["-reuse"] if reuse else []
     subprocess.run([*base, *extra, "-count", str(WARMUP)], check=True, capture_output=True, timeout=300)
@@ -114,34 +124,64 @@ def _go_client(go_bin: Path, socket_path: Path, *, reuse: bool, calls: int) -> d
     return {key: round(float(line[key]), 1) for key in ("p50_us", "p99_us", "calls_per_sec")}
 
 
-def _measure(go_bin: Path, socket_path: Path, calls: int) -> dict[str, dict[str, dict[str, float]]]:
-    results: dict[str, dict[str, dict[str, float]]] = {"python_client": {}, "go_client": {}}
-    for mode, reuse in (("new_connection", False), ("reused_connection", True)):
+def _measure_once(go_bin: Path, socket_path: Path, calls: int) -> dict[str, dict[str, Summary]]:
+    results: dict[str, dict[str, Summary]] = {"python_client": {}, "go_client": {}}
+    for mode, reuse in MODES:
         results["python_client"][mode] = asyncio.run(_python_client(socket_path, reuse=reuse, calls=calls))
         results["go_client"][mode] = _go_client(go_bin, socket_path, reuse=reuse, calls=calls)
     return results
 
 
-def run(calls: int = CALLS) -> dict[str, Any]:
-    go_bin = _go_bin()
-    with tempfile.TemporaryDirectory(prefix="ttrpc-bench-") as tmp:
-        py_sock = Path(tmp) / "py.sock"
-        go_sock = Path(tmp) / "go.sock"
-        with _server([sys.executable, "-m", "benchmarks.ttrpc.pyserver", os.fspath(py_sock)], py_sock):
-            python_server = _measure(go_bin, py_sock, calls)
-        with _server([os.fspath(go_bin / "ttrpc-bench-server"), "-socket", os.fspath(go_sock)], go_sock):
-            go_server = _measure(go_bin, go_sock, calls)
-    ratios: dict[str, dict[str, float]] = {}
-    for client in ("python_client", "go_client"):
-        for mode in ("new_connection", "reused_connection"):
-            ours, theirs = python_server[client][mode], go_server[client][mode]
-            ratios[f"{client}/{mode}"] = {
-                "p50_latency": round(ours["p50_us"] / theirs["p50_us"], 2),
-                "throughput": round(ours["calls_per_sec"] / theirs["calls_per_sec"], 2),
-            }
+def _median_rounds(rounds: list[dict[str, dict[str, Summary]]]) -> dict[str, dict[str, Summary]]:
     return {
-        "calls": calls,
-        "python_server": python_server,
-        "go_server": go_server,
-        "ratio_python_over_go": ratios,
+        client: {
+            mode: {
+                key: round(statistics.median(r[client][mode][key] for r in rounds), 1)
+                for key in ("p50_us", "p99_us", "calls_per_sec")
+            }
+            for mode, _ in MODES
+        }
+        for client in CLIENTS
+    }
+
+
+def _ratios(ours: dict[str, dict[str, Summary]], go: dict[str, dict[str, Summary]]) -> dict[str, Summary]:
+    ratios: dict[str, Summary] = {}
+    for client in CLIENTS:
+        for mode, _ in MODES:
+            a, b = ours[client][mode], go[client][mode]
+            ratios[f"{client}/{mode}"] = {
+                "p50_latency": round(a["p50_us"] / b["p50_us"], 2),
+                "throughput": round(a["calls_per_sec"] / b["calls_per_sec"], 2),
+            }
+    return ratios
+
+
+def run(calls: int = CALLS, rounds: int = ROUNDS) -> dict[str, Any]:
+    go_bin = _go_bin()
+    per_round = max(1, calls // rounds)
+    with tempfile.TemporaryDirectory(prefix="ttrpc-bench-") as tmp, contextlib.ExitStack() as stack:
+        sockets = {name: Path(tmp) / f"{name}.sock" for name in ("python", "python_asyncio", "go")}
+        pyserver = [sys.executable, "-m", "benchmarks.ttrpc.pyserver"]
+        ready = stack.enter_context(_server([*pyserver, os.fspath(sockets["python"])], sockets["python"]))
+        asyncio_env = {**os.environ, "CAA_EVENT_LOOP": "asyncio"}
+        stack.enter_context(
+            _server([*pyserver, os.fspath(sockets["python_asyncio"])], sockets["python_asyncio"], asyncio_env)
+        )
+        go_argv = [os.fspath(go_bin / "ttrpc-bench-server"), "-socket", os.fspath(sockets["go"])]
+        stack.enter_context(_server(go_argv, sockets["go"]))
+        measured: dict[str, list[dict[str, dict[str, Summary]]]] = {name: [] for name in sockets}
+        for _ in range(rounds):
+            for name, path in sockets.items():
+                measured[name].append(_measure_once(go_bin, path, per_round))
+    python, python_asyncio, go = (_median_rounds(measured[n]) for n in ("python", "python_asyncio", "go"))
+    return {
+        "calls": per_round * rounds,
+        "rounds": rounds,
+        "python_server_loop": ready.split()[-1],
+        "python_server": python,
+        "python_server_asyncio": python_asyncio,
+        "go_server": go,
+        "ratio_python_over_go": _ratios(python, go),
+        "ratio_python_asyncio_over_go": _ratios(python_asyncio, go),
     }

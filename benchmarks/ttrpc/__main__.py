@@ -9,5 +9,12 @@ from benchmarks.ttrpc import run
 if __name__ == "__main__":
     results = run()
     print(json.dumps(results, indent=2))
-    for case, ratio in results["ratio_python_over_go"].items():
-        print(f"{case:36s} p50 latency x{ratio['p50_latency']:.2f}  throughput x{ratio['throughput']:.2f}")
+    for label, key in (
+        (f"python ({results['python_server_loop']})", "ratio_python_over_go"),
+        ("python (asyncio)", "ratio_python_asyncio_over_go"),
+    ):
+        for case, ratio in results[key].items():
+            print(
+                f"{label:18s} {case:36s} p50 latency x{ratio['p50_latency']:.2f}"
+                f"  throughput x{ratio['throughput']:.2f}"
+            )

@@ -2,17 +2,21 @@
 
     python -m benchmarks.ttrpc.pyserver SOCKET
 
-Prints ``READY SOCKET`` once listening; serves until SIGTERM/SIGINT.  Run as a
+Prints ``READY SOCKET LOOP`` once listening; serves until SIGTERM/SIGINT.  Run as a
 separate process so it gets its own interpreter and core, like the Go server.
+The event loop is chosen as ``cloud-api-adaptor serve`` chooses it: uvloop when
+installed, the stock asyncio loop with ``CAA_EVENT_LOOP=asyncio``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from pathlib import Path
 
+from cloud_api_adaptor._aio import EVENT_LOOP_ENV, run
 from cloud_api_adaptor._pb import hypervisor_pb2 as hv
 from cloud_api_adaptor.ttrpc import CallContext, Server, UnaryMethod
 
@@ -29,9 +33,9 @@ async def serve(path: Path) -> None:
     async with Server() as server:
         server.add_service("hypervisor.Hypervisor", {"Version": UnaryMethod(hv.VersionRequest, _version)})
         await server.start_unix(path)
-        print("READY", path, flush=True)
+        print("READY", path, type(loop).__module__.partition(".")[0], flush=True)
         await stop.wait()
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(Path(sys.argv[1])))
+    run(serve(Path(sys.argv[1])), event_loop=os.environ.get(EVENT_LOOP_ENV, ""))
