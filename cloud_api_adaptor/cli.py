@@ -112,7 +112,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print(f"cloud-api-adaptor {__version__}")
         return 0
     if command == "demo":
+        # The demo prints its own table; the daemon's logs stay quiet unless asked for.
         env = {k: v for k, v in env.items() if k != "CLOUD_PROVIDER"}
+        env.setdefault("LOG_LEVEL", "warning")
     provider = "local" if command == "demo" else _provider_name(argv, env, positional_provider)
     try:
         plugin = load_plugin(provider)
