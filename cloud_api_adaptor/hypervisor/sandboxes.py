@@ -21,6 +21,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -499,7 +500,13 @@ class SandboxManager:
 
 
 def _make_pod_dir(path: Path) -> None:
+    """Create the pod directory (0755) in the state writer thread.
+
+    The mode is set explicitly: the umask is process-wide, and the agent proxy
+    narrows it briefly while it creates its socket on the event loop thread.
+    """
     path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o755)
 
 
 def _request_digest(sandbox_id: str, annotations: Mapping[str, str], netns_path: str) -> str:
