@@ -12,8 +12,9 @@ the read callback costs a few microseconds.  Hence:
   hand a plain ``Protocol`` a fresh 256 KiB ``bytes`` per read (``SSLObject.read
   (256 KiB)``, then shrunk), which glibc serves with mmap, page faults and a
   remap: about a tenth of the relay's CPU on a 64 KiB stream.  The buffer
-  starts small (idle connections are many: one per sandbox) and grows by
-  filling, up to ``_MAX_BUFFER``;
+  starts small (idle connections are many: one per sandbox) and grows when a
+  read fills it, up to ``_MAX_BUFFER`` (never shrinking: a connection that moved
+  large messages once is likely to again);
 - zero copies of our own: what was read is written to the peer straight from
   the buffer; a transport that keeps a reference because it could not send at
   once (its write buffer is not empty afterwards) gets to keep that buffer, and
@@ -53,7 +54,10 @@ logger = logging.getLogger(__name__)
 Filter = Callable[[memoryview], bytes | bytearray | memoryview]
 
 _HOLD_LIMIT = 1 << 20  # bytes an unlinked pipe holds before it stops reading
-_MIN_BUFFER = 16 << 10  # first read buffer: a TLS record, or many small ttrpc frames
+# The first read buffer holds most agent calls whole; a connection that fills it grows
+# it x4 per full read.  uvloop's SSL protocol asks for a buffer as soon as anything
+# arrives (TLS 1.3 session tickets too), so every pre-dialled connection has one.
+_MIN_BUFFER = 4 << 10
 _MAX_BUFFER = 256 << 10  # as large as asyncio's and uvloop's own read size
 
 
