@@ -275,9 +275,11 @@ class AgentProxy:
         """Connect (and handshake) until ``deadline``: staggered attempts, the first to finish wins.
 
         A new attempt starts every ``retry_interval`` while fewer than
-        ``max_attempts_in_flight`` are pending; a failed attempt is followed by
-        the next one at most ``retry_interval`` after its own start.  On return,
-        failure or cancellation no other attempt is left running or connected.
+        ``max_attempts_in_flight`` are pending and none has reached the TLS
+        handshake (the listener is up then: more connections would only load a
+        forwarder that is starting); a failed attempt is followed by the next one
+        at most ``retry_interval`` after its own start.  On return, failure or
+        cancellation no other attempt is left running or connected.
         """
         assert self._addr is not None
         host, port = self._addr
@@ -286,6 +288,7 @@ class AgentProxy:
         attempts = failures = 0
         pending: set[asyncio.Task[Pipe]] = set()
         winner: Pipe | None = None
+        handshaking: list[int] = [0]  # attempts past TCP connect, in their TLS handshake
         next_start = loop.time()
         try:
             while winner is None and not self._closed and (stop is None or not stop.done()):
@@ -293,16 +296,18 @@ class AgentProxy:
                 remaining = deadline - now
                 if remaining <= 0:
                     break
-                if now >= next_start and len(pending) < self._max_in_flight:
+                may_start = len(pending) < self._max_in_flight and not handshaking[0]
+                if may_start and now >= next_start:
                     attempts += 1
                     pending.add(
                         loop.create_task(
-                            self._connect_once(host, port),
+                            self._connect_once(host, port, handshaking),
                             name=f"agent-proxy-attempt {host}:{port} #{attempts}",
                         )
                     )
                     next_start = now + self._retry_interval
-                wait = remaining if len(pending) >= self._max_in_flight else min(next_start - now, remaining)
+                    may_start = len(pending) < self._max_in_flight
+                wait = min(next_start - now, remaining) if may_start else remaining
                 waiters: set[asyncio.Future[Any]] = set(pending)
                 if stop is not None:
                     waiters.add(stop)
@@ -351,8 +356,10 @@ class AgentProxy:
         if failures == 1 or failures % 50 == 0:
             logger.info("Retrying failed agent proxy connection: %s (attempt %d)", _describe(exc), failures)
 
-    async def _connect_once(self, host: str, port: int) -> Pipe:
+    async def _connect_once(self, host: str, port: int, handshaking: list[int]) -> Pipe:
         """One attempt: TCP connect within ``connect_attempt_timeout``, then the TLS handshake.
+
+        ``handshaking[0]`` counts the attempts of this dial that are in their handshake.
 
         The dial's own deadline is not applied here: ``_dial`` cancels what is
         still pending when it passes, so the error it reports is the last real
@@ -393,7 +400,11 @@ class AgentProxy:
                 "server_hostname": self._server_hostname,
                 "ssl_handshake_timeout": self._handshake_timeout,
             }
-        await loop.create_connection(lambda: up, sock=sock, **handshake)
+        handshaking[0] += 1
+        try:
+            await loop.create_connection(lambda: up, sock=sock, **handshake)
+        finally:
+            handshaking[0] -= 1
         return up
 
 

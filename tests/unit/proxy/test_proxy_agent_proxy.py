@@ -229,6 +229,38 @@ async def test_an_attempt_that_times_out_is_a_failure_and_the_dial_goes_on(
 
 
 @pytest.mark.asyncio
+async def test_no_new_attempt_starts_while_a_tls_handshake_is_under_way(
+    short_tmp: Path, tmp_path: Path
+) -> None:
+    """The forwarder is up once TCP connects: more connections would only load it while it answers."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        accepted.append(w)  # never answers the ClientHello
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    tls = AgentTls.from_settings(TlsSettings(), tmp_path)
+    proxy = AgentProxy(short_tmp / "agent.ttrpc", tls.client_context(), "podvm", retry_interval=0.01)
+    starting = asyncio.create_task(proxy.start("127.0.0.1", port, timeout=60))
+    try:
+        await wait_for(lambda: len(accepted) == 1, "the first connection")
+        await asyncio.sleep(0.2)  # twenty intervals: room for more attempts if they were started
+        assert len(accepted) == 1
+        accepted[0].transport.abort()  # that handshake fails: attempts resume
+        await wait_for(lambda: len(accepted) >= 2, "a new attempt")
+    finally:
+        starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        await proxy.aclose()
+        for w in accepted:
+            w.transport.abort()
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.asyncio
 async def test_cancelling_a_start_with_attempts_in_flight_leaves_no_socket(
     short_tmp: Path, hole: BlackHole
 ) -> None:
