@@ -11,7 +11,9 @@ on asyncio's own loop (``CAA_EVENT_LOOP=asyncio`` for proxy and forwarder: what
 uvloop buys).  Reported: ``grpc.Health/Check`` latency p50/p99 (µs) for both
 paths and the added latency of the channel; 64 KiB echo calls per second, one
 in flight and eight in flight, for both paths, and the throughput ratio
-channel / direct.
+channel / direct; and a one-way 64 KiB stream (``grpc.AgentService/CopyFile``
+requests carrying 64 KiB, empty replies, eight in flight: how file copies and
+stdin reach the VM).
 
 Machines are noisy (2 shared cores run client, proxy, forwarder and agent), so
 direct and channel are measured in alternating rounds and every figure that
@@ -137,6 +139,9 @@ async def _measure(direct_path: Path, channel_path: Path) -> dict[str, Any]:
     echo = ttrpc_pb2.Request(
         service="test.Echo", method="Echo", payload=os.urandom(ECHO_SIZE)
     ).SerializeToString()
+    upload = ttrpc_pb2.Request(
+        service="grpc.AgentService", method="CopyFile", payload=os.urandom(ECHO_SIZE)
+    ).SerializeToString()
     lat: dict[str, list[float]] = {name: [] for name in paths}
     rounds: list[dict[str, dict[str, float]]] = []
     try:
@@ -155,6 +160,8 @@ async def _measure(direct_path: Path, channel_path: Path) -> dict[str, Any]:
                 this[name]["echo1"] = await _echo_rate(clients[name], echo, ECHOES, 1)
             for name in order:
                 this[name]["echo8"] = await _echo_rate(clients[name], echo, ECHOES_X8, 8)
+            for name in order:
+                this[name]["upload8"] = await _echo_rate(clients[name], upload, ECHOES_X8, 8)
             rounds.append(this)
     finally:
         for client in clients.values():
@@ -166,6 +173,7 @@ async def _measure(direct_path: Path, channel_path: Path) -> dict[str, Any]:
             "p99_us": round(_pct(lat[name], 0.99), 1),
             "echo64k_per_s": round(statistics.median(r[name]["echo1"] for r in rounds), 1),
             "echo64k_x8_per_s": round(statistics.median(r[name]["echo8"] for r in rounds), 1),
+            "upload64k_x8_per_s": round(statistics.median(r[name]["upload8"] for r in rounds), 1),
         }
 
     def paired(key: str, f: Any) -> float:
@@ -178,6 +186,7 @@ async def _measure(direct_path: Path, channel_path: Path) -> dict[str, Any]:
         "p50_ratio": round(paired("p50", lambda c, d: c / d), 2),
         "echo1_ratio": round(paired("echo1", lambda c, d: c / d), 2),
         "echo8_ratio": round(paired("echo8", lambda c, d: c / d), 2),
+        "upload8_ratio": round(paired("upload8", lambda c, d: c / d), 2),
     }
 
 
@@ -220,6 +229,8 @@ def run() -> dict[str, Any]:
         "health_p50_ratio": mtls["p50_ratio"],
         "echo64k_throughput_ratio": mtls["echo1_ratio"],
         "echo64k_x8_throughput_ratio": mtls["echo8_ratio"],
+        "upload64k_x8_throughput_ratio": mtls["upload8_ratio"],
+        "upload64k_x8_throughput_ratio_plain": plain["upload8_ratio"],
         "echo64k_throughput_ratio_plain": plain["echo1_ratio"],
         "echo64k_throughput_ratio_asyncio_loop": stock["echo1_ratio"],
         "echo64k_x8_throughput_ratio_asyncio_loop": stock["echo8_ratio"],
