@@ -500,11 +500,7 @@ class SandboxManager:
 
 
 def _make_pod_dir(path: Path) -> None:
-    """Create the pod directory (0755) in the state writer thread.
-
-    The mode is set explicitly: the umask is process-wide, and the agent proxy
-    narrows it briefly while it creates its socket on the event loop thread.
-    """
+    """``mkdir -p`` with mode 0755 whatever the process umask (the agent proxy narrows it briefly)."""
     path.mkdir(parents=True, exist_ok=True)
     os.chmod(path, 0o755)
 
