@@ -15,6 +15,11 @@ channel / direct; and a one-way 64 KiB stream (``grpc.AgentService/CopyFile``
 requests carrying 64 KiB, empty replies, eight in flight: how file copies and
 stdin reach the VM).
 
+Readiness (in this process, mTLS, loopback): how long after the forwarder
+starts listening ``AgentProxy.start`` returns, when the dials before that were
+refused (RST, as the local VMs answer) and when their SYNs were dropped (a
+listener whose accept queue is full: what a booting cloud VM often does).
+
 Machines are noisy (2 shared cores run client, proxy, forwarder and agent), so
 direct and channel are measured in alternating rounds and every figure that
 compares them is the median of the per-round comparisons: a load spike hits
@@ -38,10 +43,12 @@ from pathlib import Path
 from typing import Any
 
 from cloud_api_adaptor._aio import EVENT_LOOP_ENV, loop_factory
+from cloud_api_adaptor._aio import run as run_loop
 from cloud_api_adaptor._pb import health_pb2, ttrpc_pb2
 from cloud_api_adaptor.apf import ApfConfig
+from cloud_api_adaptor.proxy.agent_proxy import AgentChannel
 from cloud_api_adaptor.proxy.testing import StubClient
-from cloud_api_adaptor.proxy.tls import AgentTls
+from cloud_api_adaptor.proxy.tls import AgentTls, CertKeyPair, make_server_context
 from cloud_api_adaptor.settings import TlsSettings
 
 ROUNDS = 5
@@ -213,10 +220,71 @@ def _run_once(*, tls_enabled: bool, event_loop: str = "") -> dict[str, Any]:
             return asyncio.run(_measure(agent_sock, proxy_sock))
 
 
+async def _readiness(dropped: bool, tls: AgentTls, root: Path, boot: float) -> float:
+    """ms from the listener accepting to ``AgentProxy.start`` returning."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    filler: socket.socket | None = None
+    if dropped:
+        listener.listen(0)  # one queued connection fills it: later SYNs are dropped
+        filler = socket.create_connection(("127.0.0.1", port))
+    else:
+        listener.close()  # nothing listens: connects are refused
+    fields = tls.apf_tls_fields(INSTANCE)
+    server_ctx = make_server_context(
+        server=CertKeyPair(fields["tls-server-cert"].encode(), fields["tls-server-key"].encode()),
+        client_ca_pem=fields["tls-client-ca"].encode(),
+        profile=None,
+    )
+    proxy = AgentChannel(tls).new_proxy(root / f"ready-{port}.ttrpc", INSTANCE)
+    starting = asyncio.create_task(proxy.start("127.0.0.1", port, timeout=30))
+    conns: list[asyncio.StreamWriter] = []
+
+    async def keep(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        conns.append(w)
+
+    server: asyncio.Server | None = None
+    try:
+        await asyncio.sleep(boot)  # the VM boots: several attempts fail or hang
+        opened = time.perf_counter()
+        if dropped:
+            listener.accept()[0].close()  # the queue has room again
+        else:
+            listener = socket.create_server(("127.0.0.1", port))
+        server = await asyncio.start_server(keep, sock=listener, ssl=server_ctx)
+        await starting
+        return (time.perf_counter() - opened) * 1000
+    finally:
+        starting.cancel()
+        await proxy.aclose()
+        for w in conns:
+            w.transport.abort()
+        if filler is not None:
+            filler.close()
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+        else:
+            listener.close()
+
+
+async def _readiness_runs(trials: int = 6) -> dict[str, list[float]]:
+    # Boot times spread over a retry interval and more, so the listener opens at every phase.
+    boots = [0.3 + 0.023 * i for i in range(trials)]
+    with tempfile.TemporaryDirectory(prefix="caa-bench-", dir="/tmp") as tmp:
+        tls = AgentTls.from_settings(TlsSettings(), Path(tmp) / "state")
+        return {
+            kind: [round(await _readiness(kind == "dropped", tls, Path(tmp), boot), 1) for boot in boots]
+            for kind in ("refused", "dropped")
+        }
+
+
 def run() -> dict[str, Any]:
     mtls = _run_once(tls_enabled=True)
     plain = _run_once(tls_enabled=False)
     stock = _run_once(tls_enabled=True, event_loop="asyncio")
+    ready = run_loop(_readiness_runs())
     return {
         "event_loop": "uvloop" if loop_factory("") is not None else "asyncio",
         "direct": mtls["direct"],
@@ -234,6 +302,8 @@ def run() -> dict[str, Any]:
         "echo64k_throughput_ratio_plain": plain["echo1_ratio"],
         "echo64k_throughput_ratio_asyncio_loop": stock["echo1_ratio"],
         "echo64k_x8_throughput_ratio_asyncio_loop": stock["echo8_ratio"],
+        "ready_after_listen_ms_refused_dials": ready["refused"],
+        "ready_after_listen_ms_dropped_syns": ready["dropped"],
         "calls": {
             "rounds": ROUNDS,
             "health_per_round": CHECKS,
