@@ -127,7 +127,9 @@ class FrameRewriter:
         """
         if not self._header and not self._passthrough and self._collect is None and _all_plain(data):
             return data
-        return b"".join(self._slow(data))
+        out = self._slow(data)
+        # One piece (e.g. the rest of a large frame streaming through) goes out as it is.
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def _slow(self, data: bytes | memoryview) -> list[bytes | memoryview]:
         out: list[bytes | memoryview] = []
