@@ -79,9 +79,11 @@ class OrphanReconciler:
         return result
 
     async def run(self, interval: float) -> None:
+        """Housekeeping every ``interval``: the orphan scan, then forgetting old tombstones."""
         while True:
             try:
                 await self.scan_once()
             except ProviderError as exc:
                 logger.error("orphan scan failed: %s", exc)
+            await self._manager.prune_tombstones()
             await asyncio.sleep(interval)

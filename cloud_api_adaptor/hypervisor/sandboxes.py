@@ -442,13 +442,9 @@ class SandboxManager:
 
     async def recover(self, records: list[SandboxRecord]) -> None:
         """Resume or undo every sandbox found on disk (called once at start)."""
-        now = self._clock()
         for record in records:
             live = self.adopt(record)
             if record.state is SandboxState.STOPPED:
-                if now - record.updated_at > TOMBSTONE_SECONDS:
-                    self._sandboxes.pop(record.id, None)
-                    await self._store.remove(record.id)
                 continue
             if record.state is SandboxState.RUNNING:
                 await self._restore_running(live)
@@ -458,6 +454,20 @@ class SandboxManager:
                     await self._undo_start(live, RuntimeError("daemon restarted during StartVM"))
             elif record.state is SandboxState.STOPPING:
                 self._schedule_delete(live, keep_tombstone=True)
+
+    async def prune_tombstones(self) -> int:
+        """Forget stopped sandboxes older than an hour (memory and disk); a repeated StopVM is long over."""
+        cutoff = self._clock() - TOMBSTONE_SECONDS
+        pruned = 0
+        for live in list(self._sandboxes.values()):
+            if live.record.state is not SandboxState.STOPPED or live.record.updated_at > cutoff:
+                continue
+            async with live.lock:
+                if live.record.state is SandboxState.STOPPED and self._sandboxes.get(live.record.id) is live:
+                    del self._sandboxes[live.record.id]
+                    await self._store.remove(live.record.id)
+                    pruned += 1
+        return pruned
 
     async def _restore_running(self, live: _Live) -> None:
         record = live.record

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +58,17 @@ class FakeChannel:
         return FakeProxy(self, socket_path)
 
 
-def make(tmp: Path, provider: FakeProvider, channel: FakeChannel) -> SandboxManager:
+def make(
+    tmp: Path, provider: FakeProvider, channel: FakeChannel, clock: Callable[[], float] = time.time
+) -> SandboxManager:
     settings = dataclasses.replace(
         Settings(), state_dir=tmp / "state", pods_dir=tmp / "pods", node_name="node-a", cluster_id="c1"
     )
     store = SandboxStore(settings.state_dir)
     store.prepare()
-    return SandboxManager(settings, provider, store, channel, NoPodNetwork(), delete_retry_delays=(0.01,))
+    return SandboxManager(
+        settings, provider, store, channel, NoPodNetwork(), clock=clock, delete_retry_delays=(0.01,)
+    )
 
 
 @pytest.fixture
@@ -249,4 +254,21 @@ async def test_an_instance_that_landed_after_start_vm_failed_is_an_orphan(tmp_pa
     result = await OrphanReconciler(provider, manager, grace_period=120, clock=lambda: now[0]).scan_once()
     assert result.deleted == 1
     assert late.id not in provider.instances
+    await manager.aclose()
+
+
+@pytest.mark.asyncio
+async def test_tombstones_are_forgotten_after_an_hour(tmp_path: Path, provider: FakeProvider) -> None:
+    now = [1000.0]
+    manager = make(tmp_path, provider, FakeChannel(), clock=lambda: now[0])
+    await manager.create_vm("sb1", kata_annotations("p"), "")
+    await manager.stop_vm("sb1")
+    assert await manager.prune_tombstones() == 0
+    await manager.stop_vm("sb1")  # still known: a repeated StopVM succeeds
+    now[0] += 3601
+    assert await manager.prune_tombstones() == 1
+    assert manager.records() == []
+    assert not (tmp_path / "state" / "sandboxes" / "sb1.json").exists()
+    with pytest.raises(NotFound):
+        await manager.stop_vm("sb1")
     await manager.aclose()
