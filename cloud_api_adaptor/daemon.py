@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -23,12 +24,11 @@ from prometheus_client import CollectorRegistry
 from cloud_api_adaptor._aio import TaskSupervisor
 from cloud_api_adaptor.channel import build_agent_channel
 from cloud_api_adaptor.handover import HANDOVER_SERVICE, StateLock, handover_service, take_over
-from cloud_api_adaptor.hypervisor.ports import PodNetworkPort
+from cloud_api_adaptor.hypervisor.ports import LazyPodNetwork, PodNetworkPort
 from cloud_api_adaptor.hypervisor.sandboxes import SandboxManager
 from cloud_api_adaptor.hypervisor.service import HypervisorService, add_grpc_services, ttrpc_services
 from cloud_api_adaptor.hypervisor.userdata_render import validate_global_initdata
 from cloud_api_adaptor.metrics import Metrics
-from cloud_api_adaptor.network import build_pod_network
 from cloud_api_adaptor.options import OptionValues
 from cloud_api_adaptor.plugins import load_plugin
 from cloud_api_adaptor.probe import ProbeServer
@@ -142,7 +142,7 @@ async def _start_locked(
             provider,
             store,
             channel,
-            network or build_pod_network(settings, provider),
+            network or LazyPodNetwork(functools.partial(_build_pod_network, settings, provider)),
             catalogue,
             observer=metrics,
         )
@@ -185,6 +185,12 @@ async def _start_locked(
         lock,
         handover_requested,
     )
+
+
+def _build_pod_network(settings: Settings, provider: Provider) -> PodNetworkPort:
+    from cloud_api_adaptor.network import build_pod_network
+
+    return build_pod_network(settings, provider)
 
 
 async def _start_grpc(settings: Settings, manager: SandboxManager) -> grpc.aio.Server | None:

@@ -7,7 +7,7 @@ or the tunnel work.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -61,3 +61,30 @@ class NoPodNetwork:
 
     async def teardown(self, netns_path: str, pod_network: Mapping[str, Any]) -> None:
         return None
+
+
+class LazyPodNetwork:
+    """Builds the real pod network on first use.
+
+    The tunnel code pulls in pyroute2 (about 160 modules, 10+ MiB); a node
+    whose pods never ask for a network namespace never pays for it, and the
+    daemon starts faster.
+    """
+
+    def __init__(self, build: Callable[[], PodNetworkPort]) -> None:
+        self._build = build
+        self._network: PodNetworkPort | None = None
+
+    def _get(self) -> PodNetworkPort:
+        if self._network is None:
+            self._network = self._build()
+        return self._network
+
+    async def inspect(self, netns_path: str, vni: int) -> dict[str, Any]:
+        return await self._get().inspect(netns_path, vni)
+
+    async def setup(self, netns_path: str, vm_ips: Sequence[str], pod_network: Mapping[str, Any]) -> None:
+        await self._get().setup(netns_path, vm_ips, pod_network)
+
+    async def teardown(self, netns_path: str, pod_network: Mapping[str, Any]) -> None:
+        await self._get().teardown(netns_path, pod_network)

@@ -44,7 +44,6 @@ from cloud_api_adaptor.hypervisor.ports import AgentChannelPort, AgentProxyPort,
 from cloud_api_adaptor.hypervisor.selection import select_instance_type
 from cloud_api_adaptor.hypervisor.userdata_render import render_sandbox_userdata
 from cloud_api_adaptor.metrics import LifecycleObserver, NullObserver
-from cloud_api_adaptor.podnetwork.vni import allocate_vni
 from cloud_api_adaptor.provider import (
     TAG_CLUSTER,
     TAG_NODE,
@@ -245,6 +244,10 @@ class SandboxManager:
 
     def _allocate_vni(self) -> int:
         """Lowest VNI free among live records (persisted: unique across restarts) and CreateVMs in flight."""
+        # Imported here: the podnetwork package pulls in pyroute2, which pods without a
+        # network namespace (and daemon start-up) should not pay for.
+        from cloud_api_adaptor.podnetwork.vni import allocate_vni
+
         in_use = {r.vni for r in self.records() if r.vni is not None and r.is_live()} | self._pending_vnis
         return allocate_vni(in_use, self._settings.network.vxlan_min_id)
 
