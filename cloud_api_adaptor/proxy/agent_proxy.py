@@ -198,13 +198,21 @@ class AgentProxy:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # a stale socket from an earlier run
         loop = asyncio.get_running_loop()
-        # Create the socket with a restrictive umask so it is never reachable by others.
-        old_umask = os.umask(0o177)
+        # Bind, restrict, then listen: no peer can connect while the socket still has
+        # umask permissions, and the process-wide umask is never touched (threads and
+        # other tasks create files meanwhile).
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self._server = await loop.create_unix_server(self._accept, str(path))
-        finally:
-            os.umask(old_umask)
-        os.chmod(path, 0o600)
+            sock.bind(os.fspath(path))
+            os.chmod(path, 0o600)
+            sock.listen(128)
+            sock.setblocking(False)
+            self._server = await loop.create_unix_server(self._accept, sock=sock)
+        except BaseException:
+            sock.close()
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            raise
         self._listening = True
 
     async def _stop_listening(self) -> None:
