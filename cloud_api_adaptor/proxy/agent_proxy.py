@@ -48,7 +48,7 @@ from typing import Any
 
 from cloud_api_adaptor._aio import TaskSupervisor, shielded
 from cloud_api_adaptor.errors import DeadlineExceeded, FailedPrecondition
-from cloud_api_adaptor.proxy.pump import Pipe, PumpStats, link
+from cloud_api_adaptor.proxy.pump import Pipe, PumpStats, close_pipes, link
 from cloud_api_adaptor.proxy.tls import AgentTls
 
 logger = logging.getLogger(__name__)
@@ -176,14 +176,7 @@ class AgentProxy:
         if spare is not None:
             spare.close()
         await self._tasks.aclose()
-        pipes = list(self._pipes)
-        for pipe in pipes:
-            pipe.close()
-        if pipes:
-            await asyncio.wait([p.closed for p in pipes], timeout=5.0)
-            for pipe in pipes:
-                if not pipe.closed.done():
-                    pipe.abort()
+        await close_pipes(self._pipes)
 
     # -- listening -------------------------------------------------------------
 

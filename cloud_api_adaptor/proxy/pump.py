@@ -41,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import cast
 
@@ -248,6 +248,19 @@ def _set_nodelay(transport: asyncio.Transport) -> None:
 
 def _is_tls(transport: asyncio.BaseTransport | None) -> bool:
     return transport is not None and transport.get_extra_info("sslcontext") is not None
+
+
+async def close_pipes(pipes: Iterable[Pipe], grace: float = 5.0) -> None:
+    """Close relays gracefully (flushing what they hold), aborting those still open after ``grace``."""
+    pending = list(pipes)
+    for pipe in pending:
+        pipe.close()
+    if not pending:
+        return
+    await asyncio.wait([p.closed for p in pending], timeout=grace)
+    for pipe in pending:
+        if not pipe.closed.done():
+            pipe.abort()
 
 
 def link(a: Pipe, b: Pipe) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from cloud_api_adaptor._aio import TaskSupervisor, shielded
 from cloud_api_adaptor.apf import DEFAULT_APF_CONFIG_PATH, ApfConfig
 from cloud_api_adaptor.errors import ConfigError, InvalidInput
-from cloud_api_adaptor.proxy.pump import Pipe, PumpStats, link
+from cloud_api_adaptor.proxy.pump import Pipe, PumpStats, close_pipes, link
 from cloud_api_adaptor.proxy.tls import CertKeyPair, TlsProfile, make_server_context
 from cloud_api_adaptor.vm.interceptor import FrameRewriter, Interceptor
 
@@ -197,14 +197,7 @@ class Forwarder:
         if server is not None:
             server.close()
         await self._tasks.aclose()
-        pipes = list(self._pipes)
-        for pipe in pipes:
-            pipe.close()
-        if pipes:
-            await asyncio.wait([p.closed for p in pipes], timeout=5.0)
-            for pipe in pipes:
-                if not pipe.closed.done():
-                    pipe.abort()
+        await close_pipes(self._pipes)
         if server is not None:
             await server.wait_closed()
 
