@@ -329,15 +329,12 @@ class SandboxManager:
             "StartVM for sandbox %s failed (%s); cleaning up", record.id, cause or type(cause).__name__
         )
         await self._close_proxy(live)
-        await self._teardown_network(record)
         try:
-            await self._delete_instances(record)
+            await self._release(record)
         except Exception as exc:
-            logger.error(
-                "deleting the instance of sandbox %s failed: %s; retrying in the background", record.id, exc
-            )
+            logger.error("cleaning up sandbox %s failed: %s; retrying in the background", record.id, exc)
             await self._commit(live, record.transition(SandboxState.STOPPING, last_error=str(cause)))
-            self._schedule_delete(live, keep_tombstone=False)
+            self._schedule_delete(live)
             return
         await self._commit(
             live,
@@ -360,12 +357,22 @@ class SandboxManager:
         if proxy is not None:
             await proxy.aclose()
 
-    async def _teardown_network(self, record: SandboxRecord) -> None:
+    async def _release(self, record: SandboxRecord) -> None:
+        """Remove the sandbox's tunnel and instance; raise if either is still there.
+
+        Both steps are idempotent, so a caller that sees an error retries the whole
+        thing later; the instance delete is attempted even when the tunnel failed.
+        """
+        failure: Exception | None = None
         if record.netns_path and record.pod_network is not None:
             try:
                 await self._network.teardown(record.netns_path, record.pod_network)
-            except Exception:
-                logger.exception("tearing down the pod network of sandbox %s failed", record.id)
+            except Exception as exc:
+                logger.error("tearing down the pod network of sandbox %s failed: %s", record.id, exc)
+                failure = exc
+        await self._delete_instances(record)
+        if failure is not None:
+            raise failure
 
     # ---- StopVM --------------------------------------------------------------------------------
 
@@ -397,15 +404,12 @@ class SandboxManager:
             if record.state is not SandboxState.STOPPING:
                 record = await self._commit(live, record.transition(SandboxState.STOPPING))
             await self._close_proxy(live)
-            await self._teardown_network(record)
             try:
-                await self._delete_instances(record)
+                await self._release(record)
             except Exception as exc:
-                logger.error(
-                    "StopVM: deleting the instance of sandbox %s failed: %s; will retry", record.id, exc
-                )
+                logger.error("StopVM: cleaning up sandbox %s failed: %s; will retry", record.id, exc)
                 await self._commit(live, record.with_changes(last_error=str(exc)))
-                self._schedule_delete(live, keep_tombstone=True)
+                self._schedule_delete(live)
                 return
             await self._finish_stop(live)
 
@@ -418,7 +422,7 @@ class SandboxManager:
         )
         logger.info("sandbox %s stopped", record.id)
 
-    def _schedule_delete(self, live: _Live, keep_tombstone: bool) -> None:
+    def _schedule_delete(self, live: _Live) -> None:
         self._background.spawn(self._retry_delete(live), name=f"delete-{live.record.id}")
 
     async def _retry_delete(self, live: _Live) -> None:
@@ -432,7 +436,7 @@ class SandboxManager:
                 if live.record.state is not SandboxState.STOPPING:
                     return
                 try:
-                    await self._delete_instances(live.record)
+                    await self._release(live.record)
                 except Exception as exc:
                     logger.warning(
                         "retrying the delete of sandbox %s (attempt %d): %s", live.record.id, attempt, exc
@@ -456,7 +460,7 @@ class SandboxManager:
                 async with live.lock:
                     await self._undo_start(live, RuntimeError("daemon restarted during StartVM"))
             elif record.state is SandboxState.STOPPING:
-                self._schedule_delete(live, keep_tombstone=True)
+                self._schedule_delete(live)
 
     async def prune_tombstones(self) -> int:
         """Forget stopped sandboxes older than an hour (memory and disk); a repeated StopVM is long over."""

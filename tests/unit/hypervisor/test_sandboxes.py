@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import pytest
 
 from cloud_api_adaptor.errors import DeadlineExceeded, NotFound, TemporaryProviderError
 from cloud_api_adaptor.hypervisor.models import SandboxState
-from cloud_api_adaptor.hypervisor.ports import NoPodNetwork
+from cloud_api_adaptor.hypervisor.ports import NoPodNetwork, PodNetworkPort
 from cloud_api_adaptor.hypervisor.sandboxes import SandboxManager
 from cloud_api_adaptor.kata_client import kata_annotations
 from cloud_api_adaptor.provider import TAG_CLUSTER, TAG_NODE, TAG_SANDBOX, CreateRequest, InstanceSpec
@@ -59,7 +59,11 @@ class FakeChannel:
 
 
 def make(
-    tmp: Path, provider: FakeProvider, channel: FakeChannel, clock: Callable[[], float] = time.time
+    tmp: Path,
+    provider: FakeProvider,
+    channel: FakeChannel,
+    clock: Callable[[], float] = time.time,
+    network: PodNetworkPort | None = None,
 ) -> SandboxManager:
     settings = dataclasses.replace(
         Settings(), state_dir=tmp / "state", pods_dir=tmp / "pods", node_name="node-a", cluster_id="c1"
@@ -67,7 +71,13 @@ def make(
     store = SandboxStore(settings.state_dir)
     store.prepare()
     return SandboxManager(
-        settings, provider, store, channel, NoPodNetwork(), clock=clock, delete_retry_delays=(0.01,)
+        settings,
+        provider,
+        store,
+        channel,
+        network or NoPodNetwork(),
+        clock=clock,
+        delete_retry_delays=(0.01,),
     )
 
 
@@ -271,4 +281,44 @@ async def test_tombstones_are_forgotten_after_an_hour(tmp_path: Path, provider: 
     assert not (tmp_path / "state" / "sandboxes" / "sb1.json").exists()
     with pytest.raises(NotFound):
         await manager.stop_vm("sb1")
+    await manager.aclose()
+
+
+class FlakyNetwork:
+    """A tunnel whose first teardown fails (e.g. netlink busy); counts what is left."""
+
+    def __init__(self) -> None:
+        self.tunnels: set[str] = set()
+        self.fail_teardowns = 1
+
+    async def inspect(self, netns_path: str, vni: int) -> dict[str, Any]:
+        return {"vxlan-id": vni}
+
+    async def setup(self, netns_path: str, vm_ips: Sequence[str], pod_network: Mapping[str, Any]) -> None:
+        self.tunnels.add(netns_path)
+
+    async def teardown(self, netns_path: str, pod_network: Mapping[str, Any]) -> None:
+        if self.fail_teardowns:
+            self.fail_teardowns -= 1
+            raise RuntimeError("netlink: device or resource busy")
+        self.tunnels.discard(netns_path)
+
+
+@pytest.mark.asyncio
+async def test_a_tunnel_that_fails_to_come_down_is_retried_and_the_vm_still_goes(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    network = FlakyNetwork()
+    manager = make(tmp_path, provider, FakeChannel(), network=network)
+    await manager.create_vm("sb1", kata_annotations("p"), "/run/netns/pod1")
+    await manager.start_vm("sb1")
+    assert network.tunnels == {"/run/netns/pod1"}
+    await manager.stop_vm("sb1")
+    assert provider.instances == {}  # the instance goes even though the tunnel did not
+    for _ in range(500):
+        if manager.records()[0].state is SandboxState.STOPPED:
+            break
+        await asyncio.sleep(0.01)
+    assert manager.records()[0].state is SandboxState.STOPPED
+    assert network.tunnels == set()
     await manager.aclose()
