@@ -17,7 +17,6 @@ import dataclasses
 import ipaddress
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -47,6 +46,7 @@ from cloud_api_adaptor.podnetwork.workernode import POD_VXLAN_NAME
 from cloud_api_adaptor.provider import CheckResult, CreateRequest, Instance, Provider
 from cloud_api_adaptor.settings import Settings
 from cloud_api_adaptor.state import SandboxStore
+from cloud_api_adaptor.testing.fakes import NullAgentChannel
 from cloud_api_adaptor.vm.provision import parse_cloud_config
 
 pytestmark = pytest.mark.root
@@ -87,27 +87,6 @@ class NamespaceVmProvider(Provider):
         return ()
 
 
-class _Proxy:
-    async def start(self, host: str, port: int, timeout: float) -> None:
-        return None
-
-    async def restore(self, host: str, port: int) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
-
-
-class NoAgentChannel:
-    """The agent channel is not under test here (``test_tunnel_e2e`` runs the real one)."""
-
-    def apf_tls_fields(self, instance_name: str) -> Mapping[str, Any]:
-        return {}
-
-    def new_proxy(self, socket_path: Path, instance_name: str) -> _Proxy:
-        return _Proxy()
-
-
 @pytest_asyncio.fixture
 async def bed() -> AsyncIterator[Testbed]:
     testbed = await Testbed.create()
@@ -134,7 +113,7 @@ async def test_fifty_lifecycles_in_a_row_each_carry_traffic_and_leave_nothing(
     store.prepare()
     provider = NamespaceVmProvider(bed)
     network = build_pod_network(settings, provider, host_netns=bed.node)
-    manager = SandboxManager(settings, provider, store, NoAgentChannel(), network)
+    manager = SandboxManager(settings, provider, store, NullAgentChannel(), network)
     server, port = await start_echo_server(bed.vmpod, "0.0.0.0")
     try:
         async with server:

@@ -33,6 +33,7 @@ from cloud_api_adaptor.provider import ProviderContext, TunnelEndpointProvider
 from cloud_api_adaptor.settings import NetworkSettings, Settings
 from cloud_api_adaptor.state import SandboxStore
 from cloud_api_adaptor.testing.fake_provider import FakeConfig, FakeProvider
+from cloud_api_adaptor.testing.fakes import NullAgentChannel
 from cloud_api_adaptor.vm import forwarder_cli
 
 SUBNET = ipaddress.IPv4Network("198.18.0.0/16")
@@ -141,32 +142,13 @@ class SlowInspect:
         return None
 
 
-class _Proxy:
-    async def start(self, host: str, port: int, timeout: float) -> None:
-        return None
-
-    async def restore(self, host: str, port: int) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
-
-
-class NoAgentChannel:
-    def apf_tls_fields(self, instance_name: str) -> Mapping[str, Any]:
-        return {}
-
-    def new_proxy(self, socket_path: Path, instance_name: str) -> _Proxy:
-        return _Proxy()
-
-
 def manager(tmp: Path, network: SlowInspect, min_id: int = 555000) -> tuple[SandboxManager, SandboxStore]:
     settings = dataclasses.replace(
         settings_with(vxlan_min_id=min_id), state_dir=tmp / "state", pods_dir=tmp / "pods"
     )
     store = SandboxStore(settings.state_dir)
     store.prepare()
-    return SandboxManager(settings, FakeProvider(FakeConfig()), store, NoAgentChannel(), network), store
+    return SandboxManager(settings, FakeProvider(FakeConfig()), store, NullAgentChannel(), network), store
 
 
 def vnis(m: SandboxManager) -> dict[str, int | None]:
