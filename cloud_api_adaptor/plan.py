@@ -20,15 +20,14 @@ from cloud_api_adaptor.hypervisor.ports import NoPodNetwork
 from cloud_api_adaptor.hypervisor.requests import agent_socket_path
 from cloud_api_adaptor.hypervisor.sandboxes import SandboxManager
 from cloud_api_adaptor.hypervisor.status_map import to_status
-from cloud_api_adaptor.options import OptionValues
+from cloud_api_adaptor.hypervisor.store import SandboxStore
 from cloud_api_adaptor.settings import Settings
-from cloud_api_adaptor.state import SandboxStore
 
 
 async def plan(
-    settings: Settings, provider_values: OptionValues, sandbox_id: str, annotations: Mapping[str, str]
+    settings: Settings, provider_config: Any, sandbox_id: str, annotations: Mapping[str, str]
 ) -> tuple[dict[str, Any], bool]:
-    provider = build_provider(settings, provider_values)
+    provider = build_provider(settings, provider_config)
     with tempfile.TemporaryDirectory(prefix="caa-plan-") as tmp:
         # Nothing may be written outside the scratch directory; the socket path
         # (and its length check) still uses the real PODS_DIR.

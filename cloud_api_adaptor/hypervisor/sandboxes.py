@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cloud_api_adaptor._aio import TaskSupervisor, shielded
+from cloud_api_adaptor.aio import TaskSupervisor, shielded
 from cloud_api_adaptor.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -42,6 +42,7 @@ from cloud_api_adaptor.hypervisor import requests as rq
 from cloud_api_adaptor.hypervisor.models import SandboxRecord, SandboxState
 from cloud_api_adaptor.hypervisor.ports import AgentChannelPort, AgentProxyPort, PodNetworkPort
 from cloud_api_adaptor.hypervisor.selection import select_instance_type
+from cloud_api_adaptor.hypervisor.store import SandboxStore
 from cloud_api_adaptor.hypervisor.userdata_render import render_sandbox_userdata
 from cloud_api_adaptor.metrics import LifecycleObserver, NullObserver
 from cloud_api_adaptor.provider import (
@@ -54,7 +55,6 @@ from cloud_api_adaptor.provider import (
     Provider,
 )
 from cloud_api_adaptor.settings import Settings
-from cloud_api_adaptor.state import SandboxStore
 
 logger = logging.getLogger(__name__)
 
@@ -182,8 +182,8 @@ class SandboxManager:
         instance_type = select_instance_type(
             pod,
             self._catalogue,
-            self._settings.instance_types or self._provider.instance_types,
-            self._settings.instance_type or self._provider.default_instance_type,
+            self._provider.instance_types,
+            self._provider.default_instance_type,
         )
         name = rq.instance_name(pod.pod_name, sandbox_id, self._provider.max_name_length)
         vni: int | None = None

@@ -46,10 +46,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cloud_api_adaptor._aio import TaskSupervisor, shielded
+from cloud_api_adaptor.aio import TaskSupervisor, shielded
 from cloud_api_adaptor.errors import DeadlineExceeded, FailedPrecondition
-from cloud_api_adaptor.proxy.pump import Pipe, PumpStats, close_pipes, link
 from cloud_api_adaptor.proxy.tls import AgentTls
+from cloud_api_adaptor.transport.pump import Pipe, PumpStats, close_pipes, link
 
 logger = logging.getLogger(__name__)
 

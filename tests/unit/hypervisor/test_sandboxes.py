@@ -18,11 +18,11 @@ from cloud_api_adaptor.errors import DeadlineExceeded, NotFound, TemporaryProvid
 from cloud_api_adaptor.hypervisor.models import SandboxState
 from cloud_api_adaptor.hypervisor.ports import NoPodNetwork, PodNetworkPort
 from cloud_api_adaptor.hypervisor.sandboxes import SandboxManager
+from cloud_api_adaptor.hypervisor.store import SandboxStore
 from cloud_api_adaptor.kata_client import kata_annotations
 from cloud_api_adaptor.provider import TAG_CLUSTER, TAG_NODE, TAG_SANDBOX, CreateRequest, InstanceSpec
 from cloud_api_adaptor.reconciler import OrphanReconciler
 from cloud_api_adaptor.settings import Settings
-from cloud_api_adaptor.state import SandboxStore
 from cloud_api_adaptor.testing.fake_provider import FakeConfig, FakeProvider
 
 
