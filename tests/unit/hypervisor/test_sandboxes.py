@@ -17,6 +17,7 @@ import pytest
 from cloud_api_adaptor.errors import DeadlineExceeded, NotFound, TemporaryProviderError
 from cloud_api_adaptor.hypervisor.models import SandboxState
 from cloud_api_adaptor.hypervisor.ports import NoPodNetwork, PodNetworkPort
+from cloud_api_adaptor.hypervisor.recovery import prune_tombstones, recover
 from cloud_api_adaptor.hypervisor.sandboxes import SandboxManager
 from cloud_api_adaptor.hypervisor.store import SandboxStore
 from cloud_api_adaptor.kata_client import kata_annotations
@@ -173,7 +174,7 @@ async def test_a_restart_resumes_running_sandboxes_and_undoes_interrupted_starts
     )
     assert len(provider.instances) == 3
     second = make(tmp_path, provider, FakeChannel())
-    await second.recover(SandboxStore(tmp_path / "state").load_all())
+    await recover(second, SandboxStore(tmp_path / "state").load_all())
     states = {r.id: r.state for r in second.records()}
     assert states == {"run1": SandboxState.RUNNING, "run2": SandboxState.RUNNING, "half": SandboxState.FAILED}
     assert len(provider.instances) == 2
@@ -273,10 +274,10 @@ async def test_tombstones_are_forgotten_after_an_hour(tmp_path: Path, provider: 
     manager = make(tmp_path, provider, FakeChannel(), clock=lambda: now[0])
     await manager.create_vm("sb1", kata_annotations("p"), "")
     await manager.stop_vm("sb1")
-    assert await manager.prune_tombstones() == 0
+    assert await prune_tombstones(manager, now[0]) == 0
     await manager.stop_vm("sb1")  # still known: a repeated StopVM succeeds
     now[0] += 3601
-    assert await manager.prune_tombstones() == 1
+    assert await prune_tombstones(manager, now[0]) == 1
     assert manager.records() == []
     assert not (tmp_path / "state" / "sandboxes" / "sb1.json").exists()
     with pytest.raises(NotFound):
