@@ -31,6 +31,7 @@ from cloud_api_adaptor.hypervisor.ports import LazyPodNetwork, PodNetworkPort
 from cloud_api_adaptor.hypervisor.recovery import recover
 from cloud_api_adaptor.hypervisor.sandboxes import SandboxManager
 from cloud_api_adaptor.hypervisor.service import HypervisorService, add_grpc_services, ttrpc_services
+from cloud_api_adaptor.hypervisor.status_map import to_rpc_error
 from cloud_api_adaptor.hypervisor.store import SandboxStore
 from cloud_api_adaptor.metrics import Metrics
 from cloud_api_adaptor.plugins import load_plugin
@@ -151,7 +152,7 @@ async def _start_locked(
         )
         await recover(manager, store.load_all())
         grpc_server = await _start_grpc(settings, manager)
-        server = Server()
+        server = Server(error_translator=to_rpc_error)
         for name, methods in ttrpc_services(HypervisorService(manager)).items():
             server.add_service(name, methods)
         server.add_service(HANDOVER_SERVICE, handover_service(handover_requested.set))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from cloud_api_adaptor.aio import RESTART_DELAYS, TaskSupervisor
 from cloud_api_adaptor.errors import DeadlineExceeded, NotFound, TemporaryProviderError
 from cloud_api_adaptor.hypervisor.models import SandboxState
 from cloud_api_adaptor.hypervisor.ports import NoPodNetwork, PodNetworkPort
@@ -21,9 +23,17 @@ from cloud_api_adaptor.hypervisor.recovery import prune_tombstones, recover
 from cloud_api_adaptor.hypervisor.sandboxes import SandboxManager
 from cloud_api_adaptor.hypervisor.store import SandboxStore
 from cloud_api_adaptor.kata_client import kata_annotations
-from cloud_api_adaptor.provider import TAG_CLUSTER, TAG_NODE, TAG_SANDBOX, CreateRequest, InstanceSpec
+from cloud_api_adaptor.provider import (
+    TAG_CLUSTER,
+    TAG_NODE,
+    TAG_SANDBOX,
+    CreateRequest,
+    Instance,
+    InstanceSpec,
+)
 from cloud_api_adaptor.reconciler import OrphanReconciler
 from cloud_api_adaptor.settings import Settings
+from cloud_api_adaptor.testing.eventually import eventually
 from cloud_api_adaptor.testing.fake_provider import FakeConfig, FakeProvider
 
 
@@ -322,4 +332,48 @@ async def test_a_tunnel_that_fails_to_come_down_is_retried_and_the_vm_still_goes
         await asyncio.sleep(0.01)
     assert manager.records()[0].state is SandboxState.STOPPED
     assert network.tunnels == set()
+    await manager.aclose()
+
+
+class _BrokenOnce(FakeProvider):
+    """A provider whose first listing dies of something that is no provider error (a bug, a bad SDK)."""
+
+    def __init__(self) -> None:
+        super().__init__(FakeConfig())
+        self.listings = 0
+
+    async def list_instances(self, owner_tags: Mapping[str, str]) -> Sequence[Instance]:
+        self.listings += 1
+        if self.listings == 1:
+            raise KeyError("an SDK changed its response shape")
+        return await super().list_instances(owner_tags)
+
+
+@pytest.mark.asyncio
+async def test_the_orphan_reconciler_survives_an_arbitrary_exception(tmp_path: Path) -> None:
+    provider = _BrokenOnce()
+    manager = make(tmp_path, provider, FakeChannel())
+    orphan = await provider.create_instance(
+        CreateRequest(
+            "vm-x", "x", "t-x", InstanceSpec(), "", {TAG_CLUSTER: "c1", TAG_NODE: "node-a", TAG_SANDBOX: "x"}
+        )
+    )
+    failures: list[tuple[str, type[BaseException]]] = []
+    waits: list[float] = []
+    quiet = asyncio.Event()  # never set: the second housekeeping pass parks here
+
+    async def fake_sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) > 1:
+            await quiet.wait()
+
+    supervisor = TaskSupervisor(
+        "test", on_failure=lambda name, exc: failures.append((name, type(exc))), sleep=fake_sleep
+    )
+    reconciler = OrphanReconciler(provider, manager, grace_period=0, sleep=fake_sleep)
+    supervisor.keep_running(functools.partial(reconciler.run, 300.0), name="housekeeping")
+    await eventually(lambda: orphan.id not in provider.instances, "the orphan deleted after the restart")
+    assert failures == [("housekeeping", KeyError)]
+    assert waits[0] == RESTART_DELAYS[0] and waits[1] == 300.0  # backoff, then the scan interval
+    await supervisor.aclose()
     await manager.aclose()
