@@ -8,10 +8,12 @@ and asserts on the outcome and on the loop time at which things happened.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+import looptime
 import pytest
 
 from cloud_api_adaptor.proxy.dialer import DialFailed, Handshake, StaggeredDialer
@@ -30,6 +32,25 @@ class Conn:
 
 
 Script = Callable[[int, Handshake], Coroutine[Any, Any, Conn]]
+
+
+def on_fake_time(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
+    """Run ``test`` on an event loop whose clock only moves when every task waits (looptime).
+
+    looptime's pytest plugin is off (see pyproject.toml: it leaks a loop per sync
+    test); its loop class is used directly instead.
+    """
+
+    @functools.wraps(test)
+    def run() -> None:
+        loop = looptime.new_event_loop(start=0.0)
+        try:
+            loop.run_until_complete(test())
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    return run
 
 
 def refused(n: int, handshake: Handshake) -> Coroutine[Any, Any, Conn]:
@@ -97,8 +118,7 @@ class Connector:
         )
 
 
-@pytest.mark.asyncio
-@pytest.mark.looptime
+@on_fake_time
 async def test_a_refused_first_attempt_is_followed_one_interval_later_by_the_winner() -> None:
     connector = Connector([refused, accepted(0.01)])
     loop = asyncio.get_running_loop()
@@ -110,8 +130,7 @@ async def test_a_refused_first_attempt_is_followed_one_interval_later_by_the_win
     assert connector.failures == [1]
 
 
-@pytest.mark.asyncio
-@pytest.mark.looptime
+@on_fake_time
 async def test_dropped_syns_do_not_hold_back_the_attempts_after_them() -> None:
     connector = Connector([dropped, dropped, dropped, accepted(0.01)])
     loop = asyncio.get_running_loop()
@@ -123,8 +142,7 @@ async def test_dropped_syns_do_not_hold_back_the_attempts_after_them() -> None:
     assert [c.attempt for c in connector.made] == [3]
 
 
-@pytest.mark.asyncio
-@pytest.mark.looptime
+@on_fake_time
 async def test_no_new_attempt_starts_while_a_handshake_is_under_way_and_attempts_resume_after_it_fails() -> (
     None
 ):
@@ -136,8 +154,7 @@ async def test_no_new_attempt_starts_while_a_handshake_is_under_way_and_attempts
     assert conn.attempt == 1 and connector.failures == [1]
 
 
-@pytest.mark.asyncio
-@pytest.mark.looptime
+@on_fake_time
 async def test_attempts_in_flight_are_bounded_and_none_is_left_at_the_deadline() -> None:
     forever: Script = lambda n, handshake: asyncio.Event().wait()  # type: ignore[assignment,return-value]  # noqa: E731
     connector = Connector([forever])
@@ -164,8 +181,7 @@ def connect_then_handshake(connect_seconds: float, handshake_seconds: float) -> 
     return script
 
 
-@pytest.mark.asyncio
-@pytest.mark.looptime
+@on_fake_time
 async def test_of_two_connections_that_finish_together_one_wins_and_the_other_is_closed() -> None:
     # attempt 0 connects at 0.055 and attempt 1 (started at 0.05) at once: both finish at 0.07
     connector = Connector([connect_then_handshake(0.055, 0.015), connect_then_handshake(0.0, 0.02)])
@@ -175,8 +191,7 @@ async def test_of_two_connections_that_finish_together_one_wins_and_the_other_is
     assert [c for c in connector.made if not c.closed] == [conn]
 
 
-@pytest.mark.asyncio
-@pytest.mark.looptime
+@on_fake_time
 async def test_the_last_real_failure_is_reported_at_the_deadline() -> None:
     connector = Connector([refused])
     loop = asyncio.get_running_loop()
@@ -186,8 +201,7 @@ async def test_the_last_real_failure_is_reported_at_the_deadline() -> None:
     assert len(connector.started) == pytest.approx(1.0 / INTERVAL, abs=1)
 
 
-@pytest.mark.asyncio
-@pytest.mark.looptime
+@on_fake_time
 async def test_a_bug_in_the_connector_is_not_retried() -> None:
     def broken(n: int, handshake: Handshake) -> Coroutine[Any, Any, Conn]:
         async def attempt() -> Conn:
