@@ -92,7 +92,8 @@ OPTIONS: tuple[Option, ...] = (
         "libvirt-ip-attempts",
         "LIBVIRT_IP_ATTEMPTS",
         "20",
-        "How many times to look for the pod VM's IP address (new).",
+        "How many times to look for the pod VM's IP address when the caller sets no deadline (new; "
+        "the daemon always sets one: StartVM's deadline and PROXY_TIMEOUT).",
         "int",
         group=GROUP,
     ),
@@ -100,7 +101,7 @@ OPTIONS: tuple[Option, ...] = (
         "libvirt-ip-interval",
         "LIBVIRT_IP_INTERVAL",
         "3s",
-        "Pause between looks for the pod VM's IP address (new).",
+        "Longest pause between looks for the pod VM's IP address (new; the pauses grow to it).",
         "duration",
         group=GROUP,
     ),
@@ -109,7 +110,11 @@ OPTIONS: tuple[Option, ...] = (
 
 @dataclass(frozen=True)
 class AddressPolicy:
-    """How long to wait for a new domain's IP address: ``attempts`` looks, ``interval`` seconds apart."""
+    """How to wait for a new domain's IP address.
+
+    Until the caller's deadline, with pauses growing up to ``interval`` seconds; when the
+    caller gives no deadline, ``attempts`` looks ``interval`` seconds apart.
+    """
 
     attempts: int = 20
     interval: float = 3.0
