@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 PROVIDER_DIRS := $(sort $(dir $(wildcard providers/*/pyproject.toml)))
 STAMP := $(VENV)/.installed
 
-.PHONY: install deps protos lint test unit demo bench deploy-sync clean
+.PHONY: install deps protos lint test unit demo bench deploy-sync podvm clean
 
 $(STAMP): pyproject.toml $(wildcard providers/*/pyproject.toml) scripts/system-deps.sh scripts/apt-packages.txt
 	bash scripts/system-deps.sh
@@ -26,7 +26,7 @@ protos: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy cloud_api_adaptor $(foreach d,$(PROVIDER_DIRS),$(wildcard $(d)caa_provider_*)) tests benchmarks
+	$(VENV)/bin/mypy cloud_api_adaptor $(foreach d,$(PROVIDER_DIRS),$(wildcard $(d)caa_provider_*)) tests benchmarks podvm
 
 unit: $(STAMP)
 	$(VENV)/bin/pytest -q tests/unit
@@ -39,6 +39,12 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks
+
+# The pod VM image (docs/podvm.md), cached under ~/.cache/cloud-api-adaptor/podvm; needs root.
+# PODVM_FORMATS=qcow2,raw,vhd,gcp (or all) adds the clouds' formats; PODVM_KATA_AGENT=path etc.
+PODVM_FORMATS ?= qcow2
+podvm: $(STAMP)
+	$(PY) -m podvm.build --formats $(PODVM_FORMATS)
 
 deploy-sync: $(STAMP)
 	$(PY) -m cloud_api_adaptor.deploysync
