@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PROVIDER_DIRS := $(sort $(dir $(wildcard providers/*/pyproject.toml)))
+# provider packages (never build artefacts such as *.egg-info)
+PROVIDER_PKGS := $(sort $(patsubst %/__init__.py,%,$(wildcard providers/*/caa_provider_*/__init__.py)))
 STAMP := $(VENV)/.installed
 
 .PHONY: install deps protos lint test unit demo bench deploy-sync podvm clean
@@ -26,7 +28,8 @@ protos: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy cloud_api_adaptor $(foreach d,$(PROVIDER_DIRS),$(wildcard $(d)caa_provider_*)) tests benchmarks podvm
+	$(VENV)/bin/mypy cloud_api_adaptor $(PROVIDER_PKGS) tests benchmarks tools podvm
+	$(VENV)/bin/lint-imports
 
 unit: $(STAMP)
 	$(VENV)/bin/pytest -q tests/unit
@@ -47,7 +50,7 @@ podvm: $(STAMP)
 	$(PY) -m podvm.build --formats $(PODVM_FORMATS)
 
 deploy-sync: $(STAMP)
-	$(PY) -m cloud_api_adaptor.deploysync
+	$(PY) -m tools.deploysync
 
 clean:
 	rm -rf $(VENV) build *.egg-info

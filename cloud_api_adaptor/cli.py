@@ -17,11 +17,12 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from cloud_api_adaptor import __version__
-from cloud_api_adaptor._aio import EVENT_LOOP_ENV, loop_factory, run
+from cloud_api_adaptor.aio import EVENT_LOOP_ENV, loop_factory, run
 from cloud_api_adaptor.errors import AdaptorError, ConfigError
-from cloud_api_adaptor.options import Option, OptionValues, resolve
+from cloud_api_adaptor.options import Option, load, options_of
 from cloud_api_adaptor.plugins import installed_providers, load_plugin
 from cloud_api_adaptor.settings import DAEMON_OPTIONS, Settings
 
@@ -30,11 +31,11 @@ logger = logging.getLogger("cloud_api_adaptor")
 COMMANDS = ("serve", "demo", "plan", "doctor", "version", "help")
 
 
-def _add_options(parser: argparse.ArgumentParser, options: Sequence[Option], title: str) -> None:
+def _add_options(parser: argparse.ArgumentParser, options: Sequence[Option[Any]], title: str) -> None:
     group = parser.add_argument_group(title)
     for option in options:
         env = f" [env {option.env}]" if option.env else ""
-        default = "" if option.secret else f" (default {option.default!r})"
+        default = "" if option.secret else f" (default {option.default_text!r})"
         group.add_argument(
             f"-{option.flag}",
             f"--{option.flag}",
@@ -61,7 +62,7 @@ def _provider_name(argv: Sequence[str], env: Mapping[str, str], positional: str 
     return positional or env.get("CLOUD_PROVIDER", "") or "local"
 
 
-def _parser(command: str, provider_options: Sequence[Option], provider: str) -> argparse.ArgumentParser:
+def _parser(command: str, provider_options: Sequence[Option[Any]], provider: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=f"cloud-api-adaptor {command}",
         allow_abbrev=False,
@@ -118,14 +119,14 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     provider = "local" if command == "demo" else _provider_name(argv, env, positional_provider)
     try:
         plugin = load_plugin(provider)
-        parser = _parser(command, plugin.options, provider)
+        parser = _parser(command, options_of(plugin.settings_class), provider)
         if argv and argv[0] in {"-help"}:
             argv[0] = "--help"
         ns = parser.parse_args(argv)
         values = _cli_values(ns)
         values["provider"] = provider
-        settings = Settings.from_values(resolve(DAEMON_OPTIONS, env, values))
-        provider_values = resolve(plugin.options, env, values)
+        settings = load(Settings, env, values)
+        provider_config = load(plugin.settings_class, env, values)
         event_loop = env.get(EVENT_LOOP_ENV, "")
         loop_factory(event_loop)  # an unknown CAA_EVENT_LOOP is a configuration error
     except ConfigError as exc:
@@ -135,21 +136,21 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     try:
         if command == "serve":
             # uvloop unless CAA_EVENT_LOOP=asyncio: the ttrpc frame loop and the agent relays live in it.
-            return run(_serve(settings, provider_values), event_loop=event_loop)
+            return run(_serve(settings, provider_config), event_loop=event_loop)
         if command == "plan":
             from cloud_api_adaptor.plan import plan
 
-            result, ok = asyncio.run(plan(settings, provider_values, ns.id, _annotations(ns.annotation)))
+            result, ok = asyncio.run(plan(settings, provider_config, ns.id, _annotations(ns.annotation)))
             print(json.dumps(result, indent=2))
             return 0 if ok else 1
         if command == "doctor":
             from cloud_api_adaptor.doctor import doctor
 
-            return asyncio.run(doctor(settings, provider_values))
+            return asyncio.run(doctor(settings, provider_config))
         if command == "demo":
             from cloud_api_adaptor.demo import run_demo
 
-            return asyncio.run(run_demo(provider_values, env, pods=ns.pods))
+            return asyncio.run(run_demo(provider_config, env, pods=ns.pods))
     except AdaptorError as exc:
         print(f"cloud-api-adaptor: {exc}", file=sys.stderr)
         return 1
@@ -168,14 +169,14 @@ def _annotations(pairs: Sequence[str]) -> dict[str, str]:
     return result
 
 
-async def _serve(settings: Settings, provider_values: OptionValues) -> int:
+async def _serve(settings: Settings, provider_config: Any) -> int:
     from cloud_api_adaptor.daemon import install_signal_handlers, serve
 
     _raise_fd_limit()
     logger.info("event loop: %s", type(asyncio.get_running_loop()).__module__.partition(".")[0])
     stop = asyncio.Event()
     install_signal_handlers(stop)
-    await serve(settings, provider_values, stop)
+    await serve(settings, provider_config, stop)
     return 0
 
 

@@ -17,25 +17,28 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry
 
-from cloud_api_adaptor._aio import TaskSupervisor
+from cloud_api_adaptor.aio import TaskSupervisor
 from cloud_api_adaptor.channel import build_agent_channel
+from cloud_api_adaptor.fsutil import make_private_dirs
 from cloud_api_adaptor.handover import HANDOVER_SERVICE, StateLock, handover_service, take_over
+from cloud_api_adaptor.hypervisor.planning import validate_global_initdata
 from cloud_api_adaptor.hypervisor.ports import LazyPodNetwork, PodNetworkPort
+from cloud_api_adaptor.hypervisor.recovery import recover
 from cloud_api_adaptor.hypervisor.sandboxes import SandboxManager
 from cloud_api_adaptor.hypervisor.service import HypervisorService, add_grpc_services, ttrpc_services
-from cloud_api_adaptor.hypervisor.userdata_render import validate_global_initdata
+from cloud_api_adaptor.hypervisor.status_map import to_rpc_error
+from cloud_api_adaptor.hypervisor.store import SandboxStore
 from cloud_api_adaptor.metrics import Metrics
-from cloud_api_adaptor.options import OptionValues
 from cloud_api_adaptor.plugins import load_plugin
 from cloud_api_adaptor.probe import ProbeServer
 from cloud_api_adaptor.provider import Provider, ProviderContext
 from cloud_api_adaptor.reconciler import OrphanReconciler
 from cloud_api_adaptor.settings import Settings
-from cloud_api_adaptor.state import SandboxStore
 from cloud_api_adaptor.ttrpc import Server
 
 logger = logging.getLogger(__name__)
@@ -54,11 +57,12 @@ def provider_context(settings: Settings) -> ProviderContext:
     )
 
 
-def build_provider(settings: Settings, provider_values: OptionValues) -> Provider:
+def build_provider(settings: Settings, provider_config: Any) -> Provider:
+    """The configured provider, with its work directory (created 0700) ready."""
     plugin = load_plugin(settings.provider)
     context = provider_context(settings)
-    context.work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return plugin.build(provider_values, context)
+    make_private_dirs(context.work_dir)
+    return plugin.build(provider_config, context)
 
 
 @dataclass
@@ -100,7 +104,7 @@ class Daemon:
 
 async def start_daemon(
     settings: Settings,
-    provider_values: OptionValues,
+    provider_config: Any,
     *,
     network: PodNetworkPort | None = None,
     provider: Provider | None = None,
@@ -110,7 +114,7 @@ async def start_daemon(
     lock = StateLock(settings.state_dir)
     await take_over(lock, settings.socket, HANDOVER_TIMEOUT)
     try:
-        return await _start_locked(settings, provider_values, lock, network, provider)
+        return await _start_locked(settings, provider_config, lock, network, provider)
     except BaseException:
         lock.release()
         raise
@@ -118,7 +122,7 @@ async def start_daemon(
 
 async def _start_locked(
     settings: Settings,
-    provider_values: OptionValues,
+    provider_config: Any,
     lock: StateLock,
     network: PodNetworkPort | None,
     provider: Provider | None,
@@ -129,7 +133,7 @@ async def _start_locked(
     probe = ProbeServer("127.0.0.1", settings.probe_port, registry)
     await probe.start()
     if provider is None:
-        provider = await asyncio.to_thread(build_provider, settings, provider_values)
+        provider = await asyncio.to_thread(build_provider, settings, provider_config)
     store = SandboxStore(settings.state_dir)
     grpc_server: grpc.aio.Server | None = None
     manager: SandboxManager | None = None
@@ -146,9 +150,9 @@ async def _start_locked(
             catalogue,
             observer=metrics,
         )
-        await manager.recover(store.load_all())
+        await recover(manager, store.load_all())
         grpc_server = await _start_grpc(settings, manager)
-        server = Server()
+        server = Server(error_translator=to_rpc_error)
         for name, methods in ttrpc_services(HypervisorService(manager)).items():
             server.add_service(name, methods)
         server.add_service(HANDOVER_SERVICE, handover_service(handover_requested.set))
@@ -163,9 +167,11 @@ async def _start_locked(
         await probe.aclose()
         raise
     probe.set_ready()
-    supervisor = TaskSupervisor("daemon")
+    supervisor = TaskSupervisor("daemon", on_failure=metrics.task_failed)
     reconciler = OrphanReconciler(provider, manager, settings.orphan_grace_period)
-    supervisor.spawn(reconciler.run(settings.orphan_scan_interval), name="orphan-reconciler")
+    supervisor.keep_running(
+        functools.partial(reconciler.run, settings.orphan_scan_interval), name="housekeeping"
+    )
     logger.info(
         "cloud-api-adaptor serving on %s (provider %s, %d sandboxes recovered)",
         settings.socket,
@@ -208,9 +214,9 @@ async def _start_grpc(settings: Settings, manager: SandboxManager) -> grpc.aio.S
     return server
 
 
-async def serve(settings: Settings, provider_values: OptionValues, stop: asyncio.Event) -> None:
+async def serve(settings: Settings, provider_config: Any, stop: asyncio.Event) -> None:
     """Run until ``stop`` is set (SIGTERM/SIGINT), then shut down in stages."""
-    daemon = await start_daemon(settings, provider_values)
+    daemon = await start_daemon(settings, provider_config)
     try:
         stopping = asyncio.ensure_future(stop.wait())
         handing_over = asyncio.ensure_future(daemon.handover_requested.wait())

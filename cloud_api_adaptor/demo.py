@@ -16,10 +16,10 @@ import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from cloud_api_adaptor import kata_client as kata
 from cloud_api_adaptor.daemon import start_daemon
-from cloud_api_adaptor.options import OptionValues
 from cloud_api_adaptor.settings import Settings
 
 STEPS = ("CreateVM", "StartVM", "Health/Check", "GetGuestDetails", "StopVM")
@@ -62,7 +62,7 @@ def _table(results: list[dict[str, float]]) -> str:
     return "\n".join(rows)
 
 
-async def run_demo(provider_values: OptionValues, env: Mapping[str, str], pods: int = 3) -> int:
+async def run_demo(provider_config: Any, env: Mapping[str, str], pods: int = 3) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="caa-", dir="/tmp"))
     settings = dataclasses.replace(
         Settings(),
@@ -75,7 +75,7 @@ async def run_demo(provider_values: OptionValues, env: Mapping[str, str], pods: 
         orphan_scan_interval=3600.0,
     )
     print(f"demo: daemon on {settings.socket} with the local provider ({pods} pods at once)")
-    daemon = await start_daemon(settings, provider_values)
+    daemon = await start_daemon(settings, provider_config)
     try:
         started = time.perf_counter()
         results = await asyncio.gather(*(_one_pod(settings.socket, i) for i in range(pods)))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from cloud_api_adaptor.daemon import build_provider
 from cloud_api_adaptor.errors import AdaptorError
-from cloud_api_adaptor.options import OptionValues
 from cloud_api_adaptor.provider import CheckResult
 from cloud_api_adaptor.settings import Settings
 
@@ -17,9 +18,9 @@ def format_table(results: list[CheckResult]) -> str:
     return "\n".join(lines)
 
 
-async def doctor(settings: Settings, provider_values: OptionValues) -> int:
+async def doctor(settings: Settings, provider_config: Any) -> int:
     try:
-        provider = build_provider(settings, provider_values)
+        provider = build_provider(settings, provider_config)
     except AdaptorError as exc:
         print(format_table([CheckResult("configuration", False, str(exc))]))
         return 1

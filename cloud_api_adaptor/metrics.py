@@ -43,10 +43,19 @@ class Metrics:
             registry=registry,
         )
         self._states = Gauge("caa_sandboxes", "Sandboxes by state", ["state"], registry=registry)
+        self._task_failures = Counter(
+            "caa_background_task_failures",
+            "Background tasks (housekeeping, retries) that died of an exception and were restarted",
+            ["task"],
+            registry=registry,
+        )
 
     def observe(self, operation: str, outcome: str, seconds: float) -> None:
         self._duration.labels(operation, outcome).observe(seconds)
         self._total.labels(operation, outcome).inc()
+
+    def task_failed(self, task: str, exc: BaseException) -> None:
+        self._task_failures.labels(task).inc()
 
     def track_states(self, counts: Callable[[], dict[str, int]]) -> None:
         def reader(state: str) -> Callable[[], float]:

@@ -8,6 +8,7 @@ imports only the selected provider's SDK.
 from __future__ import annotations
 
 from importlib.metadata import EntryPoint, entry_points
+from typing import Any
 
 from cloud_api_adaptor.errors import ConfigError, PluginNotFound
 from cloud_api_adaptor.provider import ProviderPlugin
@@ -24,7 +25,7 @@ def installed_providers() -> list[str]:
     return sorted({ep.name for ep in _entry_points()})
 
 
-def load_plugin(name: str) -> ProviderPlugin:
+def load_plugin(name: str) -> ProviderPlugin[Any]:
     """Load the plugin registered as ``name``; unknown names list what is installed."""
     matches = [ep for ep in _entry_points() if ep.name == name]
     if not matches:

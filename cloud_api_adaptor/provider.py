@@ -2,8 +2,8 @@
 
 A provider creates and deletes one confidential VM per pod sandbox.  It is found
 through the entry-point group ``cloud_api_adaptor.providers``; the entry point
-names a ``ProviderPlugin`` object (its options, and a factory that builds the
-provider from resolved option values).
+names a ``ProviderPlugin`` object (its settings class, whose fields declare its
+options, and a factory that builds the provider from loaded settings).
 
 Contract every provider keeps (checked by ``cloud_api_adaptor.testing.contract``):
 - ``create_instance`` is idempotent for a given ``CreateRequest.token``: a retry
@@ -24,12 +24,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
-if TYPE_CHECKING:
-    from cloud_api_adaptor.options import Option, OptionValues
+from cloud_api_adaptor.wire import FORWARDER_PORT
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+ConfigT = TypeVar("ConfigT")
 
 # Owner tag keys stamped on every instance (plus the user's TAGS).
 TAG_CLUSTER = "caa.confidentialcontainers.org/cluster"
@@ -109,7 +109,7 @@ class ProviderContext:
     #: a directory of the provider's own that survives daemon restarts
     work_dir: Path
     #: the TCP port the daemon dials on the pod VM (FORWARDER_PORT)
-    forwarder_port: int = 15150
+    forwarder_port: int = FORWARDER_PORT
 
 
 class Provider(ABC):
@@ -167,12 +167,17 @@ class TunnelEndpointProvider(Protocol):
 
 
 @runtime_checkable
-class ProviderPlugin(Protocol):
-    """What the entry point names: the provider's options and its factory."""
+class ProviderPlugin(Protocol[ConfigT]):
+    """What the entry point names: the provider's settings class and its factory.
+
+    ``settings_class`` is an ``@settings`` dataclass (``cloud_api_adaptor.options``):
+    its fields declare the provider's flags and environment keys, and the CLI
+    loads it from argv and the environment before calling ``build``.
+    """
 
     name: str
-    options: Sequence[Option]
+    settings_class: type[ConfigT]
 
-    def build(self, values: OptionValues, context: ProviderContext) -> Provider:
-        """Validate ``values`` (raising ``ConfigError`` naming the key) and build the provider."""
+    def build(self, config: ConfigT, context: ProviderContext) -> Provider:
+        """Build the provider from validated settings (cross-checks raise ``ConfigError`` naming the key)."""
         ...

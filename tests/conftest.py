@@ -19,7 +19,7 @@ def reap_local_vms(root: Path) -> int:
     """
     import asyncio
 
-    from cloud_api_adaptor.options import resolve
+    from cloud_api_adaptor.options import load
     from cloud_api_adaptor.plugins import load_plugin
     from cloud_api_adaptor.provider import ProviderContext
 
@@ -28,7 +28,7 @@ def reap_local_vms(root: Path) -> int:
 
     async def reap(work_dir: Path) -> int:
         context = ProviderContext("reaper", "reaper", work_dir.parent.parent, work_dir)
-        provider = plugin.build(resolve(plugin.options, {}), context)
+        provider = plugin.build(load(plugin.settings_class, {}), context)
         try:
             instances = await provider.list_instances({})
             for instance in instances:

@@ -42,9 +42,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cloud_api_adaptor._aio import EVENT_LOOP_ENV, loop_factory
-from cloud_api_adaptor._aio import run as run_loop
 from cloud_api_adaptor._pb import health_pb2, ttrpc_pb2
+from cloud_api_adaptor.aio import EVENT_LOOP_ENV, loop_factory
+from cloud_api_adaptor.aio import run as run_loop
 from cloud_api_adaptor.apf import ApfConfig
 from cloud_api_adaptor.proxy.agent_proxy import AgentChannel
 from cloud_api_adaptor.proxy.testing import StubClient

@@ -5,7 +5,7 @@
 
 Each prints ``READY`` once serving and runs until SIGTERM, so every hop of the
 channel has its own process (and event loop), as in a real deployment.  The
-proxy runs on the loop the daemon uses (``_aio.run``: uvloop unless
+proxy runs on the loop the daemon uses (``aio.run``: uvloop unless
 ``CAA_EVENT_LOOP=asyncio``); the stub agent, part of the baseline, on asyncio's.
 """
 
@@ -17,7 +17,7 @@ import signal
 import sys
 from pathlib import Path
 
-from cloud_api_adaptor._aio import EVENT_LOOP_ENV, run
+from cloud_api_adaptor.aio import EVENT_LOOP_ENV, run
 from cloud_api_adaptor.proxy.agent_proxy import AgentChannel
 from cloud_api_adaptor.proxy.testing import StubAgent
 from cloud_api_adaptor.proxy.tls import AgentTls

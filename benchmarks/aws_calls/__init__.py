@@ -46,9 +46,10 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # the harness lives with the integration tests
     sys.path.insert(0, str(ROOT))
 
-from tests.integration.aws.cloud import AMI, REGION, Vpc, ec2_client, eventually, serve_moto  # noqa: E402
+from cloud_api_adaptor.testing.eventually import eventually  # noqa: E402
+from tests.integration.aws.cloud import AMI, REGION, Vpc, boot_pod_vm, ec2_client, serve_moto  # noqa: E402
 from tests.integration.aws.harness import AwsNode, new_sandbox_id, orphan_scans  # noqa: E402
-from tests.integration.aws.stand import SHARED_VM_RANGE  # noqa: E402
+from tests.integration.cloudstand.stand import SHARED_VM_RANGE  # noqa: E402
 from tests.integration.daemon_proc import DaemonProcess  # noqa: E402
 
 CONCURRENT = 100
@@ -195,7 +196,7 @@ async def _played_lifecycle(node: AwsNode, daemon: DaemonProcess) -> float:
     vm = node.pod_vm()
     try:
         [launched] = await eventually(lambda: node.vpc.of_sandbox(sid), "the pod's instance")
-        await vm.boot_from(node.vpc, launched)
+        await boot_pod_vm(vm, node.vpc, launched)
         await start
     except BaseException:
         start.cancel()

@@ -186,7 +186,7 @@ async def _shared_forwarder_runs(tmp: Path) -> dict[str, Any]:
 
 async def _startvm_after_boot(tmp: Path) -> dict[str, Any]:
     from cloud_api_adaptor.daemon import start_daemon
-    from cloud_api_adaptor.options import resolve
+    from cloud_api_adaptor.options import load
     from cloud_api_adaptor.plugins import load_plugin
     from cloud_api_adaptor.settings import Settings
 
@@ -199,7 +199,7 @@ async def _startvm_after_boot(tmp: Path) -> dict[str, Any]:
         probe_port=0,
         proxy_timeout=60,
     )
-    values = resolve(load_plugin("local").options, {"LOCAL_BOOT_DELAY": "2s"})
+    values = load(load_plugin("local").settings_class, {"LOCAL_BOOT_DELAY": "2s"})
     daemon = await start_daemon(settings, values)
     gaps = []
     try:

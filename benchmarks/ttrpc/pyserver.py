@@ -16,8 +16,8 @@ import signal
 import sys
 from pathlib import Path
 
-from cloud_api_adaptor._aio import EVENT_LOOP_ENV, run
 from cloud_api_adaptor._pb import hypervisor_pb2 as hv
+from cloud_api_adaptor.aio import EVENT_LOOP_ENV, run
 from cloud_api_adaptor.ttrpc import CallContext, Server, UnaryMethod
 
 

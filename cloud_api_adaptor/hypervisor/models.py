@@ -1,6 +1,6 @@
 """The sandbox record and its state machine.
 
-One record per sandbox is persisted (``cloud_api_adaptor.state``) before and
+One record per sandbox is persisted (``cloud_api_adaptor.hypervisor.store``) before and
 after every cloud call, so a daemon restart can finish or undo whatever was in
 flight.  Records are versioned JSON, never pickles.
 """

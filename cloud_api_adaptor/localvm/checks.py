@@ -8,15 +8,14 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from cloud_api_adaptor.errors import ConfigError
-from cloud_api_adaptor.localvm.config import DEVAGENT_MODULE, LocalConfig
+from cloud_api_adaptor.localvm.config import DEVAGENT_MODULE, LocalConfig, agent_socket_path
 from cloud_api_adaptor.provider import CheckResult
-
-if TYPE_CHECKING:
-    from cloud_api_adaptor.localvm.provider import LocalProvider
 
 MAX_UNIX_PATH = 107
 CAP_NET_ADMIN = 12
@@ -27,8 +26,6 @@ _VM_MOUNTS = ("/run/peerpod", "/run/kata-containers", "/run/netns", "/media")
 
 def validate_work_dir(config: LocalConfig, work_dir: Path) -> None:
     """Refuse a work directory the VMs could not use; raised at build time, naming the key to change."""
-    from cloud_api_adaptor.localvm.provider import agent_socket_path
-
     if config.mode == "loopback":
         longest = agent_socket_path(work_dir, "local-0123456789")
         if len(os.fsencode(longest)) > MAX_UNIX_PATH:
@@ -100,13 +97,26 @@ def check_programs(config: LocalConfig) -> CheckResult:
     return CheckResult("local.programs", True, f"process-user-data, agent-protocol-forwarder, {agent}")
 
 
-def check_subnet(provider: LocalProvider) -> CheckResult:
+@dataclass(frozen=True)
+class CheckInputs:
+    """What ``doctor`` looks at, gathered by the provider (so this module needs nothing of it)."""
+
+    config: LocalConfig
+    work_dir: Path
+    #: directories the provider writes below ``work_dir``
+    dirs: tuple[Path, ...]
+    #: host-side link names of our own VMs, which may carry subnet addresses
+    own_links: Callable[[], set[str]]
+    endpoint: IPv4Address | None
+
+
+def check_subnet(inputs: CheckInputs) -> CheckResult:
     """The subnet must not overlap an address the host already has, other than our VM links and endpoint."""
     from cloud_api_adaptor.localvm import netns
 
-    subnet = provider.config.subnet
-    ours = {r.host_ifname for r in provider.records.all() if r.host_ifname}
-    endpoint = provider.tunnel_endpoint()
+    subnet = inputs.config.subnet
+    ours = inputs.own_links()
+    endpoint = inputs.endpoint
     try:
         addresses = netns.host_ipv4_addresses()
     except Exception as exc:
@@ -123,12 +133,12 @@ def check_subnet(provider: LocalProvider) -> CheckResult:
     return CheckResult("local.subnet", True, f"LOCAL_VM_SUBNET {subnet} is free")
 
 
-def check_work_dir(provider: LocalProvider) -> CheckResult:
-    work_dir = provider.context.work_dir
+def check_work_dir(inputs: CheckInputs) -> CheckResult:
+    work_dir = inputs.work_dir
     try:
-        validate_work_dir(provider.config, work_dir)
-        provider.vms_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        provider.records.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        validate_work_dir(inputs.config, work_dir)
+        for directory in inputs.dirs:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     except (ConfigError, OSError) as exc:
         return CheckResult("local.work-dir", False, str(exc))
     if not os.access(work_dir, os.W_OK):
@@ -136,8 +146,8 @@ def check_work_dir(provider: LocalProvider) -> CheckResult:
     return CheckResult("local.work-dir", True, str(work_dir))
 
 
-def run_checks(provider: LocalProvider) -> list[CheckResult]:
-    results = [check_mode(provider.config), check_programs(provider.config), check_work_dir(provider)]
-    if provider.config.mode == "netns":
-        results.append(check_subnet(provider))
+def run_checks(inputs: CheckInputs) -> list[CheckResult]:
+    results = [check_mode(inputs.config), check_programs(inputs.config), check_work_dir(inputs)]
+    if inputs.config.mode == "netns":
+        results.append(check_subnet(inputs))
     return results

@@ -1,8 +1,10 @@
 """The local provider's options and the frozen configuration built from them.
 
-Every value is parsed and validated once, in ``LocalConfig.from_values``; each
-error names the option key (and, for the catalogue, the bad entry), so a typo in
-a ConfigMap stops the daemon with a message that says where to look.
+``LocalSettings`` declares the keys; every value is parsed and validated once,
+when it is loaded, and each error names the option key (and, for the catalogue,
+the bad entry), so a typo in a ConfigMap stops the daemon with a message that
+says where to look.  ``LocalConfig`` is what the provider runs with: the mode
+resolved against the user, the guest programs located.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from cloud_api_adaptor.errors import ConfigError
-from cloud_api_adaptor.options import Option, OptionValues
+from cloud_api_adaptor.options import custom, duration, settings, text
 from cloud_api_adaptor.provider import InstanceTypeInfo
 
 Mode = Literal["netns", "loopback"]
@@ -27,57 +29,15 @@ BLOCK_PREFIX = 30
 
 _DEFAULT_NETWORK = ipaddress.IPv4Network(DEFAULT_SUBNET)
 
-LOCAL_OPTIONS: tuple[Option, ...] = (
-    Option(
-        "local-vm-subnet",
-        "LOCAL_VM_SUBNET",
-        DEFAULT_SUBNET,
-        "IPv4 subnet the local VMs' veth pairs are numbered from (netns mode; one /30 per VM).",
-        group="local",
-    ),
-    Option(
-        "local-boot-delay",
-        "LOCAL_BOOT_DELAY",
-        "0s",
-        "Simulated cloud boot time before a local VM starts its programs.",
-        "duration",
-        group="local",
-    ),
-    Option(
-        "local-instance-types",
-        "LOCAL_INSTANCE_TYPES",
-        DEFAULT_CATALOGUE,
-        "Instance-type catalogue, name:vcpus:memoryMiB[:gpus],... (the smallest is the default type).",
-        group="local",
-    ),
-    Option(
-        "local-agent-command",
-        "LOCAL_AGENT_COMMAND",
-        "",
-        "Agent to run in each local VM (shell-split; gets KATA_AGENT_SERVER_ADDR). "
-        "Empty: the built-in development agent, a stand-in for kata-agent.",
-        group="local",
-    ),
-    Option(
-        "local-mode",
-        "LOCAL_MODE",
-        "auto",
-        "auto, netns (own network and mount namespaces; needs root) or loopback (no root).",
-        group="local",
-    ),
-    Option(
-        "local-forwarder-extra-args",
-        "LOCAL_FORWARDER_EXTRA_ARGS",
-        "",
-        "Testing and debugging only: extra agent-protocol-forwarder flags (shell-split), e.g. -disable-tls.",
-        group="local",
-    ),
-)
-
 # Where the VM-side programs live: console scripts next to the interpreter.
 PROCESS_USER_DATA = "process-user-data"
 FORWARDER = "agent-protocol-forwarder"
 DEVAGENT_MODULE = "cloud_api_adaptor.vm.devagent"
+
+
+def agent_socket_path(work_dir: Path, vm_id: str) -> Path:
+    """Where a loopback VM's agent listens (the longest unix socket path the provider uses)."""
+    return work_dir / "vms" / vm_id / "root" / "run" / "kata-containers" / "agent.sock"
 
 
 @dataclass(frozen=True)
@@ -130,37 +90,26 @@ class LocalConfig:
         return min(self.catalogue, key=lambda t: (t.gpus, t.memory_mib, t.vcpus)).name
 
     @classmethod
-    def from_values(cls, values: OptionValues, *, euid: int, python: str) -> LocalConfig:
-        """Build from resolved options; ``euid`` decides ``LOCAL_MODE=auto``."""
-        mode = parse_mode("LOCAL_MODE", values.str("LOCAL_MODE", "auto"), euid=euid)
-        boot_delay = values.duration("LOCAL_BOOT_DELAY", 0.0)
-        if boot_delay < 0:
-            raise ConfigError("LOCAL_BOOT_DELAY", "must not be negative")
-        agent = _split("LOCAL_AGENT_COMMAND", values.str("LOCAL_AGENT_COMMAND"))
+    def from_settings(cls, chosen: LocalSettings, *, euid: int, python: str) -> LocalConfig:
+        """The runtime configuration; ``euid`` decides ``LOCAL_MODE=auto``."""
         programs = GuestPrograms.installed(python)
         return cls(
-            mode=mode,
+            mode=resolve_mode("LOCAL_MODE", chosen.mode, euid=euid),
             programs=GuestPrograms(
                 python=programs.python,
                 process_user_data=programs.process_user_data,
                 forwarder=programs.forwarder,
-                agent=agent,
+                agent=chosen.agent_command,
             ),
-            subnet=parse_subnet("LOCAL_VM_SUBNET", values.str("LOCAL_VM_SUBNET", DEFAULT_SUBNET)),
-            boot_delay=boot_delay,
-            catalogue=parse_catalogue(
-                "LOCAL_INSTANCE_TYPES",
-                values.str("LOCAL_INSTANCE_TYPES", DEFAULT_CATALOGUE) or DEFAULT_CATALOGUE,
-            ),
-            forwarder_extra_args=_split(
-                "LOCAL_FORWARDER_EXTRA_ARGS", values.str("LOCAL_FORWARDER_EXTRA_ARGS")
-            ),
+            subnet=chosen.subnet,
+            boot_delay=chosen.boot_delay,
+            catalogue=chosen.catalogue,
+            forwarder_extra_args=chosen.forwarder_extra_args,
         )
 
 
-def parse_mode(key: str, raw: str, *, euid: int) -> Mode:
+def resolve_mode(key: str, value: str, *, euid: int) -> Mode:
     """``auto`` is netns as root, loopback otherwise; netns without root is an error."""
-    value = raw.strip().lower() or "auto"
     if value == "auto":
         return "netns" if euid == 0 else "loopback"
     if value == "loopback":
@@ -169,7 +118,7 @@ def parse_mode(key: str, raw: str, *, euid: int) -> Mode:
         if euid != 0:
             raise ConfigError(key, "netns mode needs root (use loopback or auto)")
         return "netns"
-    raise ConfigError(key, f"unknown mode {raw!r} (use auto, netns or loopback)")
+    raise ConfigError(key, f"unknown mode {value!r} (use auto, netns or loopback)")
 
 
 def parse_subnet(key: str, raw: str) -> ipaddress.IPv4Network:
@@ -217,8 +166,61 @@ def parse_catalogue(key: str, raw: str) -> tuple[InstanceTypeInfo, ...]:
     return tuple(entries)
 
 
-def _split(key: str, raw: str) -> tuple[str, ...]:
+def split_command(key: str, raw: str) -> tuple[str, ...]:
+    """A command line split like a shell would; an unbalanced quote names ``key``."""
     try:
         return tuple(shlex.split(raw))
     except ValueError as exc:
         raise ConfigError(key, f"cannot split {raw!r}: {exc}") from None
+
+
+@settings
+class LocalSettings:
+    """The local provider's keys."""
+
+    subnet: ipaddress.IPv4Network = custom(
+        "local-vm-subnet",
+        "LOCAL_VM_SUBNET",
+        "IPv4 subnet the local VMs' veth pairs are numbered from (netns mode; one /30 per VM).",
+        default=_DEFAULT_NETWORK,
+        default_text=DEFAULT_SUBNET,
+        parse=parse_subnet,
+    )
+    boot_delay: float = duration(
+        "local-boot-delay",
+        "LOCAL_BOOT_DELAY",
+        "Simulated cloud boot time before a local VM starts its programs.",
+        default=0.0,
+    )
+    catalogue: tuple[InstanceTypeInfo, ...] = custom(
+        "local-instance-types",
+        "LOCAL_INSTANCE_TYPES",
+        "Instance-type catalogue, name:vcpus:memoryMiB[:gpus],... (the smallest is the default type).",
+        default=parse_catalogue("LOCAL_INSTANCE_TYPES", DEFAULT_CATALOGUE),
+        default_text=DEFAULT_CATALOGUE,
+        parse=parse_catalogue,
+    )
+    agent_command: tuple[str, ...] = custom(
+        "local-agent-command",
+        "LOCAL_AGENT_COMMAND",
+        "Agent to run in each local VM (shell-split; gets KATA_AGENT_SERVER_ADDR). "
+        "Empty: the built-in development agent, a stand-in for kata-agent.",
+        default=(),
+        default_text="",
+        parse=split_command,
+    )
+    mode: str = text(
+        "local-mode",
+        "LOCAL_MODE",
+        "auto, netns (own network and mount namespaces; needs root) or loopback (no root).",
+        default="auto",
+        choices=("auto", "netns", "loopback"),
+    )
+    forwarder_extra_args: tuple[str, ...] = custom(
+        "local-forwarder-extra-args",
+        "LOCAL_FORWARDER_EXTRA_ARGS",
+        "Testing and debugging only: extra agent-protocol-forwarder flags (shell-split), e.g. -disable-tls.",
+        default=(),
+        default_text="",
+        parse=split_command,
+    )

@@ -1,6 +1,6 @@
 """The ``local`` entry point: the local provider's options and its factory.
 
-Importing this module is cheap (options only); the provider module is imported
+Importing this module is cheap (settings only); the provider module is imported
 when the daemon actually builds the provider.
 """
 
@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from cloud_api_adaptor.localvm.config import LOCAL_OPTIONS, LocalConfig
-from cloud_api_adaptor.options import Option, OptionValues
+from cloud_api_adaptor.localvm.config import LocalConfig, LocalSettings
 from cloud_api_adaptor.provider import ProviderContext
 
 if TYPE_CHECKING:
@@ -20,18 +18,18 @@ if TYPE_CHECKING:
 
 
 class LocalPlugin:
-    """Builds a ``LocalProvider`` from resolved options."""
+    """Builds a ``LocalProvider`` from its settings."""
 
     name = "local"
-    options: Sequence[Option] = LOCAL_OPTIONS
+    settings_class = LocalSettings
 
-    def build(self, values: OptionValues, context: ProviderContext) -> LocalProvider:
+    def build(self, config: LocalSettings, context: ProviderContext) -> LocalProvider:
         from cloud_api_adaptor.localvm.checks import validate_work_dir
         from cloud_api_adaptor.localvm.provider import LocalProvider
 
-        config = LocalConfig.from_values(values, euid=os.geteuid(), python=sys.executable)
-        validate_work_dir(config, context.work_dir)
-        return LocalProvider(config, context)
+        local = LocalConfig.from_settings(config, euid=os.geteuid(), python=sys.executable)
+        validate_work_dir(local, context.work_dir)
+        return LocalProvider(local, context)
 
 
 PLUGIN = LocalPlugin()

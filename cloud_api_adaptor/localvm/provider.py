@@ -38,11 +38,11 @@ from pathlib import Path
 from typing import Any
 
 import cloud_api_adaptor
-from cloud_api_adaptor._aio import shielded
+from cloud_api_adaptor.aio import shielded
 from cloud_api_adaptor.errors import PermanentProviderError, TemporaryProviderError
 from cloud_api_adaptor.localvm import addressing
-from cloud_api_adaptor.localvm.checks import run_checks
-from cloud_api_adaptor.localvm.config import DEVAGENT_MODULE, LocalConfig
+from cloud_api_adaptor.localvm.checks import CheckInputs, run_checks
+from cloud_api_adaptor.localvm.config import DEVAGENT_MODULE, LocalConfig, agent_socket_path
 from cloud_api_adaptor.localvm.guest import LOG_DIR, SPEC_FILE, STATUS_FILE, LaunchSpec
 from cloud_api_adaptor.localvm.procs import VmIdentity, stop_vm
 from cloud_api_adaptor.localvm.records import RecordStore, VmRecord, VmState
@@ -63,11 +63,6 @@ GUEST_MODULE = "cloud_api_adaptor.localvm.guest"
 VM_AGENT_SOCKET = "/run/kata-containers/agent.sock"
 VM_POD_NETNS = "/run/netns/podns"
 _LOOPBACK_PROBES = 256
-
-
-def agent_socket_path(work_dir: Path, vm_id: str) -> Path:
-    """Where a loopback VM's agent listens (the longest unix socket path the provider uses)."""
-    return work_dir / "vms" / vm_id / "root" / "run" / "kata-containers" / "agent.sock"
 
 
 class LocalProvider(Provider):
@@ -163,7 +158,14 @@ class LocalProvider(Provider):
         return [_instance(r) for r in records if all(r.tags.get(k) == v for k, v in wanted.items())]
 
     async def verify(self) -> Sequence[CheckResult]:
-        return await asyncio.to_thread(run_checks, self)
+        inputs = CheckInputs(
+            config=self.config,
+            work_dir=self.context.work_dir,
+            dirs=(self.vms_dir, self.records.root),
+            own_links=lambda: {r.host_ifname for r in self.records.all() if r.host_ifname},
+            endpoint=self.tunnel_endpoint(),
+        )
+        return await asyncio.to_thread(run_checks, inputs)
 
     async def describe_instance_types(self) -> Sequence[InstanceTypeInfo]:
         return self.config.catalogue

@@ -28,10 +28,11 @@ from typing import Any, TypeVar
 
 from cloud_api_adaptor.errors import InvalidInput
 from cloud_api_adaptor.jsontypes import json_type_name
+from cloud_api_adaptor.wire import VXLAN_PORT
 
 FIELD = "pod-network"
 TUNNEL_VXLAN = "vxlan"
-DEFAULT_VXLAN_PORT = 4789
+
 MAX_VNI = (1 << 24) - 1
 
 _E = TypeVar("_E", bound=enum.Enum)
@@ -205,7 +206,7 @@ class PodNetworkConfig:
 
     @property
     def effective_vxlan_port(self) -> int:
-        return self.vxlan_port or DEFAULT_VXLAN_PORT
+        return self.vxlan_port or VXLAN_PORT
 
     def to_json_obj(self) -> dict[str, Any]:
         """The JSON object with Go's keys, order and omitempty rules."""

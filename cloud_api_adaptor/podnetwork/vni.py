@@ -13,12 +13,12 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from cloud_api_adaptor.errors import FailedPrecondition, InvalidInput
+from cloud_api_adaptor.wire import VXLAN_MIN_ID
 
-DEFAULT_MIN_VNI = 555000
 MAX_VNI = (1 << 24) - 1
 
 
-def allocate_vni(in_use: Collection[int], minimum: int = DEFAULT_MIN_VNI) -> int:
+def allocate_vni(in_use: Collection[int], minimum: int = VXLAN_MIN_ID) -> int:
     """The lowest VNI >= ``minimum`` not in ``in_use``.
 
     ``in_use`` may hold VNIs below ``minimum`` (e.g. allocated before

@@ -36,7 +36,6 @@ from typing import Any
 
 from cloud_api_adaptor.errors import FailedPrecondition, InvalidInput
 from cloud_api_adaptor.podnetwork.models import (
-    DEFAULT_VXLAN_PORT,
     TUNNEL_VXLAN,
     Neighbor,
     NeighborState,
@@ -58,7 +57,7 @@ from cloud_api_adaptor.podnetwork.netlink import (
 )
 from cloud_api_adaptor.podnetwork.netns import NamespaceNotFound, run_in_netns
 from cloud_api_adaptor.podnetwork.notrack import NotrackBackend, detect_notrack
-from cloud_api_adaptor.podnetwork.vni import DEFAULT_MIN_VNI
+from cloud_api_adaptor.wire import VXLAN_MIN_ID, VXLAN_PORT
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +78,9 @@ class WorkerNodeSettings:
     """Worker-side tunnel settings (from the daemon's network settings)."""
 
     tunnel_type: str = TUNNEL_VXLAN
-    vxlan_port: int = DEFAULT_VXLAN_PORT
+    vxlan_port: int = VXLAN_PORT
     """UDP port of the tunnel (VXLAN_PORT)."""
-    vxlan_min_id: int = DEFAULT_MIN_VNI
+    vxlan_min_id: int = VXLAN_MIN_ID
     """First VNI (VXLAN_MIN_ID); only used to fill in the informational ``index``."""
     host_interface: str = ""
     """HOST_INTERFACE: the tunnel's interface on the worker; empty means the default route's."""

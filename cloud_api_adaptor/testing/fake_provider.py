@@ -28,7 +28,7 @@ from cloud_api_adaptor.errors import (
     ProviderError,
     TemporaryProviderError,
 )
-from cloud_api_adaptor.options import Option, OptionValues
+from cloud_api_adaptor.options import custom, duration, parse_int, parse_list, settings
 from cloud_api_adaptor.provider import (
     CheckResult,
     CreateRequest,
@@ -247,59 +247,73 @@ def _fault(permanent: bool, message: str) -> ProviderError:
     return PermanentProviderError(message) if permanent else TemporaryProviderError(message)
 
 
-def _parse_ip(key: str, raw: str) -> IPAddress:
+def _parse_ip(key: str, raw: str) -> IPAddress | None:
+    if not raw.strip():
+        return None
     try:
         return ipaddress.ip_address(raw.strip())
     except ValueError:
         raise ConfigError(key, f"invalid IP address {raw!r}") from None
 
 
-_G = "fake"
+def _parse_ips(key: str, raw: str) -> tuple[IPAddress, ...]:
+    return tuple(ip for ip in (_parse_ip(key, entry) for entry in parse_list(raw)) if ip is not None)
+
+
+def _parse_limit(key: str, raw: str) -> int | None:
+    return parse_int(key, raw, minimum=0) or None
+
+
+@settings
+class FakeSettings:
+    """The ``fake`` provider's keys (test and benchmark use)."""
+
+    create_delay: float = duration("fake-create-delay", "FAKE_CREATE_DELAY", "Create delay.", default=0.0)
+    delete_delay: float = duration("fake-delete-delay", "FAKE_DELETE_DELAY", "Delete delay.", default=0.0)
+    fixed_ip: IPAddress | None = custom(
+        "fake-instance-ip",
+        "FAKE_INSTANCE_IP",
+        "IP every fake instance reports (e.g. 127.0.0.1 for one shared forwarder).",
+        default=None,
+        default_text="",
+        parse=_parse_ip,
+    )
+    instance_ips: tuple[IPAddress, ...] = custom(
+        "fake-instance-ips",
+        "FAKE_INSTANCE_IPS",
+        "IPs handed to fake instances in order (default: 198.18.0.0/15).",
+        default=(),
+        default_text="",
+        parse=_parse_ips,
+        kind="list",
+    )
+    userdata_limit: int | None = custom(
+        "fake-userdata-limit",
+        "FAKE_USERDATA_LIMIT",
+        "Userdata limit, bytes (0: none).",
+        default=None,
+        default_text="",
+        parse=_parse_limit,
+        kind="int",
+    )
 
 
 class FakePlugin:
-    """Entry point ``fake``: options and factory for ``FakeProvider``."""
+    """Entry point ``fake``: settings and factory for ``FakeProvider``."""
 
     name = "fake"
-    options: Sequence[Option] = (
-        Option("fake-create-delay", "FAKE_CREATE_DELAY", "0s", "Create delay.", "duration", group=_G),
-        Option("fake-delete-delay", "FAKE_DELETE_DELAY", "0s", "Delete delay.", "duration", group=_G),
-        Option(
-            "fake-instance-ip",
-            "FAKE_INSTANCE_IP",
-            "",
-            "IP every fake instance reports (e.g. 127.0.0.1 for one shared forwarder).",
-            group=_G,
-        ),
-        Option(
-            "fake-instance-ips",
-            "FAKE_INSTANCE_IPS",
-            "",
-            "IPs handed to fake instances in order (default: 198.18.0.0/15).",
-            "list",
-            group=_G,
-        ),
-        Option(
-            "fake-userdata-limit",
-            "FAKE_USERDATA_LIMIT",
-            "0",
-            "Userdata limit, bytes (0: none).",
-            "int",
-            group=_G,
-        ),
-    )
+    settings_class = FakeSettings
 
-    def build(self, values: OptionValues, context: ProviderContext) -> FakeProvider:
-        fixed = values.str("FAKE_INSTANCE_IP").strip()
-        limit = values.int("FAKE_USERDATA_LIMIT", 0, minimum=0)
-        config = FakeConfig(
-            create_delay=values.duration("FAKE_CREATE_DELAY", 0.0),
-            delete_delay=values.duration("FAKE_DELETE_DELAY", 0.0),
-            fixed_ip=_parse_ip("FAKE_INSTANCE_IP", fixed) if fixed else None,
-            instance_ips=tuple(_parse_ip("FAKE_INSTANCE_IPS", ip) for ip in values.list("FAKE_INSTANCE_IPS")),
-            userdata_limit=limit or None,
+    def build(self, config: FakeSettings, context: ProviderContext) -> FakeProvider:
+        return FakeProvider(
+            FakeConfig(
+                create_delay=config.create_delay,
+                delete_delay=config.delete_delay,
+                fixed_ip=config.fixed_ip,
+                instance_ips=config.instance_ips,
+                userdata_limit=config.userdata_limit,
+            )
         )
-        return FakeProvider(config)
 
 
 PLUGIN = FakePlugin()

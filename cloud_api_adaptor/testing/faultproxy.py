@@ -1,15 +1,22 @@
 """A fault-injecting reverse HTTP proxy for tests: put it between an SDK and a local emulator.
 
 The SDK's endpoint URL points at the proxy; the proxy forwards each request to the
-upstream (moto, a REST stub) unless a rule matches.  Rules match on the API action
+upstream (moto, a cloud fake) unless a rule matches.  Rules match on the API action
 (the ``Action`` form field of AWS query APIs such as EC2, else the ``X-Amz-Target``
-header, else the request path) and inject one fault per match:
+header, else the request path), and optionally on the HTTP method and a regular
+expression searched in the path (REST APIs: ``method="PUT", path=r"/virtualMachines/"``),
+and inject one fault per match:
 
 - ``DROP_RESPONSE``: forward the request, let the upstream act on it, then close
   the connection without answering (the "lost response" case for idempotency);
 - ``UNAVAILABLE``: answer 503 with an empty body, without forwarding;
 - ``THROTTLE``: answer 503 with EC2's ``RequestLimitExceeded`` XML, without forwarding;
-- ``DELAY``: wait ``delay`` seconds, then forward.
+- ``DELAY``: wait ``delay`` seconds, then forward;
+- ``RESPOND``: answer with the rule's ``status``, ``headers`` and ``body`` without
+  forwarding (a 429 with ``Retry-After``, a cloud's own error document, ...).
+
+Both sides may speak TLS: ``server_context`` makes the proxy listen with HTTPS (the
+SDK then needs the test CA), ``upstream_context`` lets it forward to an HTTPS fake.
 
 Every request is recorded (action, decoded form parameters, fault applied) so
 tests can count API calls per action and assert on what was sent on the wire.
@@ -21,15 +28,20 @@ and from synchronous code alike.  It listens on, and forwards to, loopback only.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
+import http
 import http.client
 import ipaddress
 import logging
+import re
 import socket
+import ssl
 import threading
 import time
 import urllib.parse
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -56,16 +68,34 @@ class Fault(enum.Enum):
     UNAVAILABLE = "unavailable"
     THROTTLE = "throttle"
     DELAY = "delay"
+    RESPOND = "respond"
 
 
 @dataclass
 class FaultRule:
-    """Apply ``fault`` to the next ``times`` requests for ``action`` ("*" matches any action)."""
+    """Apply ``fault`` to the next ``times`` requests for ``action`` ("*" matches any action).
+
+    ``method`` and ``path`` (a regular expression searched in the path, query
+    excluded) narrow the match further; ``status``, ``headers`` and ``body`` are
+    the answer of a ``RESPOND`` fault.
+    """
 
     action: str
     fault: Fault
     times: int = 1
     delay: float = 0.0
+    method: str | None = None
+    path: str | None = None
+    status: int = 503
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+
+    def matches(self, action: str, method: str, path: str) -> bool:
+        if self.times <= 0 or self.action not in (action, "*"):
+            return False
+        if self.method is not None and self.method.upper() != method.upper():
+            return False
+        return self.path is None or re.search(self.path, urllib.parse.urlsplit(path).path) is not None
 
 
 @dataclass(frozen=True)
@@ -83,13 +113,24 @@ class RecordedRequest:
 class FaultProxy:
     """A reverse proxy on 127.0.0.1 in front of ``upstream`` (``http://127.0.0.1:PORT``)."""
 
-    def __init__(self, upstream: str, *, upstream_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        upstream_timeout: float = 30.0,
+        server_context: ssl.SSLContext | None = None,
+        upstream_context: ssl.SSLContext | None = None,
+    ) -> None:
         parsed = urllib.parse.urlsplit(upstream)
-        if parsed.scheme != "http" or not parsed.hostname or parsed.port is None:
-            raise ValueError(f"upstream must be http://HOST:PORT, got {upstream!r}")
+        if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.port is None:
+            raise ValueError(f"upstream must be http(s)://HOST:PORT, got {upstream!r}")
         if not _is_loopback(parsed.hostname):
             raise ValueError(f"upstream {parsed.hostname!r} is not a loopback address")
+        if (parsed.scheme == "https") != (upstream_context is not None):
+            raise ValueError("an https upstream needs upstream_context (and only an https one)")
         self._upstream = (parsed.hostname, parsed.port)
+        self._upstream_context = upstream_context
+        self._server_context = server_context
         self._upstream_timeout = upstream_timeout
         self._lock = threading.Lock()
         self._rules: list[FaultRule] = []
@@ -101,6 +142,8 @@ class FaultProxy:
 
     def start(self) -> None:
         server = _Server(("127.0.0.1", 0), _make_handler(self))
+        if self._server_context is not None:
+            server.socket = self._server_context.wrap_socket(server.socket, server_side=True)
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="faultproxy", daemon=True)
         self._thread.start()
@@ -129,13 +172,29 @@ class FaultProxy:
         if self._server is None:
             raise RuntimeError("fault proxy is not started")
         host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        scheme = "https" if self._server_context is not None else "http"
+        return f"{scheme}://{host!s}:{port}"
 
     # -- rules and records -------------------------------------------------------------------------------
 
-    def add_rule(self, action: str, fault: Fault, *, times: int = 1, delay: float = 0.0) -> None:
+    def add_rule(
+        self,
+        action: str,
+        fault: Fault,
+        *,
+        times: int = 1,
+        delay: float = 0.0,
+        method: str | None = None,
+        path: str | None = None,
+        status: int = 503,
+        headers: Mapping[str, str] | None = None,
+        body: bytes = b"",
+    ) -> None:
+        rule = FaultRule(
+            action, fault, times, delay, method, path, status, tuple((headers or {}).items()), body
+        )
         with self._lock:
-            self._rules.append(FaultRule(action, fault, times, delay))
+            self._rules.append(rule)
 
     def clear_rules(self) -> None:
         with self._lock:
@@ -144,7 +203,7 @@ class FaultProxy:
     def pending_rules(self) -> list[FaultRule]:
         """Rules with uses left (a test can assert every injected fault fired)."""
         with self._lock:
-            return [FaultRule(r.action, r.fault, r.times, r.delay) for r in self._rules if r.times > 0]
+            return [dataclasses.replace(r) for r in self._rules if r.times > 0]
 
     def requests(self, action: str | None = None) -> list[RecordedRequest]:
         with self._lock:
@@ -168,12 +227,12 @@ class FaultProxy:
 
     # -- called from handler threads ---------------------------------------------------------------------
 
-    def _take_fault(self, action: str) -> FaultRule | None:
+    def _take_fault(self, action: str, method: str, path: str) -> FaultRule | None:
         with self._lock:
             for rule in self._rules:
-                if rule.times > 0 and rule.action in (action, "*"):
+                if rule.matches(action, method, path):
                     rule.times -= 1
-                    return rule
+                    return dataclasses.replace(rule)
         return None
 
     def _record(self, entry: RecordedRequest) -> None:
@@ -183,7 +242,13 @@ class FaultProxy:
     def _forward(
         self, method: str, path: str, headers: list[tuple[str, str]], body: bytes
     ) -> tuple[int, str, list[tuple[str, str]], bytes]:
-        conn = http.client.HTTPConnection(*self._upstream, timeout=self._upstream_timeout)
+        conn: http.client.HTTPConnection
+        if self._upstream_context is not None:
+            conn = http.client.HTTPSConnection(
+                *self._upstream, timeout=self._upstream_timeout, context=self._upstream_context
+            )
+        else:
+            conn = http.client.HTTPConnection(*self._upstream, timeout=self._upstream_timeout)
         try:
             conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
             for name, value in headers:
@@ -204,6 +269,13 @@ class _Server(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         # a client that hung up mid-reply is expected here; never print tracebacks to stderr
         logger.debug("faultproxy: error serving %s", client_address, exc_info=True)
+
+
+def _reason(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 def _is_loopback(host: str) -> bool:
@@ -245,7 +317,7 @@ def _make_handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             action, params = _action_of(self.path, self.headers, body)
-            rule = proxy._take_fault(action)
+            rule = proxy._take_fault(action, self.command, self.path)
             fault = rule.fault if rule else None
             proxy._record(RecordedRequest(action, self.command, self.path, params, fault))
             if rule is not None and rule.fault is Fault.UNAVAILABLE:
@@ -253,6 +325,9 @@ def _make_handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 return
             if rule is not None and rule.fault is Fault.THROTTLE:
                 self._reply(503, "Service Unavailable", [("Content-Type", "text/xml")], _THROTTLE_BODY)
+                return
+            if rule is not None and rule.fault is Fault.RESPOND:
+                self._reply(rule.status, _reason(rule.status), list(rule.headers), rule.body)
                 return
             if rule is not None and rule.fault is Fault.DELAY:
                 time.sleep(rule.delay)

@@ -22,16 +22,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cloud_api_adaptor._aio import TaskSupervisor, shielded
+from cloud_api_adaptor.aio import TaskSupervisor, shielded
 from cloud_api_adaptor.apf import DEFAULT_APF_CONFIG_PATH, ApfConfig
 from cloud_api_adaptor.errors import ConfigError, InvalidInput
-from cloud_api_adaptor.proxy.pump import Pipe, PumpStats, close_pipes, link
-from cloud_api_adaptor.proxy.tls import CertKeyPair, TlsProfile, make_server_context
+from cloud_api_adaptor.transport.pump import Pipe, PumpStats, close_pipes, link
+from cloud_api_adaptor.transport.tls import CertKeyPair, TlsProfile, make_server_context
 from cloud_api_adaptor.vm.interceptor import FrameRewriter, Interceptor
+from cloud_api_adaptor.wire import FORWARDER_PORT
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_LISTEN = "0.0.0.0:15150"
+DEFAULT_LISTEN = f"0.0.0.0:{FORWARDER_PORT}"
 DEFAULT_AGENT_SOCKET = "/run/kata-containers/agent.sock"
 DEFAULT_POD_NAMESPACE = "/run/netns/podns"
 

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cloud_api_adaptor._aio import EVENT_LOOP_ENV, run
+from cloud_api_adaptor.aio import EVENT_LOOP_ENV, run
 from cloud_api_adaptor.apf import DEFAULT_APF_CONFIG_PATH, ApfConfig
 from cloud_api_adaptor.errors import ConfigError
 from cloud_api_adaptor.options import parse_bool

@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 import yaml
 
-from cloud_api_adaptor import deploysync
-from cloud_api_adaptor.deploysync import (
+from cloud_api_adaptor.options import Option, options_of, settings, text
+from cloud_api_adaptor.settings import DAEMON_OPTIONS
+from tools import deploysync
+from tools.deploysync import (
     CONFIG_DOC_PATH,
     DEPLOY_PROVIDERS,
     MANAGED_KEYS,
@@ -20,22 +22,25 @@ from cloud_api_adaptor.deploysync import (
     ProviderKeys,
     provider_keys,
 )
-from cloud_api_adaptor.options import Option
-from cloud_api_adaptor.provider_keys import PROVIDER_OPTIONS
-from cloud_api_adaptor.settings import DAEMON_OPTIONS
+from tools.provider_keys import PROVIDER_SETTINGS
 
 from .conftest import CHART, OVERLAYS, REPO
 
-FAKE_AWS = (
-    Option("imageid", "PODVM_AMI_ID", "", "Pod VM AMI.", required=True, group="aws"),
-    Option("instance-type", "PODVM_INSTANCE_TYPE", "m6a.large", "Default type.", group="aws"),
-    Option("access-key", "AWS_ACCESS_KEY_ID", "", "Access key.", secret=True, group="aws"),
-    Option("aws-profile", None, "", "Profile (flag only).", group="aws"),
-)
+
+@settings
+class _FakeAws:
+    imageid: str = text("imageid", "PODVM_AMI_ID", "Pod VM AMI.", default="", required=True)
+    instance_type: str = text("instance-type", "PODVM_INSTANCE_TYPE", "Default type.", default="m6a.large")
+    access_key: str = text("access-key", "AWS_ACCESS_KEY_ID", "Access key.", default="", secret=True)
+    profile: str = text("aws-profile", None, "Profile (flag only).", default="")
 
 
-def _fake_loader(installed: dict[str, Sequence[Option]]) -> deploysync.PluginLoader:
-    def load(name: str) -> Sequence[Option] | None:
+FAKE_AWS = options_of(_FakeAws)
+PROVIDER_OPTIONS = {name: options_of(cls) for name, cls in PROVIDER_SETTINGS.items()}
+
+
+def _fake_loader(installed: dict[str, Sequence[Option[Any]]]) -> deploysync.PluginLoader:
+    def load(name: str) -> Sequence[Option[Any]] | None:
         return installed.get(name)
 
     return load
@@ -73,7 +78,7 @@ def test_installed_core_plugins_are_read_through_the_entry_points() -> None:
 def test_static_keys_exist_only_for_providers_without_a_distribution() -> None:
     for name in PROVIDER_OPTIONS:
         assert not (REPO / "providers" / name / "pyproject.toml").exists(), (
-            f"providers/{name} exists: delete its static keys from provider_keys.py"
+            f"providers/{name} exists: delete its stand-in settings from tools/provider_keys.py"
         )
 
 
@@ -97,7 +102,7 @@ def test_static_secret_keys_are_the_go_versions_peer_pods_secret_keys() -> None:
 
 def test_static_defaults_follow_the_go_version() -> None:
     def default(provider: str, key: str) -> str:
-        return next(o.default for o in PROVIDER_OPTIONS[provider] if o.env == key)
+        return next(o.default_text for o in PROVIDER_OPTIONS[provider] if o.env == key)
 
     assert default("azure", "AZURE_INSTANCE_SIZE") == "Standard_DC2as_v5"
     assert default("gcp", "GCP_MACHINE_TYPE") == "e2-medium"

@@ -329,7 +329,7 @@ async def test_large_payloads_cross_the_channel_intact(channel: Channel) -> None
 
 @pytest.mark.timeout(120)  # a broken transport hand-off hangs rather than fails
 def test_the_channel_on_uvloop(short_tmp: Path) -> None:
-    """Proxy and forwarder run on uvloop in production (``_aio.run``): the same bytes on the wire."""
+    """Proxy and forwarder run on uvloop in production (``aio.run``): the same bytes on the wire."""
     uvloop = pytest.importorskip("uvloop")
 
     async def main() -> None:

@@ -24,6 +24,7 @@ import pytest_asyncio
 from cloud_api_adaptor.apf import DEFAULT_APF_CONFIG_PATH, ApfConfig
 from cloud_api_adaptor.hypervisor.models import SandboxState
 from cloud_api_adaptor.hypervisor.sandboxes import SandboxManager
+from cloud_api_adaptor.hypervisor.store import SandboxStore
 from cloud_api_adaptor.kata_client import kata_annotations
 from cloud_api_adaptor.network import build_pod_network
 from cloud_api_adaptor.podnetwork import (
@@ -45,7 +46,6 @@ from cloud_api_adaptor.podnetwork.testbed import (
 from cloud_api_adaptor.podnetwork.workernode import POD_VXLAN_NAME
 from cloud_api_adaptor.provider import CheckResult, CreateRequest, Instance, Provider
 from cloud_api_adaptor.settings import Settings
-from cloud_api_adaptor.state import SandboxStore
 from cloud_api_adaptor.testing.fakes import NullAgentChannel
 from cloud_api_adaptor.vm.provision import parse_cloud_config
 

@@ -23,6 +23,7 @@ import pytest
 from cloud_api_adaptor.apf import ApfConfig
 from cloud_api_adaptor.errors import FailedPrecondition, PermanentProviderError
 from cloud_api_adaptor.hypervisor.sandboxes import SandboxManager
+from cloud_api_adaptor.hypervisor.store import SandboxStore
 from cloud_api_adaptor.kata_client import kata_annotations
 from cloud_api_adaptor.localvm import addressing
 from cloud_api_adaptor.localvm.config import GuestPrograms, LocalConfig
@@ -31,7 +32,6 @@ from cloud_api_adaptor.network import ProviderEndpointWorkerNode, UnavailablePod
 from cloud_api_adaptor.podnetwork import HostEndpoint, WorkerNode, WorkerNodeNetwork
 from cloud_api_adaptor.provider import ProviderContext, TunnelEndpointProvider
 from cloud_api_adaptor.settings import NetworkSettings, Settings
-from cloud_api_adaptor.state import SandboxStore
 from cloud_api_adaptor.testing.fake_provider import FakeConfig, FakeProvider
 from cloud_api_adaptor.testing.fakes import NullAgentChannel
 from cloud_api_adaptor.vm import forwarder_cli

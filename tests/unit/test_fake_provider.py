@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cloud_api_adaptor.errors import ConfigError, PermanentProviderError, TemporaryProviderError
-from cloud_api_adaptor.options import resolve
+from cloud_api_adaptor.options import load
 from cloud_api_adaptor.provider import CreateRequest, InstanceSpec, Provider, ProviderContext, ProviderPlugin
 from cloud_api_adaptor.testing.contract import ProviderContract
 from cloud_api_adaptor.testing.fake_provider import PLUGIN, FakeConfig, FakeProvider
@@ -134,7 +134,7 @@ def _context(tmp_path: Path) -> ProviderContext:
 async def test_plugin_builds_a_fake_from_environment_values(tmp_path: Path) -> None:
     assert isinstance(PLUGIN, ProviderPlugin)
     env = {"FAKE_INSTANCE_IP": "127.0.0.1", "FAKE_CREATE_DELAY": "10ms", "FAKE_USERDATA_LIMIT": "2048"}
-    provider = PLUGIN.build(resolve(PLUGIN.options, env), _context(tmp_path))
+    provider = PLUGIN.build(load(PLUGIN.settings_class, env), _context(tmp_path))
     assert provider.config.create_delay == pytest.approx(0.01)
     assert provider.userdata_limit == 2048
     instance = await provider.create_instance(_request())
@@ -143,5 +143,5 @@ async def test_plugin_builds_a_fake_from_environment_values(tmp_path: Path) -> N
 
 def test_plugin_rejects_a_bad_ip_naming_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
-        PLUGIN.build(resolve(PLUGIN.options, {"FAKE_INSTANCE_IPS": "192.0.2.1,nope"}), _context(tmp_path))
+        PLUGIN.build(load(PLUGIN.settings_class, {"FAKE_INSTANCE_IPS": "192.0.2.1,nope"}), _context(tmp_path))
     assert info.value.key == "FAKE_INSTANCE_IPS"

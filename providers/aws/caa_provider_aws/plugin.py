@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from caa_provider_aws.config import AWS_OPTIONS, AwsConfig
+from caa_provider_aws.config import AwsConfig
 from caa_provider_aws.ec2 import Boto3Ec2, Ec2Port, make_client
 from caa_provider_aws.imds import ImdsClient
 from caa_provider_aws.provider import AwsProvider
-from cloud_api_adaptor.options import Option, OptionValues
 from cloud_api_adaptor.provider import ProviderContext
 
 
@@ -21,10 +18,9 @@ class AwsPlugin:
     """Builds ``AwsProvider`` from the Go version's configuration keys."""
 
     name = "aws"
-    options: Sequence[Option] = AWS_OPTIONS
+    settings_class = AwsConfig
 
-    def build(self, values: OptionValues, context: ProviderContext) -> AwsProvider:
-        config = AwsConfig.from_values(values)
+    def build(self, config: AwsConfig, context: ProviderContext) -> AwsProvider:
         imds = None if config.imds_disabled else ImdsClient(config.imds_endpoint)
         return AwsProvider(config, ec2_factory=boto3_port, imds=imds)
 

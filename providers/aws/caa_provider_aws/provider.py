@@ -49,7 +49,7 @@ from caa_provider_aws.shapes import (
     tag_filters,
     to_instance,
 )
-from cloud_api_adaptor._aio import KeyedLocks, shielded
+from cloud_api_adaptor.aio import KeyedLocks, shielded
 from cloud_api_adaptor.errors import (
     AdaptorError,
     InstanceNotFound,

@@ -17,7 +17,6 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 from caa_provider_aws import PLUGIN, AwsConfig, AwsProvider
-from caa_provider_aws.config import AWS_OPTIONS
 from caa_provider_aws.errors import translate
 from caa_provider_aws.shapes import (
     TOKEN_TAG,
@@ -36,7 +35,7 @@ from cloud_api_adaptor.errors import (
     PermanentProviderError,
     TemporaryProviderError,
 )
-from cloud_api_adaptor.options import resolve
+from cloud_api_adaptor.options import load, options_of
 from cloud_api_adaptor.provider import CreateRequest, InstanceSpec, ProviderContext, ProviderPlugin
 
 # -- config ---------------------------------------------------------------------------------------------
@@ -54,7 +53,7 @@ def test_go_keys_and_defaults_resolve_into_the_config() -> None:
         "USE_PUBLIC_IP": "true",
         "PODVM_INSTANCE_TYPES": "m6a.large,m6a.xlarge",
     }
-    config = AwsConfig.from_values(resolve(AWS_OPTIONS, env))
+    config = load(AwsConfig, env)
     assert config.image_id == "ami-1"
     assert config.instance_type == "m6a.large"
     assert config.instance_types == ("m6a.large", "m6a.xlarge")
@@ -66,13 +65,14 @@ def test_go_keys_and_defaults_resolve_into_the_config() -> None:
 
 def test_a_missing_ami_is_a_config_error_naming_the_key() -> None:
     with pytest.raises(ConfigError) as info:
-        AwsConfig.from_values(resolve(AWS_OPTIONS, {}))
+        load(AwsConfig, {})
     assert info.value.key == "PODVM_AMI_ID"
 
 
-def test_launch_template_mode_needs_no_ami() -> None:
-    config = AwsConfig.from_values(resolve(AWS_OPTIONS, {"USE_PODVM_LAUNCHTEMPLATE": "true"}))
-    assert config.use_launch_template and config.image_id == ""
+def test_launch_template_mode_still_names_the_ami_as_the_go_version_does() -> None:
+    with pytest.raises(ConfigError) as info:
+        load(AwsConfig, {"USE_PODVM_LAUNCHTEMPLATE": "true"})
+    assert info.value.key == "PODVM_AMI_ID"
 
 
 @pytest.mark.parametrize(
@@ -87,7 +87,7 @@ def test_launch_template_mode_needs_no_ami() -> None:
 )
 def test_bad_values_are_config_errors_naming_the_key(env: dict[str, str], key: str) -> None:
     with pytest.raises(ConfigError) as info:
-        AwsConfig.from_values(resolve(AWS_OPTIONS, {"PODVM_AMI_ID": "ami-1", **env}))
+        load(AwsConfig, {"PODVM_AMI_ID": "ami-1", **env})
     assert info.value.key == key
 
 
@@ -97,11 +97,9 @@ def test_secrets_never_appear_in_reprs() -> None:
         "AWS_ACCESS_KEY_ID": "AKIASECRET1",
         "AWS_SECRET_ACCESS_KEY": "s3cr3t-value",
     }
-    values = resolve(AWS_OPTIONS, env)
-    config = AwsConfig.from_values(values)
-    for text in (repr(config), repr(values)):
-        assert "AKIASECRET1" not in text and "s3cr3t-value" not in text
-    assert {o.env for o in AWS_OPTIONS if o.secret} == {
+    config = load(AwsConfig, env)
+    assert "AKIASECRET1" not in repr(config) and "s3cr3t-value" not in repr(config)
+    assert {o.env for o in options_of(AwsConfig) if o.secret} == {
         "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY",
         "AWS_SESSION_TOKEN",
@@ -110,7 +108,7 @@ def test_secrets_never_appear_in_reprs() -> None:
 
 def test_the_plugin_builds_an_aws_provider(tmp_path: Path) -> None:
     assert isinstance(PLUGIN, ProviderPlugin) and PLUGIN.name == "aws"
-    provider = PLUGIN.build(resolve(PLUGIN.options, {"PODVM_AMI_ID": "ami-1"}), _context(tmp_path))
+    provider = PLUGIN.build(load(PLUGIN.settings_class, {"PODVM_AMI_ID": "ami-1"}), _context(tmp_path))
     assert isinstance(provider, AwsProvider)
     assert (provider.default_image, provider.default_instance_type, provider.userdata_limit) == (
         "ami-1",

@@ -1,12 +1,11 @@
 """libvirt provider for the peer-pods cloud API adaptor (entry point ``libvirt``)."""
 
-from .config import OPTIONS, AddressPolicy, LibvirtConfig
+from .config import AddressPolicy, LibvirtConfig
 from .plugin import PLUGIN, LibvirtPlugin
 from .port import LibvirtConnection, LibvirtPort
 from .provider import InstanceAddressTimeout, LibvirtProvider
 
 __all__ = [
-    "OPTIONS",
     "PLUGIN",
     "AddressPolicy",
     "InstanceAddressTimeout",

@@ -10,12 +10,18 @@ offered to a qemu user that cannot open ``/dev/kvm``) and the IP-wait policy.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from cloud_api_adaptor.errors import ConfigError
-from cloud_api_adaptor.options import Option, OptionValues
-
-GROUP = "libvirt"
+from cloud_api_adaptor.options import (
+    boolean,
+    custom,
+    duration,
+    integer,
+    nested,
+    parse_int,
+    settings,
+    text,
+)
 
 DEFAULT_URI = "qemu+ssh://root@192.168.122.1/system?no_verify=1"
 DEFAULT_EFI_FIRMWARE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
@@ -28,87 +34,12 @@ ARCHES = ("x86_64", "aarch64", "s390x")
 DOMAIN_TYPES = ("kvm", "qemu", "test")
 LAUNCH_SECURITY = ("s390-pv", "sev-snp")
 
-OPTIONS: tuple[Option, ...] = (
-    Option("uri", "LIBVIRT_URI", DEFAULT_URI, "libvirt connection URI.", group=GROUP),
-    Option("pool-name", "LIBVIRT_POOL", "default", "Storage pool for pod VM volumes.", group=GROUP),
-    Option("network-name", "LIBVIRT_NET", "default", "libvirt network the pod VM's NIC joins.", group=GROUP),
-    Option(
-        "vol-name",
-        "LIBVIRT_VOL_NAME",
-        "podvm-base.qcow2",
-        "Base (backing) volume of the pod VM image.",
-        group=GROUP,
-    ),
-    Option(
-        "launch-security",
-        "LIBVIRT_LAUNCH_SECURITY",
-        "",
-        "Launch security: empty for auto (s390-pv on s390x, sev-snp on x86_64), s390-pv or sev-snp.",
-        group=GROUP,
-    ),
-    Option(
-        "efi-firmware",
-        "LIBVIRT_EFI_FIRMWARE",
-        DEFAULT_EFI_FIRMWARE,
-        "UEFI firmware (pflash loader) path on the libvirt host; empty boots with the default BIOS.",
-        group=GROUP,
-    ),
-    Option("cpu", "LIBVIRT_CPU", "2", "vCPUs when the pod does not ask for a number.", "int", group=GROUP),
-    Option("memory", "LIBVIRT_MEMORY", "8192", "Memory (MiB) when the pod does not ask.", "int", group=GROUP),
-    Option("cpuset", "LIBVIRT_CPUSET", "", "Host CPUs the vCPUs may run on, e.g. 0-3,6.", group=GROUP),
-    Option(
-        "root-disk-size",
-        "LIBVIRT_ROOT_DISK_SIZE",
-        str(DEFAULT_ROOT_DISK_GIB),
-        "Root disk size in GiB (0 means 10; never smaller than the base volume).",
-        "int",
-        group=GROUP,
-    ),
-    Option(
-        "disable-cvm", "DISABLECVM", "true", "Create plain VMs, without launch security.", "bool", group=GROUP
-    ),
-    Option(
-        "data-dir",
-        None,
-        "/var/lib/libvirt/images",
-        "Accepted for compatibility; the cidata ISO is built in memory and uploaded.",
-        group=GROUP,
-    ),
-    Option(
-        "libvirt-arch",
-        "LIBVIRT_ARCH",
-        "",
-        "Guest architecture x86_64, aarch64 or s390x (new; empty: the host's, from capabilities).",
-        group=GROUP,
-    ),
-    Option(
-        "libvirt-domain-type",
-        "LIBVIRT_DOMAIN_TYPE",
-        "",
-        "Domain type kvm or qemu (new; empty: kvm when the host offers it, else qemu/TCG).",
-        group=GROUP,
-    ),
-    Option(
-        "libvirt-ip-attempts",
-        "LIBVIRT_IP_ATTEMPTS",
-        "20",
-        "How many times to look for the pod VM's IP address when the caller sets no deadline (new; "
-        "the daemon always sets one: StartVM's deadline and PROXY_TIMEOUT).",
-        "int",
-        group=GROUP,
-    ),
-    Option(
-        "libvirt-ip-interval",
-        "LIBVIRT_IP_INTERVAL",
-        "3s",
-        "Longest pause between looks for the pod VM's IP address (new; the pauses grow to it).",
-        "duration",
-        group=GROUP,
-    ),
-)
+
+def _root_disk_gib(key: str, raw: str) -> int:
+    return parse_int(key, raw, minimum=0) or DEFAULT_ROOT_DISK_GIB
 
 
-@dataclass(frozen=True)
+@settings
 class AddressPolicy:
     """How to wait for a new domain's IP address.
 
@@ -116,35 +47,97 @@ class AddressPolicy:
     caller gives no deadline, ``attempts`` looks ``interval`` seconds apart.
     """
 
-    attempts: int = 20
-    interval: float = 3.0
+    attempts: int = integer(
+        "libvirt-ip-attempts",
+        "LIBVIRT_IP_ATTEMPTS",
+        "How many times to look for the pod VM's IP address when the caller sets no deadline (new; "
+        "the daemon always sets one: StartVM's deadline and PROXY_TIMEOUT).",
+        default=20,
+        minimum=1,
+    )
+    interval: float = duration(
+        "libvirt-ip-interval",
+        "LIBVIRT_IP_INTERVAL",
+        "Longest pause between looks for the pod VM's IP address (new; the pauses grow to it).",
+        default=3.0,
+    )
 
 
-@dataclass(frozen=True)
+@settings
 class LibvirtConfig:
     """Validated libvirt provider settings (sizes in MiB/GiB as named)."""
 
-    uri: str = DEFAULT_URI
-    pool: str = "default"
-    network: str = "default"
+    uri: str = text("uri", "LIBVIRT_URI", "libvirt connection URI.", default=DEFAULT_URI)
+    pool: str = text("pool-name", "LIBVIRT_POOL", "Storage pool for pod VM volumes.", default="default")
+    network: str = text(
+        "network-name", "LIBVIRT_NET", "libvirt network the pod VM's NIC joins.", default="default"
+    )
     #: the base volume (pod VM image) root disks are backed by; the pod's image annotation overrides it
-    vol_name: str = "podvm-base.qcow2"
+    vol_name: str = text(
+        "vol-name",
+        "LIBVIRT_VOL_NAME",
+        "Base (backing) volume of the pod VM image.",
+        default="podvm-base.qcow2",
+    )
     #: "" (auto), "s390-pv" or "sev-snp"; only used when ``disable_cvm`` is false
-    launch_security: str = ""
+    launch_security: str = text(
+        "launch-security",
+        "LIBVIRT_LAUNCH_SECURITY",
+        "Launch security: empty for auto (s390-pv on s390x, sev-snp on x86_64), s390-pv or sev-snp.",
+        choices=LAUNCH_SECURITY,
+        default="",
+    )
     #: pflash loader path on the libvirt host, "" for none
-    efi_firmware: str = DEFAULT_EFI_FIRMWARE
-    vcpus: int = 2
-    memory_mib: int = 8192
+    efi_firmware: str = text(
+        "efi-firmware",
+        "LIBVIRT_EFI_FIRMWARE",
+        "UEFI firmware (pflash loader) path on the libvirt host; empty boots with the default BIOS.",
+        default=DEFAULT_EFI_FIRMWARE,
+        keep_empty=True,
+    )
+    vcpus: int = integer(
+        "cpu", "LIBVIRT_CPU", "vCPUs when the pod does not ask for a number.", default=2, minimum=1
+    )
+    memory_mib: int = integer(
+        "memory", "LIBVIRT_MEMORY", "Memory (MiB) when the pod does not ask.", default=8192, minimum=1
+    )
     #: "" or a libvirt cpuset such as "0-3,6"
-    cpuset: str = ""
-    root_disk_gib: int = DEFAULT_ROOT_DISK_GIB
-    disable_cvm: bool = True
-    data_dir: str = "/var/lib/libvirt/images"
+    cpuset: str = text("cpuset", "LIBVIRT_CPUSET", "Host CPUs the vCPUs may run on, e.g. 0-3,6.", default="")
+    root_disk_gib: int = custom(
+        "root-disk-size",
+        "LIBVIRT_ROOT_DISK_SIZE",
+        "Root disk size in GiB (0 means 10; never smaller than the base volume).",
+        default=DEFAULT_ROOT_DISK_GIB,
+        default_text=str(DEFAULT_ROOT_DISK_GIB),
+        parse=_root_disk_gib,
+        kind="int",
+    )
+    disable_cvm: bool = boolean(
+        "disable-cvm", "DISABLECVM", "Create plain VMs, without launch security.", default=True
+    )
+    data_dir: str = text(
+        "data-dir",
+        None,
+        "Accepted for compatibility; the cidata ISO is built in memory and uploaded.",
+        default="/var/lib/libvirt/images",
+    )
     #: "" means the host architecture reported by libvirt
-    arch: str = ""
+    arch: str = text(
+        "libvirt-arch",
+        "LIBVIRT_ARCH",
+        "Guest architecture x86_64, aarch64 or s390x (new; empty: the host's, from capabilities).",
+        choices=ARCHES,
+        default="",
+    )
     #: "" means kvm when the capabilities offer it, else qemu (or the driver's only type)
-    domain_type: str = ""
-    address_policy: AddressPolicy = AddressPolicy()
+    domain_type: str = text(
+        "libvirt-domain-type",
+        "LIBVIRT_DOMAIN_TYPE",
+        "Domain type kvm or qemu (new; empty: kvm when the host offers it, else qemu/TCG).",
+        choices=DOMAIN_TYPES,
+        default="",
+    )
+    address_policy: AddressPolicy = nested(default_factory=AddressPolicy)
 
     def __post_init__(self) -> None:
         for key, value in (
@@ -182,28 +175,3 @@ class LibvirtConfig:
             raise ConfigError("LIBVIRT_IP_ATTEMPTS", f"{self.address_policy.attempts} is below the minimum 1")
         if self.address_policy.interval < 0:
             raise ConfigError("LIBVIRT_IP_INTERVAL", "must not be negative")
-
-    @classmethod
-    def from_values(cls, values: OptionValues) -> LibvirtConfig:
-        """Build from resolved option values; every error is a ``ConfigError`` naming the key."""
-        root_disk = values.int("LIBVIRT_ROOT_DISK_SIZE", DEFAULT_ROOT_DISK_GIB, minimum=0)
-        return cls(
-            uri=values.str("LIBVIRT_URI", DEFAULT_URI).strip(),
-            pool=values.str("LIBVIRT_POOL", "default").strip(),
-            network=values.str("LIBVIRT_NET", "default").strip(),
-            vol_name=values.str("LIBVIRT_VOL_NAME", "podvm-base.qcow2").strip(),
-            launch_security=values.str("LIBVIRT_LAUNCH_SECURITY").strip().lower(),
-            efi_firmware=values.str("LIBVIRT_EFI_FIRMWARE", DEFAULT_EFI_FIRMWARE).strip(),
-            vcpus=values.int("LIBVIRT_CPU", 2, minimum=1),
-            memory_mib=values.int("LIBVIRT_MEMORY", 8192, minimum=1),
-            cpuset=values.str("LIBVIRT_CPUSET").strip(),
-            root_disk_gib=root_disk or DEFAULT_ROOT_DISK_GIB,
-            disable_cvm=values.bool("DISABLECVM", True),
-            data_dir=values.str("data-dir", "/var/lib/libvirt/images"),
-            arch=values.str("LIBVIRT_ARCH").strip(),
-            domain_type=values.str("LIBVIRT_DOMAIN_TYPE").strip().lower(),
-            address_policy=AddressPolicy(
-                attempts=values.int("LIBVIRT_IP_ATTEMPTS", 20, minimum=1),
-                interval=values.duration("LIBVIRT_IP_INTERVAL", 3.0),
-            ),
-        )

@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from cloud_api_adaptor.options import Option, OptionValues
 from cloud_api_adaptor.provider import ProviderContext
 
-from .config import OPTIONS, LibvirtConfig
+from .config import LibvirtConfig
 from .port import LibvirtConnection
 from .provider import LibvirtProvider
 
 
 class LibvirtPlugin:
-    """Builds ``LibvirtProvider`` from the ``LIBVIRT_*`` keys (see ``config.OPTIONS``)."""
+    """Builds ``LibvirtProvider`` from the ``LIBVIRT_*`` keys (see ``LibvirtConfig``)."""
 
     name = "libvirt"
-    options: Sequence[Option] = OPTIONS
+    settings_class = LibvirtConfig
 
-    def build(self, values: OptionValues, context: ProviderContext) -> LibvirtProvider:
-        """Validate ``values`` (``ConfigError`` names the key); the connection opens on first use."""
-        config = LibvirtConfig.from_values(values)
+    def build(self, config: LibvirtConfig, context: ProviderContext) -> LibvirtProvider:
+        """The connection opens on first use."""
         return LibvirtProvider(config, LibvirtConnection(config.uri))
 
 

@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from cloud_api_adaptor._aio import KeyedLocks
+from cloud_api_adaptor.aio import KeyedLocks
 from cloud_api_adaptor.errors import (
     InstanceNotFound,
     InvalidInput,

@@ -6,16 +6,15 @@ from pathlib import Path
 
 import pytest
 from caa_provider_libvirt import PLUGIN, LibvirtConfig, LibvirtProvider
-from caa_provider_libvirt.config import OPTIONS
 
 from cloud_api_adaptor.errors import ConfigError
-from cloud_api_adaptor.options import resolve
+from cloud_api_adaptor.options import load, options_of
 from cloud_api_adaptor.plugins import installed_providers, load_plugin
 from cloud_api_adaptor.provider import ProviderContext, ProviderPlugin
 
 
 def config_from(env: dict[str, str]) -> LibvirtConfig:
-    return LibvirtConfig.from_values(resolve(OPTIONS, env))
+    return load(LibvirtConfig, env)
 
 
 def test_defaults_are_the_go_versions() -> None:
@@ -63,8 +62,7 @@ def test_environment_values_are_parsed() -> None:
 
 
 def test_an_empty_firmware_flag_turns_efi_off() -> None:
-    values = resolve(OPTIONS, {}, cli={"efi-firmware": ""})
-    assert LibvirtConfig.from_values(values).efi_firmware == ""
+    assert load(LibvirtConfig, {}, cli={"efi-firmware": ""}).efi_firmware == ""
 
 
 def test_root_disk_size_zero_means_ten_gib() -> None:
@@ -95,9 +93,8 @@ def test_invalid_values_name_their_key(key: str, value: str) -> None:
     assert info.value.key == key
 
 
-def test_options_are_declared_in_the_libvirt_group_with_unique_keys() -> None:
-    assert {o.group for o in OPTIONS} == {"libvirt"}
-    keys = [o.key for o in OPTIONS]
+def test_options_are_declared_with_unique_keys() -> None:
+    keys = [o.key for o in options_of(LibvirtConfig)]
     assert len(keys) == len(set(keys))
     assert {"LIBVIRT_URI", "LIBVIRT_POOL", "LIBVIRT_CPUSET", "DISABLECVM", "data-dir"} <= set(keys)
 
@@ -108,7 +105,7 @@ def test_the_entry_point_builds_a_libvirt_provider(tmp_path: Path) -> None:
     assert plugin is PLUGIN
     assert isinstance(plugin, ProviderPlugin)
     context = ProviderContext(node_name="n", cluster_id="c", state_dir=tmp_path, work_dir=tmp_path)
-    provider = plugin.build(resolve(plugin.options, {"LIBVIRT_URI": "test:///default"}), context)
+    provider = plugin.build(load(plugin.settings_class, {"LIBVIRT_URI": "test:///default"}), context)
     assert isinstance(provider, LibvirtProvider)
     assert provider.default_image == "podvm-base.qcow2"
     assert provider.max_name_length == 63

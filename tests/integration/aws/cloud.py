@@ -13,25 +13,24 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import boto3
 from moto.server import ThreadedMotoServer
 
 from cloud_api_adaptor.provider import TAG_CLUSTER, TAG_NODE, TAG_SANDBOX
 
-from .stand import VM_SUBNET
+from ..cloudstand.podvm import PodVm
+from ..cloudstand.stand import VM_SUBNET
 
 REGION = "us-east-1"
 #: a default AMI moto ships (Amazon Linux 2)
 AMI = "ami-04681a1dbd79675a5"
 #: every state but terminated (and shutting-down, which is termination under way)
 LIVE_STATES = ("pending", "running", "stopping", "stopped")
-T = TypeVar("T")
 
 
 def ec2_client(url: str) -> Any:
@@ -141,17 +140,7 @@ def owner_tags(node: str, cluster: str, sandbox: str) -> dict[str, str]:
     return {TAG_CLUSTER: cluster, TAG_NODE: node, TAG_SANDBOX: sandbox}
 
 
-async def eventually(check: Callable[[], T], what: str, timeout: float = 30.0, interval: float = 0.05) -> T:
-    """Poll ``check`` (in a thread: it may call moto) until it returns something truthy.
-
-    A bounded wait for an outcome, never a timing assertion: the bound is far
-    above what a loaded machine needs.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await asyncio.to_thread(check)
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {timeout:.0f}s waiting for {what} (last: {value!r})")
-        await asyncio.sleep(interval)
+async def boot_pod_vm(vm: PodVm, vpc: Vpc, instance: dict[str, Any]) -> None:
+    """Boot ``vm`` as ``instance`` (a DescribeInstances entry): its private IP and the UserData moto holds."""
+    userdata = await asyncio.to_thread(vpc.userdata, str(instance["InstanceId"]))
+    await vm.boot(str(instance["PrivateIpAddress"]), userdata)

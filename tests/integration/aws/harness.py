@@ -20,11 +20,11 @@ from moto.server import ThreadedMotoServer
 
 from cloud_api_adaptor.testing.faultproxy import FaultProxy
 
+from ..cloudstand.podvm import PodVm
+from ..cloudstand.relay import TcpRelay
+from ..cloudstand.stand import NodeStand, netns_exec
 from ..daemon_proc import DaemonProcess
 from .cloud import Vpc, ec2_client, serve_moto
-from .podvm import PodVm
-from .relay import TcpRelay
-from .stand import NodeStand, netns_exec
 
 logger = logging.getLogger(__name__)
 

@@ -15,10 +15,11 @@ import asyncio
 import pytest
 
 from cloud_api_adaptor import kata_client as kata
+from cloud_api_adaptor.testing.eventually import eventually
 from cloud_api_adaptor.testing.faultproxy import Fault, FaultProxy
 from cloud_api_adaptor.ttrpc import Code, RpcError
 
-from .cloud import eventually
+from .cloud import boot_pod_vm
 from .harness import AwsNode, new_sandbox_id
 
 pytestmark = pytest.mark.root
@@ -51,7 +52,7 @@ async def test_a_lost_run_instances_response_and_failing_terminates_still_make_o
         await eventually(lambda: fired(proxy, Fault.DROP_RESPONSE, "RunInstances") == 1, "the lost response")
         [launched] = await eventually(lambda: vpc.of_sandbox(sid), "the pod's instance")
         vm = aws_node.pod_vm()
-        await vm.boot_from(vpc, launched)
+        await boot_pod_vm(vm, vpc, launched)
         await start
     except BaseException:
         start.cancel()

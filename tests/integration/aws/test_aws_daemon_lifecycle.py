@@ -16,9 +16,10 @@ import pytest
 
 from cloud_api_adaptor import kata_client as kata
 from cloud_api_adaptor.provider import TAG_CLUSTER, TAG_NODE, TAG_SANDBOX
+from cloud_api_adaptor.testing.eventually import eventually
 from cloud_api_adaptor.ttrpc import Code, RpcError
 
-from .cloud import AMI, eventually, tag_map
+from .cloud import AMI, boot_pod_vm, tag_map
 from .harness import AwsNode, new_sandbox_id, orphan_scans
 
 pytestmark = pytest.mark.root
@@ -41,7 +42,7 @@ async def test_a_pod_vm_comes_up_over_mutual_tls_and_stop_vm_leaves_nothing(aws_
         launched = await eventually(lambda: vpc.of_sandbox(sid), "the pod's instance in moto")
         assert not start.done(), "StartVM returned before any pod VM could answer"
         vm = aws_node.pod_vm()
-        await vm.boot_from(vpc, launched[0])
+        await boot_pod_vm(vm, vpc, launched[0])
         await start  # the agent channel is up: mutual TLS to the forwarder at the instance's IP
     except BaseException:
         start.cancel()

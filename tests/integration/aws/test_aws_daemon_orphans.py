@@ -10,8 +10,9 @@ from __future__ import annotations
 import pytest
 
 from cloud_api_adaptor.provider import TAG_NODE
+from cloud_api_adaptor.testing.eventually import eventually
 
-from .cloud import eventually, owner_tags
+from .cloud import owner_tags
 from .harness import AwsNode, orphan_scans
 
 pytestmark = pytest.mark.root

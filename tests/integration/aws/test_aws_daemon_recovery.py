@@ -15,10 +15,10 @@ import asyncio
 import pytest
 
 from cloud_api_adaptor import kata_client as kata
+from cloud_api_adaptor.testing.eventually import eventually
 from cloud_api_adaptor.testing.faultproxy import Fault
 from cloud_api_adaptor.ttrpc import Code, RpcError
 
-from .cloud import eventually
 from .harness import AwsNode, new_sandbox_id, orphan_scans
 
 pytestmark = pytest.mark.root

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
+from ..cloudstand.stand import NODE_VM_ADDRESS, VM_SUBNET, ip, netns_exec
 from .cloud import Vpc, ec2_client
 from .harness import AwsNode
-from .stand import NODE_VM_ADDRESS, VM_SUBNET, ip, netns_exec
 
 pytestmark = pytest.mark.root
 

@@ -5,7 +5,7 @@ import pytest
 
 from cloud_api_adaptor.errors import FailedPrecondition
 from cloud_api_adaptor.hypervisor.models import SandboxRecord, SandboxState
-from cloud_api_adaptor.state import SandboxStore
+from cloud_api_adaptor.hypervisor.store import SandboxStore
 
 
 def record(**kw: object) -> SandboxRecord:

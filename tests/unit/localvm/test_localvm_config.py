@@ -9,27 +9,26 @@ import pytest
 from cloud_api_adaptor.errors import ConfigError
 from cloud_api_adaptor.localvm.config import (
     DEFAULT_CATALOGUE,
-    LOCAL_OPTIONS,
     LocalConfig,
+    LocalSettings,
     parse_catalogue,
-    parse_mode,
     parse_subnet,
 )
 from cloud_api_adaptor.localvm.plugin import PLUGIN
-from cloud_api_adaptor.options import resolve
+from cloud_api_adaptor.options import load, options_of
 from cloud_api_adaptor.provider import InstanceTypeInfo, ProviderPlugin
 
 PYTHON = "/opt/venv/bin/python"
 
 
 def config(env: dict[str, str], *, euid: int = 0) -> LocalConfig:
-    return LocalConfig.from_values(resolve(LOCAL_OPTIONS, env), euid=euid, python=PYTHON)
+    return LocalConfig.from_settings(load(LocalSettings, env), euid=euid, python=PYTHON)
 
 
-def test_the_plugin_is_named_local_and_declares_its_options_in_the_local_group() -> None:
+def test_the_plugin_is_named_local_and_declares_its_options() -> None:
     assert isinstance(PLUGIN, ProviderPlugin)
     assert PLUGIN.name == "local"
-    keys = {o.key for o in PLUGIN.options}
+    keys = {o.key for o in options_of(PLUGIN.settings_class)}
     assert {
         "LOCAL_VM_SUBNET",
         "LOCAL_BOOT_DELAY",
@@ -37,7 +36,6 @@ def test_the_plugin_is_named_local_and_declares_its_options_in_the_local_group()
         "LOCAL_AGENT_COMMAND",
         "LOCAL_MODE",
     } <= keys
-    assert {o.group for o in PLUGIN.options} == {"local"}
 
 
 def test_defaults_give_the_documented_subnet_no_boot_delay_and_the_builtin_agent() -> None:
@@ -54,14 +52,14 @@ def test_auto_mode_is_netns_as_root_and_loopback_otherwise() -> None:
     assert config({}, euid=0).mode == "netns"
     assert config({}, euid=1000).mode == "loopback"
     assert config({"LOCAL_MODE": "loopback"}, euid=0).mode == "loopback"
-    assert parse_mode("LOCAL_MODE", "NetNS", euid=0) == "netns"
+    assert config({"LOCAL_MODE": "NetNS"}, euid=0).mode == "netns"
 
 
 def test_netns_mode_without_root_is_refused_naming_the_key() -> None:
     with pytest.raises(ConfigError) as err:
         config({"LOCAL_MODE": "netns"}, euid=1000)
     assert err.value.key == "LOCAL_MODE"
-    with pytest.raises(ConfigError, match="unknown mode"):
+    with pytest.raises(ConfigError, match="unknown value"):
         config({"LOCAL_MODE": "vm"})
 
 

@@ -1,25 +1,5 @@
-"""Every async test here runs twice: on asyncio's loop and on uvloop (what the daemon and forwarder use).
+"""Async tests here run on asyncio and on uvloop."""
 
-uvloop's transports differ from asyncio's where the relay cares: they are not
-``asyncio.Transport`` subclasses, they keep a reference to a buffer they could
-not send at once, and they own a socket handed to ``create_connection``.
-"""
+from tests.both_loops import pytest_asyncio_loop_factories
 
-from __future__ import annotations
-
-import asyncio
-from collections.abc import Callable, Mapping
-
-import pytest
-
-from cloud_api_adaptor._aio import loop_factory
-
-
-def pytest_asyncio_loop_factories(
-    config: pytest.Config, item: pytest.Item
-) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
-    factories: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.new_event_loop}
-    uvloop = loop_factory("auto")  # None when uvloop is not installed
-    if uvloop is not None:
-        factories["uvloop"] = uvloop
-    return factories
+__all__ = ["pytest_asyncio_loop_factories"]

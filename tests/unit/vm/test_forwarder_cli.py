@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud_api_adaptor._aio import loop_factory
+from cloud_api_adaptor.aio import loop_factory
 from cloud_api_adaptor.apf import ApfConfig
 from cloud_api_adaptor.errors import ConfigError
 from cloud_api_adaptor.vm.forwarder import parse_listen, sd_notify

@@ -1,6 +1,6 @@
 """Generate the deployment files from the option definitions (``make deploy-sync``).
 
-The daemon's ``DAEMON_OPTIONS`` and each provider's options are the one source of
+The daemon's settings and each provider's settings class are the one source of
 truth for configuration keys.  From them this module renders:
 
 - the ``config`` / ``providerConfigs`` / ``providerSecrets`` sections of the Helm
@@ -11,8 +11,8 @@ truth for configuration keys.  From them this module renders:
 - the kustomize overlays' ``peer-pods-cm.env`` and ``peer-pods-secret.env``;
 - docs/configuration.md, the configuration reference.
 
-A provider's keys come from its installed plugin's ``.options``; providers with no
-distribution yet fall back to ``cloud_api_adaptor.provider_keys``; a provider in
+A provider's keys come from its installed plugin's ``settings_class``; providers with no
+distribution yet fall back to ``tools.provider_keys``; a provider in
 neither is an error, never a silently missing section.  ``--check`` renders
 everything in memory and lists the files that differ (the drift test does the same).
 
@@ -28,12 +28,13 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cloud_api_adaptor.errors import AdaptorError
 from cloud_api_adaptor.fsutil import atomic_write
-from cloud_api_adaptor.options import Option
-from cloud_api_adaptor.provider_keys import PROVIDER_OPTIONS
+from cloud_api_adaptor.options import Option, options_of
 from cloud_api_adaptor.settings import DAEMON_OPTIONS
+from tools.provider_keys import PROVIDER_SETTINGS
 
 logger = logging.getLogger(__name__)
 
@@ -75,20 +76,20 @@ class ProviderKeys:
     """One provider's options and where they came from (``plugin`` or ``static``)."""
 
     name: str
-    options: tuple[Option, ...]
+    options: tuple[Option[Any], ...]
     source: str
 
 
-PluginLoader = Callable[[str], "Sequence[Option] | None"]
+PluginLoader = Callable[[str], "Sequence[Option[Any]] | None"]
 
 
-def installed_plugin_options(name: str) -> Sequence[Option] | None:
+def installed_plugin_options(name: str) -> Sequence[Option[Any]] | None:
     """The options of the installed plugin ``name``, or ``None`` when none is installed."""
     from cloud_api_adaptor import plugins
 
     if name not in plugins.installed_providers():
         return None
-    return tuple(plugins.load_plugin(name).options)
+    return options_of(plugins.load_plugin(name).settings_class)
 
 
 def provider_keys(name: str, load: PluginLoader = installed_plugin_options) -> ProviderKeys:
@@ -96,11 +97,11 @@ def provider_keys(name: str, load: PluginLoader = installed_plugin_options) -> P
     options = load(name)
     if options is not None:
         return ProviderKeys(name, tuple(options), "plugin")
-    if name in PROVIDER_OPTIONS:
-        return ProviderKeys(name, PROVIDER_OPTIONS[name], "static")
+    if name in PROVIDER_SETTINGS:
+        return ProviderKeys(name, options_of(PROVIDER_SETTINGS[name]), "static")
     raise DeploySyncError(
         f"provider {name!r}: no installed plugin (entry point group cloud_api_adaptor.providers) and no "
-        "static key list in cloud_api_adaptor/provider_keys.py; install its distribution "
+        "stand-in settings class in tools/provider_keys.py; install its distribution "
         f"(pip install -e providers/{name}) and re-run"
     )
 
@@ -108,7 +109,7 @@ def provider_keys(name: str, load: PluginLoader = installed_plugin_options) -> P
 # --------------------------------------------------------------------------- option helpers
 
 
-def _deployable(options: Iterable[Option]) -> list[Option]:
+def _deployable(options: Iterable[Option[Any]]) -> list[Option[Any]]:
     """Options a ConfigMap or Secret can carry: with an env name, not set by the DaemonSet."""
     seen: set[str] = set()
     result = []
@@ -120,10 +121,10 @@ def _deployable(options: Iterable[Option]) -> list[Option]:
     return result
 
 
-def _describe(option: Option) -> str:
+def _describe(option: Option[Any]) -> str:
     if option.required:
         return " (required)"
-    return f" (default: {json.dumps(option.default)})" if option.default else ""
+    return f" (default: {json.dumps(option.default_text)})" if option.default_text else ""
 
 
 def _q(text: str) -> str:
@@ -134,7 +135,7 @@ def _q(text: str) -> str:
 # --------------------------------------------------------------------------- Helm values
 
 
-def _values_block(section: str, options: Sequence[Option], indent: int) -> list[str]:
+def _values_block(section: str, options: Sequence[Option[Any]], indent: int) -> list[str]:
     pad = " " * indent
     if not options:
         return [f"{pad}{section}: {{}}"]
@@ -145,7 +146,7 @@ def _values_block(section: str, options: Sequence[Option], indent: int) -> list[
     return lines
 
 
-def render_values_section(daemon: Sequence[Option], providers: Sequence[ProviderKeys]) -> str:
+def render_values_section(daemon: Sequence[Option[Any]], providers: Sequence[ProviderKeys]) -> str:
     """The generated part of values.yaml, markers included."""
     daemon_keys = _deployable(daemon)
     lines = [
@@ -186,7 +187,7 @@ def splice_values(current: str, section: str) -> str:
     return "".join(lines[: begins[0]]) + section + "".join(lines[ends[0] + 1 :])
 
 
-def render_generated_tpl(daemon: Sequence[Option], providers: Sequence[ProviderKeys]) -> str:
+def render_generated_tpl(daemon: Sequence[Option[Any]], providers: Sequence[ProviderKeys]) -> str:
     """Named templates the chart uses to check required keys before anything is installed."""
     required: dict[str, list[str]] = {}
     for provider in providers:
@@ -204,12 +205,12 @@ def render_generated_tpl(daemon: Sequence[Option], providers: Sequence[ProviderK
 # --------------------------------------------------------------------------- kustomize env files
 
 
-def _env_entry(option: Option, *, active: bool) -> list[str]:
-    line = f"{option.env}=" if active else f"# {option.env}={option.default}"
+def _env_entry(option: Option[Any], *, active: bool) -> list[str]:
+    line = f"{option.env}=" if active else f"# {option.env}={option.default_text}"
     return [f"# {option.help}{_describe(option)}", line]
 
 
-def render_env_files(daemon: Sequence[Option], provider: ProviderKeys) -> tuple[str, str]:
+def render_env_files(daemon: Sequence[Option[Any]], provider: ProviderKeys) -> tuple[str, str]:
     """(peer-pods-cm.env, peer-pods-secret.env) for one overlay.
 
     Required keys are active lines with an empty placeholder value (the daemon names
@@ -257,7 +258,7 @@ def _code(text: str) -> str:
     return f"`{_cell(text)}`" if text else '`""`'
 
 
-def _where(option: Option) -> str:
+def _where(option: Option[Any]) -> str:
     if option.env is None:
         return "flag only"
     if option.env in MANAGED_KEYS:
@@ -265,13 +266,13 @@ def _where(option: Option) -> str:
     return "peer-pods-secret" if option.secret else "peer-pods-cm"
 
 
-def _table(options: Sequence[Option]) -> list[str]:
+def _table(options: Sequence[Option[Any]]) -> list[str]:
     lines = [
         "| Environment key | Flag | Default | Kind | Lives in | Description |",
         "|---|---|---|---|---|---|",
     ]
     for option in options:
-        default = "**required**" if option.required else _code(option.default)
+        default = "**required**" if option.required else _code(option.default_text)
         env = f"`{option.env}`" if option.env else "(none)"
         lines.append(
             f"| {env} | `-{option.flag}` | {default} | {option.kind} | {_cell(_where(option))} | "
@@ -280,7 +281,7 @@ def _table(options: Sequence[Option]) -> list[str]:
     return lines
 
 
-def render_configuration_doc(daemon: Sequence[Option], providers: Sequence[ProviderKeys]) -> str:
+def render_configuration_doc(daemon: Sequence[Option[Any]], providers: Sequence[ProviderKeys]) -> str:
     """docs/configuration.md: one table for the daemon, one per provider."""
     lines = [
         "# Configuration reference",
@@ -306,7 +307,7 @@ def render_configuration_doc(daemon: Sequence[Option], providers: Sequence[Provi
         origin = (
             "from the installed provider plugin"
             if provider.source == "plugin"
-            else "from `cloud_api_adaptor/provider_keys.py` (the provider's distribution is not written yet)"
+            else "from `tools/provider_keys.py` (the provider's distribution is not written yet)"
         )
         lines += [
             "",
@@ -325,7 +326,7 @@ def render_configuration_doc(daemon: Sequence[Option], providers: Sequence[Provi
 
 def render_all(
     root: Path,
-    daemon: Sequence[Option],
+    daemon: Sequence[Option[Any]],
     providers: Sequence[ProviderKeys],
 ) -> dict[Path, str]:
     """Every generated file (path relative to ``root``) and its expected content."""
@@ -362,15 +363,13 @@ def drifted(root: Path, files: Mapping[Path, str]) -> list[Path]:
 
 
 def default_root() -> Path:
-    """The repository root (this module lives in <root>/cloud_api_adaptor/)."""
+    """The repository root (this module lives in <root>/tools/)."""
     return Path(__file__).resolve().parent.parent
 
 
 def main(argv: Sequence[str] | None = None, load: PluginLoader = installed_plugin_options) -> int:
     """Regenerate the deployment files, or with ``--check`` report the ones that drifted."""
-    parser = argparse.ArgumentParser(
-        prog="python -m cloud_api_adaptor.deploysync", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m tools.deploysync", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--check", action="store_true", help="write nothing; exit 1 if any file is out of date"
     )

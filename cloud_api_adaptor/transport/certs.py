@@ -11,7 +11,9 @@ certificate never outlives its CA.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -94,8 +96,16 @@ def new_ca(org: str = CA_ORG, *, now: dt.datetime | None = None) -> CertKeyPair:
     return CertKeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
 
 
-def issue_server_cert(ca: CertKeyPair, server_name: str, *, now: dt.datetime | None = None) -> CertKeyPair:
+def issue_server_cert(
+    ca: CertKeyPair,
+    server_name: str,
+    *,
+    now: dt.datetime | None = None,
+    ip_addresses: Sequence[IPv4Address | IPv6Address] = (),
+) -> CertKeyPair:
     """A ServerAuth certificate for ``server_name`` (CN and DNS SAN) signed by ``ca``.
+
+    ``ip_addresses`` become IP SANs too (a server that clients reach by address).
 
     Its validity is clamped to the CA's, so a VM never holds a certificate that
     outlives the authority that vouches for it.
@@ -122,7 +132,12 @@ def issue_server_cert(ca: CertKeyPair, server_name: str, *, now: dt.datetime | N
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_usage(cert_sign=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(server_name)]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName(server_name), *(x509.IPAddress(ip) for ip in ip_addresses)]
+            ),
+            critical=False,
+        )
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
         )

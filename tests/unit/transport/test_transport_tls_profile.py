@@ -7,7 +7,7 @@ import ssl
 import pytest
 
 from cloud_api_adaptor.errors import ConfigError
-from cloud_api_adaptor.proxy.tls import TlsProfile
+from cloud_api_adaptor.transport.tls import TlsProfile
 
 
 def test_empty_version_and_no_suites_means_no_profile() -> None:

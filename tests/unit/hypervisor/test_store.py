@@ -11,7 +11,7 @@ import pytest
 
 from cloud_api_adaptor.fsutil import DirectorySync
 from cloud_api_adaptor.hypervisor.models import SandboxRecord, SandboxState
-from cloud_api_adaptor.state import SandboxStore, encode_record
+from cloud_api_adaptor.hypervisor.store import SandboxStore, encode_record
 
 pytestmark = pytest.mark.timeout(60)  # a lost wake-up would hang, not fail
 

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from cloud_api_adaptor.fsutil import DirectorySync, atomic_write, remove_durably
+from cloud_api_adaptor.fsutil import DirectorySync, atomic_write, make_private_dirs, remove_durably
 from cloud_api_adaptor.hypervisor.models import SandboxRecord
 
 logger = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class SandboxStore:
         return self._dir / f"{sandbox_id}.json"
 
     def prepare(self) -> None:
-        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dirs(self._dir)
 
     async def save(self, record: SandboxRecord, *, first: Callable[[], object] | None = None) -> None:
         """Write ``record`` durably.

@@ -1,7 +1,7 @@
-"""The test plays the cloud's pod VM: what an EC2 instance booting the podvm image would do.
+"""The test plays the cloud's pod VM: what an instance booting the podvm image would do.
 
-Given the instance moto launched, it takes the private IP moto assigned and the
-UserData the daemon sent (DescribeInstanceAttribute), puts the IP on the vm
+Given the private IP the cloud (an emulator or a fake) assigned and the userdata
+the daemon sent, it puts the IP on the vm
 namespace's interface, writes the UserData as a cidata ``user-data`` file, runs
 the real ``process-user-data provision-files`` (which writes
 ``run/peerpod/apf.json`` with the TLS material under the VM root), then starts
@@ -20,9 +20,9 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from .cloud import Vpc, eventually
+from cloud_api_adaptor.testing.eventually import eventually
+
 from .stand import NodeStand, netns_exec
 
 BIN = Path(sys.executable).parent
@@ -45,10 +45,9 @@ class PodVm:
     def apf_json(self) -> Path:
         return self.root / "run" / "peerpod" / "apf.json"
 
-    async def boot_from(self, vpc: Vpc, instance: dict[str, Any]) -> None:
-        """Boot as ``instance`` (a DescribeInstances entry): address, userdata, agent, forwarder."""
-        self.ip = ipaddress.IPv4Address(str(instance["PrivateIpAddress"]))
-        userdata = await asyncio.to_thread(vpc.userdata, str(instance["InstanceId"]))
+    async def boot(self, ip: str, userdata: str) -> None:
+        """Boot as the instance with ``ip`` and ``userdata``: address, provisioning, agent, forwarder."""
+        self.ip = ipaddress.IPv4Address(ip)
         self.stand.add_vm_address(self.ip)
         await self.provision(userdata)
         self.start_agent()

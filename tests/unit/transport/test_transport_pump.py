@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pytest
 import pytest_asyncio
 
-from cloud_api_adaptor.proxy.pump import Pipe, PumpStats, link
+from cloud_api_adaptor.transport.pump import Pipe, PumpStats, link
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""What both ends of the agent channel share: TLS profile and contexts, certificates, the byte relay."""
