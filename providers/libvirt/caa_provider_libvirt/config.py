@@ -87,11 +87,19 @@ class LibvirtConfig:
         choices=LAUNCH_SECURITY,
         default="",
     )
-    #: pflash loader path on the libvirt host, "" for none
+    #: pflash loader path on the libvirt host, "" for none (BIOS)
     efi_firmware: str = text(
-        "efi-firmware",
+        "firmware",
         "LIBVIRT_EFI_FIRMWARE",
-        "UEFI firmware (pflash loader) path on the libvirt host; empty boots with the default BIOS.",
+        'UEFI firmware (pflash loader) path on the libvirt host; -firmware "" boots with the default BIOS.',
+        default=DEFAULT_EFI_FIRMWARE,
+        keep_empty=True,
+    )
+    #: the flag's older spelling here; see ``__post_init__``
+    efi_firmware_flag: str = text(
+        "efi-firmware",
+        None,
+        "Older spelling of -firmware (the Go flag's name), still accepted; -firmware wins over it.",
         default=DEFAULT_EFI_FIRMWARE,
         keep_empty=True,
     )
@@ -140,6 +148,9 @@ class LibvirtConfig:
     address_policy: AddressPolicy = nested(default_factory=AddressPolicy)
 
     def __post_init__(self) -> None:
+        # -efi-firmware counts when -firmware (or LIBVIRT_EFI_FIRMWARE) left the default
+        if self.efi_firmware == DEFAULT_EFI_FIRMWARE and self.efi_firmware_flag != DEFAULT_EFI_FIRMWARE:
+            object.__setattr__(self, "efi_firmware", self.efi_firmware_flag)
         for key, value in (
             ("LIBVIRT_URI", self.uri),
             ("LIBVIRT_POOL", self.pool),
