@@ -3,16 +3,17 @@
 ::
 
     root ns: the test             node ns (PrivateLibvirtd's): libvirtd, dnsmasq, the daemon
-                                   bridge <br> 198.19.N.1/24 (isolated libvirt network, DHCP only)
-                                     |-- pod VM domains (qemu), each 198.19.N.x by DHCP
-                                   veths to the pod namespaces (198.51.100.16k+1/28 on the node side)
-                                   veth to the peer namespace (203.0.113.1/24)
-    pod-k ns: 198.51.100.16k+10/28, default route via the node   peer ns: 203.0.113.10/24
+                                   bridge <br> V.1/24 (isolated libvirt network, DHCP only)
+                                     |-- pod VM domains (qemu), each V.x by DHCP
+                                   veths to the pod namespaces (P.16k+1/28 on the node side)
+                                   veth to the peer namespace (Q.1/24)
+    pod-k ns: P.16k+10/28, default route via the node            peer ns: Q.10/24
 
 Nothing is linked to the root namespace: the node namespace has no default route and no
 interface but lo, the bridge and the veths above, so neither the daemon nor a VM can reach
-anything outside the stand.  The libvirt network has no ``<forward>`` (isolated), and its
-/24 is one of 198.18.0.0/15 that nothing in the root namespace routes or holds.
+anything outside the stand.  The libvirt network has no ``<forward>`` (isolated).  V, P and
+Q are three /24s of 198.18.0.0/15 (the benchmarking range) that nothing in the root
+namespace routes or holds when the stand is made.
 """
 
 from __future__ import annotations
@@ -38,10 +39,7 @@ from typing import Any
 import libvirt
 from caa_provider_libvirt.testing import PrivateLibvirtd
 
-VM_NETWORKS = ipaddress.IPv4Network("198.18.0.0/15")
-POD_NETWORK = ipaddress.IPv4Network("198.51.100.0/24")
-PEER_IP = ipaddress.IPv4Interface("203.0.113.10/24")
-PEER_GW = ipaddress.IPv4Interface("203.0.113.1/24")
+STAND_NETWORKS = ipaddress.IPv4Network("198.18.0.0/15")
 BASE_VOLUME = "podvm-base.qcow2"
 
 
@@ -65,24 +63,19 @@ def root_networks() -> list[ipaddress.IPv4Network]:
     return found
 
 
-def pick_vm_network() -> ipaddress.IPv4Network:
-    """A /24 of 198.18.0.0/15 overlapping nothing the root namespace routes or holds."""
+def pick_networks(count: int) -> list[ipaddress.IPv4Network]:
+    """``count`` /24s of 198.18.0.0/15 overlapping nothing the root namespace routes or holds."""
     taken = root_networks()
-    candidates = list(VM_NETWORKS.subnets(new_prefix=24))
-    random.shuffle(candidates)
-    for net in candidates:
-        if not any(net.overlaps(other) for other in taken):
-            return net
-    raise RuntimeError(f"no free /24 left in {VM_NETWORKS}")
+    candidates = [
+        net for net in STAND_NETWORKS.subnets(new_prefix=24) if not any(net.overlaps(t) for t in taken)
+    ]
+    if len(candidates) < count:
+        raise RuntimeError(f"fewer than {count} free /24s left in {STAND_NETWORKS}")
+    return random.sample(candidates, count)
 
 
-def pod_address(index: int) -> tuple[ipaddress.IPv4Interface, ipaddress.IPv4Interface]:
-    """Pod ``index``'s IP and its gateway on the node: one /28 of 198.51.100.0/24 each."""
-    subnet = list(POD_NETWORK.subnets(new_prefix=28))[index]
-    return (
-        ipaddress.IPv4Interface(f"{subnet.network_address + 10}/28"),
-        ipaddress.IPv4Interface(f"{subnet.network_address + 1}/28"),
-    )
+def host(net: ipaddress.IPv4Network, number: int) -> ipaddress.IPv4Interface:
+    return ipaddress.IPv4Interface(f"{net.network_address + number}/{net.prefixlen}")
 
 
 @dataclass
@@ -202,7 +195,8 @@ class PodvmStand:
     def __init__(self, image: Path, pods: int) -> None:
         self.tag = secrets.token_hex(3)
         self.libvirtd = PrivateLibvirtd(kvm=os.environ.get("CAA_PODVM_ACCEL", "auto") != "tcg")
-        self.vm_network = pick_vm_network()
+        self.vm_network, self.pod_network, peer_network = pick_networks(3)
+        self.peer_ip, self.peer_gateway = host(peer_network, 10), host(peer_network, 1)
         self.network = f"caa-podvm-{self.tag}"
         self.bridge = f"pv{self.tag}"
         self.pool = f"caa-podvm-{self.tag}"
@@ -232,15 +226,16 @@ class PodvmStand:
     def pod_path(self, index: int) -> str:
         return f"/run/netns/{self.pods[index]}"
 
+    def pod_address(self, index: int) -> tuple[ipaddress.IPv4Interface, ipaddress.IPv4Interface]:
+        """Pod ``index``'s IP and its gateway on the node: one /28 of the pod /24 each."""
+        subnet = list(self.pod_network.subnets(new_prefix=28))[index]
+        return host(subnet, 10), host(subnet, 1)
+
     @property
     def peer_path(self) -> str:
         return f"/run/netns/{self.peer}"
 
     def _build(self, image: Path) -> None:
-        for net in (POD_NETWORK, PEER_IP.network):
-            clash = [str(n) for n in root_networks() if n.overlaps(net)]
-            if clash:
-                raise RuntimeError(f"the root namespace uses {clash}, which the stand's {net} overlaps")
         self.libvirtd.start()
         libvirt.registerErrorHandler(lambda _c, _e: None, None)
         self.conn = libvirt.open(self.libvirtd.uri)
@@ -306,8 +301,8 @@ class PodvmStand:
         subprocess.run(
             ["ip", "netns", "exec", node, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"], check=True
         )
-        ends = [(name, *pod_address(i), f"p{i}{self.tag}") for i, name in enumerate(self.pods)]
-        ends.append((self.peer, PEER_IP, PEER_GW, f"pe{self.tag}"))
+        ends = [(name, *self.pod_address(i), f"p{i}{self.tag}") for i, name in enumerate(self.pods)]
+        ends.append((self.peer, self.peer_ip, self.peer_gateway, f"pe{self.tag}"))
         for ns, address, gateway, link in ends:
             ip("netns", "add", ns)
             ip("link", "set", "lo", "up", ns=ns)

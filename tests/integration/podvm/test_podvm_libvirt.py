@@ -33,7 +33,7 @@ from cloud_api_adaptor.podnetwork.testbed import echo_roundtrip
 from podvm.build import BuildOptions, Image, build
 
 from ..daemon_proc import DaemonProcess
-from .stand import BASE_VOLUME, PodvmStand, pod_address
+from .stand import BASE_VOLUME, PodvmStand
 
 pytestmark = [
     pytest.mark.root,
@@ -88,13 +88,13 @@ def daemon_in_node(stand: PodvmStand, root: Path) -> DaemonProcess:
     }
     if stand.accel == "tcg":
         env["LIBVIRT_DOMAIN_TYPE"] = "qemu"  # the capabilities may offer a kvm that cannot run guests
-    # "-efi-firmware ''": boot with the hypervisor's BIOS (an empty variable would mean the default)
+    # "-firmware ''" (the Go flag): boot with the hypervisor's BIOS (an empty variable means the default)
     return DaemonProcess(
         root,
         env,
         provider="libvirt",
         wrapper=["ip", "netns", "exec", stand.node],
-        args=["-efi-firmware", ""],
+        args=["-firmware", ""],
     )
 
 
@@ -178,7 +178,7 @@ async def test_three_pods_boot_the_image_pass_katas_sequence_tunnel_into_the_gue
 
         # the pod network: peer on the node -> each pod's IP, answered in its VM's pod namespace
         for index in range(PODS):
-            pod_ip = str(pod_address(index)[0].ip)
+            pod_ip = str(stand.pod_address(index)[0].ip)
             assert await echo_through_tunnel(stand, pod_ip) == PAYLOAD, f"pod {index} at {pod_ip}"
 
         await asyncio.gather(*(kata.stop_vm(daemon.socket, p.sandbox_id) for p in pods))
