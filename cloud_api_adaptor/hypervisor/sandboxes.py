@@ -247,6 +247,12 @@ class SandboxManager:
 
     async def _start_instance(self, live: LiveSandbox, deadline: float | None) -> None:
         record = live.record
+        loop = asyncio.get_running_loop()
+        # the provider's wait for the VM is bounded like the agent channel's: PROXY_TIMEOUT, and the
+        # caller's deadline (loop time, handed over as time.monotonic())
+        wait = self._settings.proxy_timeout
+        if deadline is not None:
+            wait = min(wait, deadline - loop.time())
         request = CreateRequest(
             name=record.instance_name,
             sandbox_id=record.id,
@@ -260,6 +266,7 @@ class SandboxManager:
             ),
             userdata=record.userdata,
             tags={**dict(self._settings.tags), **self.owner_tags(record.id)},
+            deadline=time.monotonic() + wait,
         )
         try:
             instance = await self._provider.create_instance(request)
@@ -275,7 +282,7 @@ class SandboxManager:
         live.proxy = proxy
         timeout = self._settings.proxy_timeout
         if deadline is not None:
-            timeout = min(timeout, deadline - asyncio.get_running_loop().time())
+            timeout = min(timeout, deadline - loop.time())
         if timeout <= 0:
             raise DeadlineExceeded("StartVM deadline passed before the pod VM was reachable")
         try:

@@ -335,6 +335,37 @@ async def test_a_tunnel_that_fails_to_come_down_is_retried_and_the_vm_still_goes
     await manager.aclose()
 
 
+class DeadlineRecorder(FakeProvider):
+    """Records the deadline each create was given."""
+
+    def __init__(self) -> None:
+        super().__init__(FakeConfig())
+        self.deadlines: list[float | None] = []
+
+    async def create_instance(self, request: CreateRequest) -> Any:
+        self.deadlines.append(request.deadline)
+        return await super().create_instance(request)
+
+
+@pytest.mark.asyncio
+async def test_the_providers_wait_is_bounded_by_proxy_timeout_and_the_callers_deadline(
+    tmp_path: Path,
+) -> None:
+    provider = DeadlineRecorder()
+    manager = make(tmp_path, provider, FakeChannel())
+    proxy_timeout = Settings().proxy_timeout
+    loop = asyncio.get_running_loop()
+    await manager.create_vm("no-deadline", kata_annotations("p"), "")
+    before = time.monotonic()
+    await manager.start_vm("no-deadline")
+    after = time.monotonic()
+    await manager.create_vm("short", kata_annotations("q"), "")
+    await manager.start_vm("short", deadline=loop.time() + 7)
+    unbounded, short = provider.deadlines
+    assert unbounded is not None and before + proxy_timeout <= unbounded <= after + proxy_timeout
+    assert short is not None and 0 < short - time.monotonic() <= 7
+
+
 class _BrokenOnce(FakeProvider):
     """A provider whose first listing dies of something that is no provider error (a bug, a bad SDK)."""
 
