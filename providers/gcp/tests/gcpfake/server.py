@@ -77,7 +77,9 @@ class FakeGcp:
     def serve(self, host: str = "127.0.0.1") -> str:
         """Start a listener on ``host`` (port from the kernel); its base URL."""
         server = _Server((host, 0), _handler(self))
-        thread = threading.Thread(target=server.serve_forever, name="fake-gcp", daemon=True)
+        thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-gcp", daemon=True
+        )
         thread.start()
         self._servers.append((server, thread))
         return f"http://{host}:{server.server_address[1]}"
