@@ -201,9 +201,9 @@ async def test_an_exhausted_zone_is_permanent_and_named(world: GcpWorld, provide
 async def test_invalid_machine_type_is_refused_by_the_cloud_with_its_message(
     world: GcpWorld, provider: GcpProvider
 ) -> None:
-    with pytest.raises(PermanentProviderError, match="n2d-standard-96.*does not exist"):
+    with pytest.raises(PermanentProviderError, match=r"n2d-standard-96.*does not exist"):
         await provider.create_instance(request(spec=InstanceSpec(instance_type="n2d-standard-96")))
-    with pytest.raises(PermanentProviderError, match="no-such-image.*was not found"):
+    with pytest.raises(PermanentProviderError, match=r"no-such-image.*was not found"):
         await provider.create_instance(request(spec=InstanceSpec(image="no-such-image")))
     assert world.compute.live() == [] and world.fake.violations == []
 
