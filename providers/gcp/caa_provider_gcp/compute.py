@@ -116,6 +116,18 @@ def _match(pattern: re.Pattern[str], url: str, what: str) -> tuple[str, ...]:
     return found.groups()
 
 
+def _widen_pool(client: Any, size: int) -> None:
+    """Keep up to ``size`` connections per host (requests keeps 10): a burst of pod creates
+    would otherwise open, and throw away, a connection per call beyond ten."""
+    import requests.adapters
+
+    session = getattr(client.transport, "_session", None)
+    if session is None:
+        return
+    for prefix in ("https://", "http://"):
+        session.mount(prefix, requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=size))
+
+
 class GoogleCompute:
     """``ComputePort`` over the google-cloud-compute REST clients."""
 
@@ -131,7 +143,9 @@ class GoogleCompute:
         options = ClientOptions(api_endpoint=config.compute_endpoint)
 
         def client(cls: Any) -> Any:
-            return cls(credentials=credentials, transport="rest", client_options=options)
+            made = cls(credentials=credentials, transport="rest", client_options=options)
+            _widen_pool(made, max_workers)
+            return made
 
         self._instances = client(compute_v1.InstancesClient)
         self._operations = client(compute_v1.ZoneOperationsClient)

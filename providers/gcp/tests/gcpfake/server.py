@@ -332,6 +332,7 @@ class FakeGcp:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # a burst of pod creates must not overflow the listen backlog
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # a client that hung up mid-reply (a dropped response) is expected
