@@ -1,6 +1,6 @@
 """The sandbox lifecycle: CreateVM, StartVM, StopVM and GetInfo semantics.
 
-Improvements over the Go version, each deliberate:
+What it guarantees:
 - every step is recorded durably before and after its cloud call, so a restart
   resumes running sandboxes (same agent socket) and finishes or undoes the rest;
 - StartVM passes an idempotency token derived from the sandbox, so a retried or

@@ -4,16 +4,14 @@ Kata's shim speaks ttrpc to ``<pods-dir>/<sandbox>/agent.ttrpc``; each connectio
 accepted there is relayed, byte for byte, to its own (m)TLS connection to the
 pod VM's agent-protocol-forwarder.
 
-Why protocol-blind: the Go adaptor terminates ttrpc here and re-issues every
-call, so that it can rewrite CreateContainer (CSI volume paths, cloud volumes,
-GPU annotations; caa-behaviour §3.4).  None of that is needed yet, and parsing
-every frame on the worker would put a decode/encode on the hot path of every
-agent call (Health checks, ReadStdout long-polls, WriteStdin, CopyFile chunks).
-The VM-side forwarder already works at the frame level for the calls it must
-change, so the worker stays a lean pump; worker-side rewriting can be added as a
+Why protocol-blind: parsing every frame on the worker would put a decode and an
+encode on the hot path of every agent call (Health checks, ReadStdout
+long-polls, WriteStdin, CopyFile chunks).  The VM-side forwarder works at the
+frame level for the calls it must change, so the worker stays a lean pump;
+worker-side rewriting (CSI volume paths, GPU annotations) can be added as a
 ``pump.Filter`` on the downstream pipe without changing this module's shape.
 
-Differences from Go, on purpose:
+How it dials and reconnects:
 - readiness dials are staggered (``dialer.StaggeredDialer``): a new attempt
   every ``retry_interval`` (50 ms) even while earlier ones are pending, the
   first to finish TCP and TLS wins.  50 ms because StartVM should return
@@ -25,7 +23,7 @@ Differences from Go, on purpose:
 - the first connection is kept and handed to the first shim connection, so the
   TLS handshake done for readiness is not wasted;
 - every shim connection gets its own upstream connection, so after the VM
-  connection drops a new shim connection reconnects (Go never reconnects);
+  connection drops a new shim connection reconnects;
 - ``restore`` re-creates the listener after a daemon restart without waiting.
 """
 

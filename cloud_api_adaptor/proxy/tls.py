@@ -3,8 +3,7 @@
 In automatic mode (no certificate files configured) the daemon owns a CA that
 issues one server certificate per VM (CN = DNS SAN = instance name) and a
 self-signed client certificate that the VM trusts as its client CA; both go to
-the VM in apf.json.  Unlike the Go version, which generates them afresh in
-memory, the CA and the client certificate are persisted under
+the VM in apf.json.  The CA and the client certificate are persisted under
 ``<state_dir>/tls/`` so that VMs booted before a daemon restart still trust us
 and are still trusted: sandboxes survive a restart only if this material does.
 """

@@ -1,6 +1,6 @@
 """ttrpc server: routing, deadlines and the one place exceptions become a status.
 
-Behaviour follows containerd/ttrpc 1.2 (kata-protocols.md §2) wherever a peer can
+Behaviour follows containerd/ttrpc 1.2, the server Kata talks to, wherever a peer can
 observe it:
 
 * stream ids must be odd and increase; a bad id is answered INVALID_ARGUMENT on

@@ -24,6 +24,7 @@ import pytest_asyncio
 
 from cloud_api_adaptor._pb import hypervisor_pb2 as hv
 from cloud_api_adaptor._pb import ttrpc_pb2
+from cloud_api_adaptor.testing.eventually import eventually
 from cloud_api_adaptor.ttrpc import CallContext, Client, Code, RpcError, Server, UnaryMethod
 from cloud_api_adaptor.ttrpc.framing import Frame, FrameDecoder, encode_frame
 
@@ -446,8 +447,7 @@ async def test_client_disconnect_cancels_its_calls(running: Running) -> None:
     await client.aclose()
     with pytest.raises(RpcError):
         await call
-    while "orphan" not in running.stub.cancelled:
-        await asyncio.sleep(0.001)
+    await eventually(lambda: "orphan" in running.stub.cancelled, "the orphaned call cancelled")
 
 
 @pytest.mark.asyncio

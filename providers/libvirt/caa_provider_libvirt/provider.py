@@ -213,7 +213,7 @@ class LibvirtProvider(Provider):
             uuid=dom_id,
             arch=host.arch,
             domain_type=host.domain_type,
-            # §6.2: each of vcpus and memory independently from the pod, else the config
+            # each of vcpus and memory from the pod when it asks, else the configured default
             vcpus=request.spec.vcpus or cfg.vcpus,
             memory_mib=request.spec.memory_mib or cfg.memory_mib,
             pool=cfg.pool,

@@ -121,8 +121,7 @@ async def test_a_cancelled_start_vm_still_deletes_its_instance(
     manager = make(tmp_path, provider, channel)
     await manager.create_vm("sb1", kata_annotations("p"), "")
     task = asyncio.ensure_future(manager.start_vm("sb1"))
-    while not provider.instances:
-        await asyncio.sleep(0.001)
+    await eventually(lambda: provider.instances, "the instance created", interval=0.001)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -154,12 +153,10 @@ async def test_a_failed_delete_is_retried_until_the_vm_is_gone(
     await manager.start_vm("sb1")
     provider.fail_next_deletes(3)
     await manager.stop_vm("sb1")  # succeeds for Kata; the delete continues in the background
-    for _ in range(500):
-        if not provider.instances and manager.records()[0].state is SandboxState.STOPPED:
-            break
-        await asyncio.sleep(0.01)
-    assert provider.instances == {}
-    assert manager.records()[0].state is SandboxState.STOPPED
+    await eventually(
+        lambda: not provider.instances and manager.records()[0].state is SandboxState.STOPPED,
+        "the retried delete done",
+    )
     await manager.aclose()
 
 
@@ -326,11 +323,7 @@ async def test_a_tunnel_that_fails_to_come_down_is_retried_and_the_vm_still_goes
     assert network.tunnels == {"/run/netns/pod1"}
     await manager.stop_vm("sb1")
     assert provider.instances == {}  # the instance goes even though the tunnel did not
-    for _ in range(500):
-        if manager.records()[0].state is SandboxState.STOPPED:
-            break
-        await asyncio.sleep(0.01)
-    assert manager.records()[0].state is SandboxState.STOPPED
+    await eventually(lambda: manager.records()[0].state is SandboxState.STOPPED, "the sandbox stopped")
     assert network.tunnels == set()
     await manager.aclose()
 
