@@ -1,4 +1,4 @@
-"""TLS profile parsing follows the Go adaptor's rules and error texts (an existing peer-pods-cm keeps working)."""
+"""TLS profile parsing follows the Go adaptor's rules and error texts (a peer-pods-cm keeps working)."""
 
 from __future__ import annotations
 
