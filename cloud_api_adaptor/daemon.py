@@ -150,7 +150,9 @@ async def _start_locked(
             catalogue,
             observer=metrics,
         )
-        await recover(manager, store.load_all())
+        records = await asyncio.to_thread(store.load_all)
+        metrics.records_quarantined(len(store.quarantined))
+        await recover(manager, records, on_failure=metrics.recovery_failed)
         grpc_server = await _start_grpc(settings, manager)
         server = Server(error_translator=to_rpc_error)
         for name, methods in ttrpc_services(HypervisorService(manager)).items():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Callable
 
 from cloud_api_adaptor.hypervisor.models import SandboxRecord, SandboxState
 from cloud_api_adaptor.hypervisor.sandboxes import SandboxManager
@@ -49,17 +50,32 @@ def is_forgettable(record: SandboxRecord, now: float, max_age: float = TOMBSTONE
     return record.state is SandboxState.STOPPED and record.updated_at <= now - max_age
 
 
-async def recover(manager: SandboxManager, records: list[SandboxRecord]) -> None:
-    """Resume or undo every sandbox found on disk (called once, before the socket opens)."""
+async def recover(
+    manager: SandboxManager,
+    records: list[SandboxRecord],
+    on_failure: Callable[[str, BaseException], None] | None = None,
+) -> None:
+    """Resume or undo every sandbox found on disk (called once, before the socket opens).
+
+    One sandbox that cannot be recovered (its socket cannot be bound, its cloud
+    call fails, a bug) is logged and reported to ``on_failure``; the others and
+    the daemon's start go on.  Its record stays, so StopVM and housekeeping still
+    find it.
+    """
     for record in records:
         live = manager.adopt(record)
         action = recovery_action(record)
-        if action is RecoveryAction.RESTORE:
-            await manager.restore_running(live)
-        elif action is RecoveryAction.UNDO_START:
-            await manager.undo_start(live, RuntimeError("daemon restarted during StartVM"))
-        elif action is RecoveryAction.FINISH_DELETE:
-            manager.resume_delete(live)
+        try:
+            if action is RecoveryAction.RESTORE:
+                await manager.restore_running(live)
+            elif action is RecoveryAction.UNDO_START:
+                await manager.undo_start(live, RuntimeError("daemon restarted during StartVM"))
+            elif action is RecoveryAction.FINISH_DELETE:
+                manager.resume_delete(live)
+        except Exception as exc:
+            logger.error("recovering sandbox %s (%s) failed", record.id, action.value, exc_info=exc)
+            if on_failure is not None:
+                on_failure(record.id, exc)
 
 
 async def prune_tombstones(manager: SandboxManager, now: float) -> int:

@@ -323,9 +323,14 @@ class SandboxManager:
             logger.info("deleted instance %s of sandbox %s", instance_id, record.id)
 
     async def _close_proxy(self, live: LiveSandbox) -> None:
+        """Close the agent socket; a failure is logged, never a reason to keep the VM."""
         proxy, live.proxy = live.proxy, None
-        if proxy is not None:
+        if proxy is None:
+            return
+        try:
             await proxy.aclose()
+        except Exception:
+            logger.exception("closing the agent socket of sandbox %s failed", live.record.id)
 
     async def _release(self, record: SandboxRecord) -> None:
         """Remove the sandbox's tunnel and instance; raise if either is still there.
@@ -456,9 +461,13 @@ class SandboxManager:
             except Exception:
                 logger.exception("restoring the pod network of sandbox %s failed", record.id)
         proxy = self._channel.new_proxy(Path(record.agent_socket_path), record.instance_name)
+        try:
+            Path(record.agent_socket_path).parent.mkdir(parents=True, exist_ok=True)
+            await proxy.restore(record.instance_ips[0], self._settings.forwarder_port)
+        except BaseException:
+            await shielded(proxy.aclose())
+            raise
         live.proxy = proxy
-        Path(record.agent_socket_path).parent.mkdir(parents=True, exist_ok=True)
-        await proxy.restore(record.instance_ips[0], self._settings.forwarder_port)
         logger.info("sandbox %s restored: agent socket %s", record.id, record.agent_socket_path)
 
     # ---- GetInfo -------------------------------------------------------------------------------

@@ -199,7 +199,7 @@ class AgentProxy:
         self._listening = False
         if server is not None:
             server.close()
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             self.socket_path.unlink()
         if server is not None:
             await server.wait_closed()
