@@ -9,6 +9,10 @@ The mapping to ttrpc status codes lives in exactly one place:
 
 from __future__ import annotations
 
+import errno
+import os
+from pathlib import Path
+
 
 class AdaptorError(Exception):
     """Root of every error this project raises deliberately."""
@@ -81,3 +85,20 @@ class PermanentProviderError(ProviderError):
 
 class InstanceNotFound(PermanentProviderError):
     """The instance does not exist (for delete, this counts as deleted)."""
+
+
+class StateWriteError(AdaptorError):
+    """A sandbox record could not be written to the state directory (full disk, quota, I/O error).
+
+    ``no_space`` is true for ENOSPC and EDQUOT: the caller may retry once space is freed.
+    """
+
+    def __init__(self, directory: Path, cause: OSError) -> None:
+        reason = cause.strerror or os.strerror(cause.errno or 0) or str(cause)
+        super().__init__(f"cannot write sandbox state in {directory}: {reason}")
+        self.directory = directory
+        self.errno = cause.errno
+
+    @property
+    def no_space(self) -> bool:
+        return self.errno in (errno.ENOSPC, errno.EDQUOT)

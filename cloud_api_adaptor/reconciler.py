@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from cloud_api_adaptor.errors import InstanceNotFound, ProviderError
-from cloud_api_adaptor.hypervisor.recovery import prune_tombstones
+from cloud_api_adaptor.hypervisor.recovery import prune_tombstones, resume_stalled
 from cloud_api_adaptor.hypervisor.sandboxes import SandboxManager
 from cloud_api_adaptor.provider import TAG_SANDBOX, Provider
 
@@ -93,5 +93,6 @@ class OrphanReconciler:
                 await self.scan_once()
             except ProviderError as exc:
                 logger.error("orphan scan failed: %s", exc)
+            await resume_stalled(self._manager)
             await prune_tombstones(self._manager, self._clock())
             await self._sleep(interval)

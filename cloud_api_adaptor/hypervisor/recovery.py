@@ -85,3 +85,32 @@ async def prune_tombstones(manager: SandboxManager, now: float) -> int:
         if is_forgettable(live.record, now) and await manager.forget(live):
             pruned += 1
     return pruned
+
+
+async def resume_stalled(manager: SandboxManager) -> int:
+    """Housekeeping: finish what nobody is working on any more; returns how many sandboxes it touched.
+
+    - a STARTING sandbox with no StartVM running (its undo could not even begin,
+      e.g. the disk was full) is undone: its instance deleted;
+    - a STOPPING sandbox with no delete being retried gets its delete retried;
+    - a record a full disk kept in memory only is written once there is space.
+    A StopVM that failed for the caller therefore never leaves a VM behind.
+    """
+    touched = 0
+    for live in manager.live_sandboxes():
+        if not manager.is_idle(live):
+            continue
+        state, unsaved = live.record.state, live.unsaved
+        if state not in {SandboxState.STARTING, SandboxState.STOPPING} and not unsaved:
+            continue
+        touched += 1
+        try:
+            if state is SandboxState.STARTING:
+                await manager.undo_start(live, RuntimeError("StartVM left unfinished"))
+            elif state is SandboxState.STOPPING:
+                manager.resume_delete(live)
+            if live.unsaved:
+                await manager.write_unsaved(live)
+        except Exception as exc:
+            logger.warning("housekeeping of sandbox %s failed: %s", live.record.id, exc)
+    return touched

@@ -31,15 +31,16 @@ from cloud_api_adaptor.aio import TaskSupervisor, shielded
 from cloud_api_adaptor.errors import (
     AlreadyExists,
     DeadlineExceeded,
-    InstanceNotFound,
     NotFound,
     ProviderError,
+    StateWriteError,
 )
 from cloud_api_adaptor.hypervisor import planning
 from cloud_api_adaptor.hypervisor import requests as rq
 from cloud_api_adaptor.hypervisor.models import SandboxRecord, SandboxState
 from cloud_api_adaptor.hypervisor.ports import AgentChannelPort, AgentProxyPort, PodNetworkPort
 from cloud_api_adaptor.hypervisor.store import SandboxStore
+from cloud_api_adaptor.hypervisor.teardown import SandboxTeardown
 from cloud_api_adaptor.metrics import LifecycleObserver, NullObserver
 from cloud_api_adaptor.provider import (
     TAG_CLUSTER,
@@ -64,6 +65,8 @@ class LiveSandbox:
     record: SandboxRecord
     lock: asyncio.Lock
     proxy: AgentProxyPort | None = None
+    #: the record in memory is newer than the one on disk (a write failed: the disk is full)
+    unsaved: bool = False
 
 
 class SandboxManager:
@@ -97,6 +100,9 @@ class SandboxManager:
         self._changed = asyncio.Condition()
         self._background = TaskSupervisor("sandboxes")
         self._stopping: dict[str, asyncio.Task[None]] = {}
+        #: sandboxes whose delete is being retried in the background
+        self._deleting: set[str] = set()
+        self._teardown = SandboxTeardown(provider, network, self.owner_tags)
 
     # ---- queries -------------------------------------------------------------------------------
 
@@ -144,13 +150,34 @@ class SandboxManager:
     async def _commit(
         self, live: LiveSandbox, record: SandboxRecord, first: Callable[[], object] | None = None
     ) -> SandboxRecord:
-        """Persist ``record``; ``first`` is a pod-directory step done in the store's writer thread."""
+        """Make ``record`` the sandbox's state, in memory and then on disk.
+
+        ``first`` is a pod-directory step done in the store's writer thread.  Memory
+        is updated first: what is true of the cloud (an instance id) must never wait
+        for the disk, so that cleanup knows it even when the write fails
+        (``StateWriteError``, the sandbox marked ``unsaved`` for housekeeping).
+        """
         record = record.with_changes(updated_at=self._clock())
-        await self._store.save(record, first=first)
         live.record = record
         async with self._changed:
             self._changed.notify_all()
+        try:
+            await self._store.save(record, first=first)
+        except StateWriteError:
+            live.unsaved = True
+            raise
+        live.unsaved = False
         return record
+
+    async def _note(
+        self, live: LiveSandbox, record: SandboxRecord, first: Callable[[], object] | None = None
+    ) -> SandboxRecord:
+        """``_commit`` for cleanup: a failed write never stops it; housekeeping writes the record later."""
+        try:
+            return await self._commit(live, record, first)
+        except StateWriteError as exc:
+            logger.warning("sandbox %s: %s; continuing, the record is written later", record.id, exc)
+            return live.record
 
     # ---- CreateVM ------------------------------------------------------------------------------
 
@@ -194,7 +221,9 @@ class SandboxManager:
             await self._commit(live, record, first=functools.partial(_make_pod_dir, pod_dir))
         except BaseException:
             self._sandboxes.pop(sandbox_id, None)
-            await shielded(self._store.remove(sandbox_id))
+            remove_pod_dir = functools.partial(shutil.rmtree, pod_dir, ignore_errors=True)
+            with contextlib.suppress(StateWriteError):
+                await shielded(self._store.remove(sandbox_id, first=remove_pod_dir))
             raise
         logger.info(
             "sandbox %s created for pod %s/%s (%s)",
@@ -289,38 +318,37 @@ class SandboxManager:
             await proxy.start(ips[0], self._settings.forwarder_port, timeout)
         except DeadlineExceeded as exc:
             raise DeadlineExceeded(f"error connecting to agent: {exc}") from exc
-        await self._commit(live, live.record.transition(SandboxState.RUNNING))
+        starting = live.record
+        try:
+            await self._commit(live, starting.transition(SandboxState.RUNNING))
+        except StateWriteError:
+            # Not recorded as running, it would not be recovered after a restart: fail and undo it.
+            live.record = starting
+            raise
         logger.info("sandbox %s running on instance %s (%s)", record.id, instance.id, ips[0])
 
     async def _undo_start(self, live: LiveSandbox, cause: BaseException) -> None:
-        """Delete whatever StartVM made; on failure keep retrying in the background."""
+        """Delete whatever StartVM made; on failure keep retrying in the background.
+
+        The delete never waits for the disk: a record that cannot be written is kept
+        in memory and written by housekeeping once there is space.
+        """
         record = live.record
         logger.warning(
             "StartVM for sandbox %s failed (%s); cleaning up", record.id, cause or type(cause).__name__
         )
         await self._close_proxy(live)
         try:
-            await self._release(record)
+            await self._teardown.release(record)
         except Exception as exc:
             logger.error("cleaning up sandbox %s failed: %s; retrying in the background", record.id, exc)
-            await self._commit(live, record.transition(SandboxState.STOPPING, last_error=str(cause)))
+            await self._note(live, record.transition(SandboxState.STOPPING, last_error=str(cause)))
             self._schedule_delete(live)
             return
-        await self._commit(
+        await self._note(
             live,
             record.transition(SandboxState.FAILED, instance_id="", instance_ips=(), last_error=str(cause)),
         )
-
-    async def _delete_instances(self, record: SandboxRecord) -> None:
-        """Delete the sandbox's instance; if its id was never learnt, find it by owner tags."""
-        ids = {record.instance_id} if record.instance_id else set()
-        if not ids and record.state is SandboxState.STARTING:
-            found = await self._provider.list_instances(self.owner_tags(record.id))
-            ids = {i.id for i in found}
-        for instance_id in ids:
-            with contextlib.suppress(InstanceNotFound):
-                await self._provider.delete_instance(instance_id)
-            logger.info("deleted instance %s of sandbox %s", instance_id, record.id)
 
     async def _close_proxy(self, live: LiveSandbox) -> None:
         """Close the agent socket; a failure is logged, never a reason to keep the VM."""
@@ -331,23 +359,6 @@ class SandboxManager:
             await proxy.aclose()
         except Exception:
             logger.exception("closing the agent socket of sandbox %s failed", live.record.id)
-
-    async def _release(self, record: SandboxRecord) -> None:
-        """Remove the sandbox's tunnel and instance; raise if either is still there.
-
-        Both steps are idempotent, so a caller that sees an error retries the whole
-        thing later; the instance delete is attempted even when the tunnel failed.
-        """
-        failure: Exception | None = None
-        if record.netns_path and record.pod_network is not None:
-            try:
-                await self._network.teardown(record.netns_path, record.pod_network)
-            except Exception as exc:
-                logger.error("tearing down the pod network of sandbox %s failed: %s", record.id, exc)
-                failure = exc
-        await self._delete_instances(record)
-        if failure is not None:
-            raise failure
 
     # ---- StopVM --------------------------------------------------------------------------------
 
@@ -377,20 +388,20 @@ class SandboxManager:
             if record.state is SandboxState.STOPPED:
                 return
             if record.state is not SandboxState.STOPPING:
-                record = await self._commit(live, record.transition(SandboxState.STOPPING))
+                record = await self._note(live, record.transition(SandboxState.STOPPING))
             await self._close_proxy(live)
             try:
-                await self._release(record)
+                await self._teardown.release(record)
             except Exception as exc:
                 logger.error("StopVM: cleaning up sandbox %s failed: %s; will retry", record.id, exc)
-                await self._commit(live, record.with_changes(last_error=str(exc)))
+                await self._note(live, record.with_changes(last_error=str(exc)))
                 self._schedule_delete(live)
                 return
             await self._finish_stop(live)
 
     async def _finish_stop(self, live: LiveSandbox) -> None:
         record = live.record
-        await self._commit(
+        await self._note(
             live,
             record.transition(SandboxState.STOPPED, instance_id="", instance_ips=(), userdata=""),
             first=functools.partial(shutil.rmtree, Path(record.agent_socket_path).parent, ignore_errors=True),
@@ -398,7 +409,12 @@ class SandboxManager:
         logger.info("sandbox %s stopped", record.id)
 
     def _schedule_delete(self, live: LiveSandbox) -> None:
-        self._background.spawn(self._retry_delete(live), name=f"delete-{live.record.id}")
+        sandbox_id = live.record.id
+        if sandbox_id in self._deleting:
+            return
+        self._deleting.add(sandbox_id)
+        task = self._background.spawn(self._retry_delete(live), name=f"delete-{sandbox_id}")
+        task.add_done_callback(lambda _t: self._deleting.discard(sandbox_id))
 
     async def _retry_delete(self, live: LiveSandbox) -> None:
         attempt = 0
@@ -411,7 +427,7 @@ class SandboxManager:
                 if live.record.state is not SandboxState.STOPPING:
                     return
                 try:
-                    await self._release(live.record)
+                    await self._teardown.release(live.record)
                 except Exception as exc:
                     logger.warning(
                         "retrying the delete of sandbox %s (attempt %d): %s", live.record.id, attempt, exc
@@ -432,13 +448,31 @@ class SandboxManager:
         return live
 
     async def undo_start(self, live: LiveSandbox, cause: BaseException) -> None:
-        """Undo an interrupted StartVM (the shim saw it fail)."""
+        """Undo an interrupted StartVM (the shim saw it fail), unless the sandbox moved on meanwhile."""
         async with live.lock:
-            await self._undo_start(live, cause)
+            if live.record.state is SandboxState.STARTING:
+                await self._undo_start(live, cause)
 
     def resume_delete(self, live: LiveSandbox) -> None:
         """Finish an interrupted delete in the background."""
         self._schedule_delete(live)
+
+    def is_idle(self, live: LiveSandbox) -> bool:
+        """No call and no background delete is working on the sandbox."""
+        return not live.lock.locked() and live.record.id not in self._deleting
+
+    async def write_unsaved(self, live: LiveSandbox) -> None:
+        """Write a record a full disk kept in memory only (a tombstone removes its pod directory again)."""
+        async with live.lock:
+            if not live.unsaved:
+                return
+            record = live.record
+            first = None
+            if record.state is SandboxState.STOPPED:
+                first = functools.partial(
+                    shutil.rmtree, Path(record.agent_socket_path).parent, ignore_errors=True
+                )
+            await self._commit(live, record, first=first)
 
     async def forget(self, live: LiveSandbox) -> bool:
         """Drop a stopped sandbox from memory and disk; False when it changed meanwhile."""

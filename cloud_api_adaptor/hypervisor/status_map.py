@@ -19,6 +19,7 @@ from cloud_api_adaptor.errors import (
     InvalidInput,
     NotFound,
     PermanentProviderError,
+    StateWriteError,
     TemporaryProviderError,
 )
 from cloud_api_adaptor.ttrpc.status import Code, RpcError, internal_error
@@ -40,6 +41,8 @@ _CODES: tuple[tuple[type[BaseException], Code], ...] = (
 
 def to_rpc_error(exc: Exception) -> RpcError | None:
     """The status for one of our errors; None for anything else (a bug: the server reports it)."""
+    if isinstance(exc, StateWriteError):
+        return RpcError(Code.RESOURCE_EXHAUSTED if exc.no_space else Code.UNAVAILABLE, str(exc))
     if isinstance(exc, InvalidInput) and exc.field not in str(exc):
         # Every INVALID_ARGUMENT names the field or annotation at fault.
         return RpcError(Code.INVALID_ARGUMENT, f"{exc.field}: {exc}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import itertools
 import json
 import logging
@@ -31,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from cloud_api_adaptor.errors import StateWriteError
 from cloud_api_adaptor.fsutil import DirectorySync, atomic_write, make_private_dirs, remove_durably
 from cloud_api_adaptor.hypervisor.models import InvalidRecord, SandboxRecord
 
@@ -75,7 +77,15 @@ class SandboxStore:
     write is still queued or running and a cleanup writes the same record.
     """
 
-    def __init__(self, state_dir: Path, writers: int = 4) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        writers: int = 4,
+        *,
+        write_file: Callable[[Path, bytes], None] | None = None,
+    ) -> None:
+        #: how one record file is written (tests give a disk that fills up)
+        self._write_file = write_file or functools.partial(atomic_write, sync_dir=False)
         self._dir = state_dir / "sandboxes"
         self._pool = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="state-writer")
         self._writers = writers
@@ -114,18 +124,26 @@ class SandboxStore:
         def write() -> None:
             if first is not None:
                 first()
-            atomic_write(path, data, sync_dir=False)
+            self._write_file(path, data)
 
         await self._ordered(record.id, write)
 
-    async def remove(self, sandbox_id: str) -> None:
+    async def remove(self, sandbox_id: str, *, first: Callable[[], object] | None = None) -> None:
+        """Remove the record (missing is fine); ``first`` as for ``save``."""
         path = self._path(sandbox_id)
-        await self._ordered(sandbox_id, lambda: remove_durably(path, sync_dir=False))
+
+        def remove() -> None:
+            if first is not None:
+                first()
+            remove_durably(path, sync_dir=False)
+
+        await self._ordered(sandbox_id, remove)
 
     async def _ordered(self, sandbox_id: str, apply: Callable[[], Any]) -> None:
         """Queue a change and wait until it (or a newer one of the same record) is durable.
 
         A cancelled caller stops waiting; its change is still made, in order.
+        An ``OSError`` (a full disk) becomes ``StateWriteError`` naming the state directory.
         """
         loop = asyncio.get_running_loop()
         write = _Write(sandbox_id, next(self._sequence), apply, loop.create_future(), loop)
@@ -143,7 +161,10 @@ class SandboxStore:
                     self._active -= 1
                     self._queue.remove(write)
                 raise
-        await write.done
+        try:
+            await write.done
+        except OSError as exc:
+            raise StateWriteError(self._dir, exc) from exc
 
     def _drain(self) -> None:
         """Writer thread: write batches until the queue is empty."""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from cloud_api_adaptor.errors import StateWriteError
 from cloud_api_adaptor.fsutil import DirectorySync
 from cloud_api_adaptor.hypervisor.models import SandboxRecord, SandboxState
 from cloud_api_adaptor.hypervisor.store import SandboxStore, encode_record
@@ -168,7 +169,8 @@ async def test_a_failed_write_fails_only_its_own_caller(tmp_path: Path) -> None:
         results = await asyncio.gather(
             store.save(record("bad")), store.save(record("good")), return_exceptions=True
         )
-        assert isinstance(results[0], OSError)
+        assert isinstance(results[0], StateWriteError)
+        assert str(store.directory) in str(results[0]) and not results[0].no_space
         assert results[1] is None
         assert [r.id for r in store.load_all()] == ["good"]
         assert not [p for p in store.directory.iterdir() if p.name.endswith(".tmp")]
@@ -221,7 +223,7 @@ async def test_a_first_step_runs_before_its_record_and_a_failing_one_keeps_the_r
         def fail() -> None:
             raise PermissionError(13, "Permission denied")
 
-        with pytest.raises(PermissionError):
+        with pytest.raises(StateWriteError, match="Permission denied"):
             await store.save(record(state=SandboxState.STARTING), first=fail)
         assert [r.state for r in store.load_all()] == [SandboxState.CREATED]
     finally:
