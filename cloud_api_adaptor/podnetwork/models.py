@@ -308,12 +308,37 @@ def _bool(value: object, where: str) -> bool:
     return value
 
 
+def _ipv4(text: str) -> ipaddress.IPv4Address:
+    """An IPv4 address, also written IPv4-mapped (``::ffff:10.0.0.1``, how Go's netip renders
+    addresses it read from netlink as 16 bytes); ValueError otherwise."""
+    try:
+        return ipaddress.IPv4Address(text)
+    except ValueError:
+        mapped = ipaddress.IPv6Address(text).ipv4_mapped
+        if mapped is None:
+            raise
+        return mapped
+
+
+def _ipv4_prefix(text: str) -> tuple[ipaddress.IPv4Address, int]:
+    """Address and IPv4 prefix length of ``a/n``; an IPv4-mapped address keeps an IPv4 length
+    (``::ffff:0.0.0.0/0``, as the Go daemon writes it) or has its 96 mapping bits taken off."""
+    address, slash, length_text = text.partition("/")
+    if not slash or not length_text.isdigit():  # netip.ParsePrefix needs the length too
+        raise ValueError(text)
+    ip, length = _ipv4(address), int(length_text)
+    if ":" in address and length > 32:
+        length -= 96
+    if not 0 <= length <= 32:
+        raise ValueError(text)
+    return ip, length
+
+
 def _interface(value: object, where: str) -> ipaddress.IPv4Interface:
     text = _str(value, where)
     try:
-        if "/" not in text:  # netip.ParsePrefix needs the length too
-            raise ValueError(text)
-        return ipaddress.IPv4Interface(text)
+        ip, length = _ipv4_prefix(text)
+        return ipaddress.IPv4Interface((ip, length))
     except ValueError as exc:
         raise InvalidInput(where, f"{where}: {text!r} is not an IPv4 address with a prefix length") from exc
 
@@ -323,9 +348,8 @@ def _opt_network(value: object, where: str) -> ipaddress.IPv4Network | None:
     if not text:
         return None
     try:
-        if "/" not in text:
-            raise ValueError(text)
-        return ipaddress.IPv4Network(text, strict=False)
+        ip, length = _ipv4_prefix(text)
+        return ipaddress.IPv4Network((ip, length), strict=False)
     except ValueError as exc:
         raise InvalidInput(where, f"{where}: {text!r} is not an IPv4 prefix") from exc
 
@@ -335,7 +359,7 @@ def _opt_address(value: object, where: str) -> ipaddress.IPv4Address | None:
     if not text:
         return None
     try:
-        return ipaddress.IPv4Address(text)
+        return _ipv4(text)
     except ValueError as exc:
         raise InvalidInput(where, f"{where}: {text!r} is not an IPv4 address") from exc
 

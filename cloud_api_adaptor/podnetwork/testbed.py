@@ -18,10 +18,12 @@ The node has no default route; the worker side uses ``HOST_INTERFACE=ul0``.
 from __future__ import annotations
 
 import asyncio
+import copy
 import ipaddress
 import secrets
 import socket
 from dataclasses import dataclass, field
+from typing import Any
 
 from cloud_api_adaptor.podnetwork.netlink import Netlink, in_netns
 from cloud_api_adaptor.podnetwork.netns import (
@@ -258,3 +260,25 @@ async def echo_roundtrip(netns: str, host: str, port: int, payload: bytes, timeo
     finally:
         writer.close()
         await writer.wait_closed()
+
+
+def go_daemon_rendering(pod_network: dict[str, Any]) -> dict[str, Any]:
+    """The same object as the Go daemon v0.22 writes it.
+
+    Addresses it read from netlink as 16 bytes come out IPv4-mapped (keeping the
+    IPv4 prefix length), empty gateways as ``""``, no neighbours as null.
+    """
+    go = copy.deepcopy(pod_network)
+
+    def mapped(text: str) -> str:
+        return f"::ffff:{text}" if text else text
+
+    for route in go.get("routes") or []:
+        route["dst"] = mapped(route.get("dst") or "0.0.0.0/0")
+        route["gw"] = mapped(route.get("gw") or "")
+    for neighbor in go.get("neighbors") or []:
+        neighbor["ip"] = mapped(neighbor["ip"])
+    go["neighbors"] = go.get("neighbors") or None
+    go["podip"] = mapped(go["podip"])
+    go["worker-node-ip"] = mapped(go["worker-node-ip"])
+    return go

@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="process-user-data", description="Provision the pod VM from its user data and initdata."
     )
+    # -v/--version as the Go binary's cobra root command accepts it (the version subcommand too)
+    parser.add_argument(
+        "-v", "--version", action="version", version=f"process-user-data version {__version__}"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("version", help="print the version")
     pf = sub.add_parser(

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import os
 from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
 
+from cloud_api_adaptor.apf import ApfConfig
 from cloud_api_adaptor.errors import FailedPrecondition
 from cloud_api_adaptor.podnetwork import (
     PodNetworkConfig,
@@ -33,6 +35,7 @@ from cloud_api_adaptor.podnetwork.testbed import (
     VM_UNDERLAY,
     Testbed,
     echo_roundtrip,
+    go_daemon_rendering,
     start_echo_server,
 )
 from cloud_api_adaptor.podnetwork.workernode import POD_VXLAN_NAME
@@ -265,3 +268,26 @@ async def test_the_testbed_removes_every_namespace_it_made() -> None:
     await testbed.aclose()
     await testbed.aclose()
     assert not any(os.path.exists(f"/run/netns/{n}") for n in names)
+
+
+@pytest.mark.asyncio
+async def test_an_apf_json_written_by_the_go_daemon_builds_the_vm_side_and_carries_traffic(
+    bed: Testbed,
+) -> None:
+    """A node still running the Go daemon v0.22 with our pod VM image: IPv4-mapped routes and addresses."""
+    backend = NftablesNotrack()
+    port = WorkerNodeNetwork(WorkerNode(bed.worker_settings(), notrack=backend))
+    pod_network = await port.inspect(bed.pod, VNI)
+    go_rendered = go_daemon_rendering(pod_network)
+    assert any(r["dst"].startswith("::ffff:") for r in go_rendered["routes"])
+    apf = ApfConfig.from_json(
+        json.dumps({"pod-namespace": "shop", "pod-name": "web", "pod-network": go_rendered}).encode()
+    )
+    assert apf.pod_network is not None
+    vm_side = PodNetworkConfig.from_json_obj(apf.pod_network)
+    await port.setup(bed.pod, [VM_IP], pod_network)
+    await setup_pod_node(vm_side, bed.vmpod, vm_netns=bed.vm, notrack=backend)
+    await assert_pod_reachable_both_ways(bed)
+    await port.teardown(bed.pod, pod_network)
+    await teardown_pod_node(vm_side, bed.vmpod, vm_netns=bed.vm, notrack=backend)
+    assert await bed.leftovers(backend) == []

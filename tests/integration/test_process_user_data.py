@@ -244,8 +244,9 @@ def test_help_and_version() -> None:
     done = run("provision-files", "--help")
     assert done.returncode == 0 and "--user-data-fetch-timeout" in done.stdout
     assert "--aws-url" not in done.stdout
-    done = run("version")
-    assert done.returncode == 0 and __version__ in done.stdout
+    for spelling in (("version",), ("-v",), ("--version",)):  # the Go binary's spellings too
+        done = run(*spelling)
+        assert done.returncode == 0 and __version__ in done.stdout, spelling
 
 
 def test_a_bad_timeout_is_a_usage_error() -> None:

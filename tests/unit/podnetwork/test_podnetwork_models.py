@@ -18,6 +18,7 @@ from cloud_api_adaptor.podnetwork.models import (
     RouteProtocol,
     RouteScope,
 )
+from cloud_api_adaptor.podnetwork.testbed import go_daemon_rendering
 
 # Written by hand in the Go adaptor's encoding (tunneler.Config marshalled by encoding/json).
 GOLDEN = """{
@@ -213,3 +214,32 @@ def test_every_enum_name_round_trips() -> None:
     for state in NeighborState:
         neigh = Neighbor(ip=ipaddress.IPv4Address("10.0.0.1"), hw_addr="02:00:00:00:00:01", state=state)
         assert Neighbor.from_json_obj(neigh.to_json_obj(), "n") == neigh
+
+
+def test_the_go_daemons_ipv4_mapped_renderings_decode_to_the_same_config() -> None:
+    ours = json.loads(GOLDEN)
+    go = go_daemon_rendering(ours)
+    assert go["routes"][0]["dst"] == "::ffff:0.0.0.0/0" and go["routes"][1]["gw"] == ""
+    assert PodNetworkConfig.from_json_obj(go) == PodNetworkConfig.from_json_obj(ours)
+    # and we keep writing plain IPv4
+    assert dumps(PodNetworkConfig.from_json_obj(go).to_json_obj()) == GOLDEN
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("::ffff:10.1.0.0/16", "10.1.0.0/16"),  # an IPv4 length, as the Go daemon keeps it
+        ("::ffff:10.1.0.0/112", "10.1.0.0/16"),  # a true IPv6 length of a mapped address
+        ("::ffff:0.0.0.0/0", None),  # the default route: Go's zero prefix
+    ],
+)
+def test_mapped_route_destinations_keep_their_ipv4_length(text: str, expected: str | None) -> None:
+    route = Route.from_json_obj({"dst": text, "dev": "eth0"}, "pod-network.routes[0]")
+    assert str(route.destination) == (expected or "0.0.0.0/0")
+
+
+@pytest.mark.parametrize("text", ["2001:db8::/32", "::ffff:10.0.0.0/33", "::ffff:10.0.0.0/129", "::1/128"])
+def test_real_ipv6_prefixes_are_still_refused_naming_the_field(text: str) -> None:
+    with pytest.raises(InvalidInput) as err:
+        Route.from_json_obj({"dst": text, "dev": "eth0"}, "pod-network.routes[0]")
+    assert err.value.field == "pod-network.routes[0].dst"
