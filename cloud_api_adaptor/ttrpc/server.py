@@ -15,7 +15,12 @@ observe it:
   anything left is a generic INTERNAL status with an error id that the log line
   carrying the traceback names (``status.internal_error``);
 * every call runs in its own task, so long-poll calls (WaitProcess, ReadStdout)
-  never hold up other calls on the connection and answers go out in any order.
+  never hold up other calls on the connection and answers go out in any order;
+* backpressure per connection, as containerd's server has: while
+  ``max_calls_in_flight`` calls are running, or while the transport's buffer of
+  unsent replies is above its high-water mark (a peer that does not read), the
+  connection stops reading; the kernel's socket buffers then hold the peer back.
+  Memory per connection stays bounded and other connections are not slowed.
 
 Kata is unary only, so streaming requests and Data frames are refused without
 closing the connection.
@@ -90,6 +95,9 @@ class UnaryMethod(Generic[ReqT]):
     handler: Callable[[ReqT, CallContext], Awaitable[Message]]
 
 
+#: calls one connection may have running before it stops reading (Kata keeps a handful)
+DEFAULT_MAX_CALLS_IN_FLIGHT = 256
+
 ErrorTranslator = Callable[[Exception], RpcError | None]
 """Maps a handler's own exception classes to an RpcError; None leaves it an internal error."""
 
@@ -98,8 +106,13 @@ class Server:
     """A ttrpc server for unary services; an async context manager (close + wait_closed on exit)."""
 
     def __init__(
-        self, *, error_translator: ErrorTranslator | None = None, shutdown_grace: float = 5.0
+        self,
+        *,
+        error_translator: ErrorTranslator | None = None,
+        shutdown_grace: float = 5.0,
+        max_calls_in_flight: int = DEFAULT_MAX_CALLS_IN_FLIGHT,
     ) -> None:
+        self.max_calls_in_flight = max(1, max_calls_in_flight)
         self._services: dict[str, dict[str, UnaryMethod[Any]]] = {}
         self._translate = error_translator
         self._grace = shutdown_grace
@@ -263,6 +276,7 @@ class _ServerConnection(FrameConnection):
         self._calls: dict[int, asyncio.Task[None]] = {}
         self._loop = asyncio.get_running_loop()
         self._idle_close = False
+        self._reading_paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -280,6 +294,36 @@ class _ServerConnection(FrameConnection):
         # EOF means the peer is gone (Go's server treats it so too): close, which cancels its calls.
         # A peer that only half-closed cannot be told apart, and would leave long-polls hanging.
         return False
+
+    # -- backpressure -------------------------------------------------------------------
+
+    @property
+    def reading_paused(self) -> bool:
+        return self._reading_paused
+
+    def _should_read(self) -> bool:
+        return len(self._calls) < self._server.max_calls_in_flight and not self._write_paused
+
+    def _update_reading(self) -> None:
+        """Stop reading while the bounds are reached; start again once below them."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        wanted = self._should_read()
+        if wanted and self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
+        elif not wanted and not self._reading_paused:
+            self._reading_paused = True
+            transport.pause_reading()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._update_reading()
 
     def calls(self) -> list[asyncio.Task[None]]:
         return list(self._calls.values())
@@ -353,6 +397,8 @@ class _ServerConnection(FrameConnection):
         task = self._loop.create_task(self._run_call(method, request, ctx), name=f"ttrpc-call-{stream_id}")
         self._calls[stream_id] = task
         task.add_done_callback(functools.partial(self._call_done, stream_id))
+        if len(self._calls) >= self._server.max_calls_in_flight:
+            self._update_reading()
 
     # -- calls ------------------------------------------------------------------------
 
@@ -378,6 +424,8 @@ class _ServerConnection(FrameConnection):
 
     def _call_done(self, stream_id: int, task: asyncio.Task[None]) -> None:
         del self._calls[stream_id]
+        if self._reading_paused:
+            self._update_reading()
         if not task.cancelled() and task.exception() is not None:
             logger.error("ttrpc: call task %s failed", task.get_name(), exc_info=task.exception())
         if self._idle_close and not self._calls:
