@@ -111,3 +111,28 @@ def test_the_startup_probe_answers_once_the_socket_accepts(short_tmp: Path) -> N
     finally:
         assert d.stop() == 0
     assert not d.socket.exists()
+
+
+@pytest.mark.parametrize("command", ["doctor", "plan"])
+def test_a_fresh_nodes_state_directory_is_created_private_whichever_command_runs_first(
+    command: str, short_tmp: Path
+) -> None:
+    state = short_tmp / "var" / "lib" / "caa"
+    result = subprocess.run(
+        ["sh", "-c", 'umask 022 && exec "$@"', "sh", CLI, command, "--provider", "local"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "STATE_DIR": str(state), "LOCAL_MODE": "loopback"},
+    )
+    assert result.returncode in (0, 1), result.stderr
+    created = [p for p in (short_tmp / "var", short_tmp / "var" / "lib", state) if p.exists()]
+    created += [p for p in state.rglob("*") if p.is_dir()] if state.exists() else []
+    assert all(p.stat().st_mode & 0o777 == 0o700 for p in created), {
+        str(p): oct(p.stat().st_mode & 0o777) for p in created
+    }
+    if command == "plan":
+        assert created == []  # plan writes nothing at all
+    else:
+        assert state in created  # doctor prepared the provider's work directory under it
