@@ -26,7 +26,7 @@ from cloud_api_adaptor.hypervisor import requests as rq
 from cloud_api_adaptor.hypervisor.models import SandboxRecord
 from cloud_api_adaptor.hypervisor.selection import select_instance_type
 from cloud_api_adaptor.initdata import decode_initdata, encode_initdata, parse_initdata
-from cloud_api_adaptor.provider import InstanceTypeInfo, Provider
+from cloud_api_adaptor.provider import CreateRequest, InstanceSpec, InstanceTypeInfo, Provider
 from cloud_api_adaptor.settings import Settings
 from cloud_api_adaptor.userdata import build_userdata
 
@@ -174,6 +174,25 @@ def plan_sandbox(
         pod_network=pod_network,
         vni=vni,
         now=now,
+    )
+
+
+def create_request(record: SandboxRecord, tags: Mapping[str, str], *, deadline: float) -> CreateRequest:
+    """What StartVM asks the provider for: the planned instance, under the attempt's idempotency token."""
+    return CreateRequest(
+        name=record.instance_name,
+        sandbox_id=record.id,
+        token=record.token,
+        spec=InstanceSpec(
+            instance_type=record.instance_type,
+            vcpus=record.vcpus,
+            memory_mib=record.memory_mib,
+            gpus=record.gpus,
+            image=record.image,
+        ),
+        userdata=record.userdata,
+        tags=dict(tags),
+        deadline=deadline,
     )
 
 

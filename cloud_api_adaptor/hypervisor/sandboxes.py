@@ -46,8 +46,6 @@ from cloud_api_adaptor.provider import (
     TAG_CLUSTER,
     TAG_NODE,
     TAG_SANDBOX,
-    CreateRequest,
-    InstanceSpec,
     InstanceTypeInfo,
     Provider,
 )
@@ -282,21 +280,8 @@ class SandboxManager:
         wait = self._settings.proxy_timeout
         if deadline is not None:
             wait = min(wait, deadline - loop.time())
-        request = CreateRequest(
-            name=record.instance_name,
-            sandbox_id=record.id,
-            token=record.token,
-            spec=InstanceSpec(
-                instance_type=record.instance_type,
-                vcpus=record.vcpus,
-                memory_mib=record.memory_mib,
-                gpus=record.gpus,
-                image=record.image,
-            ),
-            userdata=record.userdata,
-            tags={**dict(self._settings.tags), **self.owner_tags(record.id)},
-            deadline=time.monotonic() + wait,
-        )
+        tags = {**dict(self._settings.tags), **self.owner_tags(record.id)}
+        request = planning.create_request(record, tags, deadline=time.monotonic() + wait)
         try:
             instance = await self._provider.create_instance(request)
         except ProviderError as exc:
