@@ -28,7 +28,7 @@ protos: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy cloud_api_adaptor $(PROVIDER_PKGS) tests benchmarks tools podvm
+	$(VENV)/bin/mypy conftest.py cloud_api_adaptor $(PROVIDER_PKGS) tests benchmarks tools podvm
 	$(VENV)/bin/lint-imports
 
 unit: $(STAMP)
