@@ -20,6 +20,8 @@ from caa_provider_ibmcloud.testing.server import FakeServer, Refusal, Reply, Req
 
 APIKEY_GRANT = "urn:ibm:params:oauth:grant-type:apikey"
 CR_TOKEN_GRANT = "urn:ibm:params:oauth:grant-type:cr-token"
+#: the account every issued token names (claim account.bss)
+ACCOUNT = "fakeaccount"
 
 
 class FakeIam:
@@ -54,7 +56,7 @@ class FakeIam:
         else:
             return Reply(400, {"errorCode": "BXNIM0109E", "errorMessage": f"unsupported grant_type {grant!r}"})
         now = int(time.time())
-        claims = {"sub": subject, "iat": now, "exp": now + self.lifetime, "jti": uuid.uuid4().hex}
+        claims = {"sub": subject, "account": {"bss": ACCOUNT}, "iat": now, "exp": now + self.lifetime, "jti": uuid.uuid4().hex}
         token = jwt.encode(claims, self._secret, algorithm="HS256")
         with self._lock:
             self._issued.add(token)
