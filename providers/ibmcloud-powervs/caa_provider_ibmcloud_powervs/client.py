@@ -14,9 +14,12 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from caa_provider_ibmcloud.calls import SdkCalls
+from caa_provider_ibmcloud.platform import PlatformPort
+
 from cloud_api_adaptor.errors import PermanentProviderError
 
 Shape = dict[str, Any]
@@ -70,8 +73,12 @@ class PowerVsClient:
         request = self._service.prepare_request(method, url, headers=headers, data=body)
         return self._service.send(request).get_result()
 
-    async def _call(self, operation: str, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
-        return await self._calls.call(f"powervs {operation}", functools.partial(self._send, method, path, body))
+    async def _call(
+        self, operation: str, method: str, path: str, body: Mapping[str, Any] | None = None
+    ) -> Any:
+        return await self._calls.call(
+            f"powervs {operation}", functools.partial(self._send, method, path, body)
+        )
 
     async def list_instances(self) -> list[Shape]:
         answer = await self._call("list instances", "GET", "/pvm-instances")
@@ -105,3 +112,16 @@ class PowerVsClient:
     async def get_ssh_key(self, name: str) -> Shape:
         # SSH keys live in the workspace's tenant; this path is the keys endpoint for the workspace
         return dict(await self._call("get ssh key", "GET", f"/sshkeys/{name}") or {})
+
+
+@dataclass
+class PowervsPorts:
+    """The clients one PowerVS provider uses: the PowerVS API, Global Search, and their thread pool."""
+
+    client: PowerVsClient
+    platform: PlatformPort
+    calls: SdkCalls | None = None
+
+    async def aclose(self) -> None:
+        if self.calls is not None:
+            await self.calls.aclose()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from caa_provider_ibmcloud.config import DEFAULT_IAM_ENDPOINT, DEFAULT_SEARCH_ENDPOINT
+
 from cloud_api_adaptor.errors import ConfigError
 from cloud_api_adaptor.options import boolean, custom, duration, settings, text
 
@@ -42,7 +44,7 @@ def _positive_number(key: str, raw: str) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigError(key, f"not a number: {raw!r}") from None
-    if not value > 0 or value != value:
+    if not value > 0 or math.isnan(value) or math.isinf(value):
         raise ConfigError(key, f"must be positive, got {raw!r}")
     return value
 
@@ -55,7 +57,9 @@ def _number_text(value: float) -> str:
 class PowervsConfig:
     """Validated PowerVS provider settings."""
 
-    api_key: str = text("api-key", "IBMCLOUD_API_KEY", "IBM Cloud API key.", secret=True, required=True, default="")
+    api_key: str = text(
+        "api-key", "IBMCLOUD_API_KEY", "IBM Cloud API key.", secret=True, required=True, default=""
+    )
     iam_endpoint: str = text(
         "iam-service-url", "IBMCLOUD_IAM_ENDPOINT", "IAM token endpoint.", default=DEFAULT_IAM_ENDPOINT
     )
@@ -79,11 +83,16 @@ class PowervsConfig:
         required=True,
         default="",
     )
-    network_id: str = text("network-id", "POWERVS_NETWORK_ID", "Network ID for the pod VMs.", required=True, default="")
+    network_id: str = text(
+        "network-id", "POWERVS_NETWORK_ID", "Network ID for the pod VMs.", required=True, default=""
+    )
     image_id: str = text("image-id", "POWERVS_IMAGE_ID", "Pod VM image ID.", required=True, default="")
     ssh_key_name: str = text("ssh-key", "POWERVS_SSH_KEY_NAME", "SSH key name in the workspace.", default="")
     processor_type: str = text(
-        "proc-type", "POWERVS_PROCESSOR_TYPE", "Processor type: dedicated, shared or capped.", default="shared"
+        "proc-type",
+        "POWERVS_PROCESSOR_TYPE",
+        "Processor type: dedicated, shared or capped.",
+        default="shared",
     )
     system_type: str = text("sys-type", "POWERVS_SYSTEM_TYPE", "System type.", default="s922")
     memory: float = custom(
@@ -105,7 +114,9 @@ class PowervsConfig:
 
     def __post_init__(self) -> None:
         if self.processor_type not in PROC_TYPES:
-            raise ConfigError("POWERVS_PROCESSOR_TYPE", f"{self.processor_type!r} is not one of {', '.join(PROC_TYPES)}")
+            raise ConfigError(
+                "POWERVS_PROCESSOR_TYPE", f"{self.processor_type!r} is not one of {', '.join(PROC_TYPES)}"
+            )
         if self.zone and not _ZONE.match(self.zone):
             raise ConfigError("POWERVS_ZONE", f"invalid zone {self.zone!r} (e.g. dal12)")
         for key, url in (

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 
 from caa_provider_ibmcloud.retry import RetryPolicy
+
+from caa_provider_ibmcloud_powervs.client import PowervsPorts
 from caa_provider_ibmcloud_powervs.config import PowervsConfig
-from caa_provider_ibmcloud_powervs.provider import PowervsPorts
 from caa_provider_ibmcloud_powervs.shapes import USERDATA_BASE64_LIMIT
 from cloud_api_adaptor.errors import AdaptorError, PermanentProviderError
 from cloud_api_adaptor.provider import CheckResult

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from caa_provider_ibmcloud_powervs.client import PowervsPorts
 from caa_provider_ibmcloud_powervs.config import PowervsConfig
-from caa_provider_ibmcloud_powervs.provider import PowervsPorts, PowervsProvider
+from caa_provider_ibmcloud_powervs.provider import PowervsProvider
 from cloud_api_adaptor.provider import ProviderContext
 
 

@@ -6,9 +6,9 @@ from caa_provider_ibmcloud.auth import make_authenticator
 from caa_provider_ibmcloud.calls import SdkCalls
 from caa_provider_ibmcloud.config import DEFAULT_TAGGING_ENDPOINT
 from caa_provider_ibmcloud.platform import PlatformPort
-from caa_provider_ibmcloud_powervs.client import PowerVsClient
+
+from caa_provider_ibmcloud_powervs.client import PowerVsClient, PowervsPorts
 from caa_provider_ibmcloud_powervs.config import PowervsConfig
-from caa_provider_ibmcloud_powervs.provider import PowervsPorts
 
 
 def sdk_ports(config: PowervsConfig) -> PowervsPorts:

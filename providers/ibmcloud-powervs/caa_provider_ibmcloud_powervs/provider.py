@@ -23,19 +23,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
-from caa_provider_ibmcloud.calls import SdkCalls
-from caa_provider_ibmcloud.platform import PlatformPort
 from caa_provider_ibmcloud.retry import RetryPolicy, WaitPolicy
 from caa_provider_ibmcloud.tags import read_owner_tags, request_tags, search_query, token_tag
-from caa_provider_ibmcloud_powervs.client import PowerVsClient, Shape
+
+from caa_provider_ibmcloud_powervs.client import PowervsPorts, Shape
 from caa_provider_ibmcloud_powervs.config import PowervsConfig
 from caa_provider_ibmcloud_powervs.shapes import (
     MAX_NAME_LENGTH,
-    Size,
     USERDATA_BASE64_LIMIT,
     USERDATA_LIMIT,
+    Size,
     create_body,
     fixed_ips,
     lease_ip,
@@ -63,17 +61,6 @@ logger = logging.getLogger(__name__)
 
 #: longest pause between build polls (the Go version's cap)
 BUILD_POLL_CAP = 5.0
-
-
-@dataclass
-class PowervsPorts:
-    client: PowerVsClient
-    platform: PlatformPort
-    calls: SdkCalls | None = None
-
-    async def aclose(self) -> None:
-        if self.calls is not None:
-            await self.calls.aclose()
 
 
 PortsFactory = Callable[[PowervsConfig], PowervsPorts]
@@ -127,7 +114,9 @@ class PowervsProvider(Provider):
                 f"({USERDATA_LIMIT} bytes before encoding)",
             )
         if len(request.name) > MAX_NAME_LENGTH:
-            raise InvalidInput("name", f"server name {request.name!r} is longer than {MAX_NAME_LENGTH} characters")
+            raise InvalidInput(
+                "name", f"server name {request.name!r} is longer than {MAX_NAME_LENGTH} characters"
+            )
         shape = size_for(self._config, request.spec)
         async with self._launching.hold(request.name):
             instance_id = await self._launch(request, shape)
@@ -205,7 +194,9 @@ class PowervsProvider(Provider):
             logger.info("adopting instance %s made earlier for this request", instance_id)
             return instance_id
         owners = read_owner_tags(attached)
-        if owners.get(TAG_SANDBOX) != request.sandbox_id or owners.get(TAG_CLUSTER) != request.tags.get(TAG_CLUSTER):
+        if owners.get(TAG_SANDBOX) != request.sandbox_id or owners.get(TAG_CLUSTER) != request.tags.get(
+            TAG_CLUSTER
+        ):
             raise PermanentProviderError(
                 f"an instance named {request.name} ({instance_id}) already exists and does not belong to "
                 f"sandbox {request.sandbox_id} of this cluster; delete it or rename the pod"
@@ -238,7 +229,9 @@ class PowervsProvider(Provider):
                 return raw
             if status == "ERROR":
                 fault = (raw.get("fault") or {}).get("message", "")
-                raise PermanentProviderError(f"instance {instance_id} failed to build{': ' + fault if fault else ''}")
+                raise PermanentProviderError(
+                    f"instance {instance_id} failed to build{': ' + fault if fault else ''}"
+                )
             if self._clock() >= deadline:
                 raise TemporaryProviderError(
                     f"instance {instance_id} is still {status or 'unknown'} after POWERVS_BUILD_TIMEOUT "
@@ -280,4 +273,3 @@ class PowervsProvider(Provider):
             await self.delete_instance(instance_id)
         except Exception as exc:  # the daemon's cleanup finds it by its tags and tries again
             logger.error("deleting instance %s failed: %s", instance_id, exc)
-

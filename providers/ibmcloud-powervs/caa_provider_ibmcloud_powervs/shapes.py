@@ -1,4 +1,4 @@
-"""Pure translation between our dataclasses and PowerVS shapes (PVMInstanceCreate, PVMInstance, DHCP leases)."""
+"""Pure translation between our dataclasses and PowerVS shapes (PVMInstanceCreate, PVMInstance, leases)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class Size:
 
 
 def size_for(config: PowervsConfig, spec: InstanceSpec) -> Size:
-    """vCPUs and memory if both annotated (memory GiB = MiB // 1024), else the machine_type shape, else config."""
+    """vCPUs and memory if both annotated (GB = MiB // 1024), else the machine_type shape, else config."""
     if spec.vcpus and spec.memory_mib:
         memory = spec.memory_mib // 1024
         if memory < 1:
@@ -40,7 +40,9 @@ def size_for(config: PowervsConfig, spec: InstanceSpec) -> Size:
     shape = spec.instance_type or config.default_shape
     match = _SHAPE.match(shape)
     if match is None:
-        raise InvalidInput("instance_type", f"{shape!r} is not a PowerVS shape <systype>-<cpu>x<memGB> (e.g. s922-1x4)")
+        raise InvalidInput(
+            "instance_type", f"{shape!r} is not a PowerVS shape <systype>-<cpu>x<memGB> (e.g. s922-1x4)"
+        )
     return Size(match.group("sys"), float(match.group("cpu")), float(match.group("mem")))
 
 

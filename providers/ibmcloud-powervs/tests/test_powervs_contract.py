@@ -1,4 +1,4 @@
-"""PowervsProvider passes the provider contract against the PowerVS, IAM and Global Search fakes over HTTP."""
+"""PowervsProvider passes the provider contract against the PowerVS, IAM and Global Search fakes."""
 
 from __future__ import annotations
 

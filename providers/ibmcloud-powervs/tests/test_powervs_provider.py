@@ -59,7 +59,9 @@ async def test_a_build_timeout_is_an_error_and_no_instance_is_left(power_world: 
 
 
 @pytest.mark.asyncio
-async def test_an_error_build_is_a_permanent_error_and_the_instance_is_deleted(power_world: PowerWorld) -> None:
+async def test_an_error_build_is_a_permanent_error_and_the_instance_is_deleted(
+    power_world: PowerWorld,
+) -> None:
     power_world.power.next_outcome = ["ERROR"]
     provider = power_world.provider()
     try:
@@ -84,7 +86,9 @@ async def test_a_dynamic_network_gets_its_address_from_the_dhcp_lease_of_its_mac
 
 
 @pytest.mark.asyncio
-async def test_a_lost_create_response_is_found_by_server_name(power_world: PowerWorld, power_proxy: FaultProxy) -> None:
+async def test_a_lost_create_response_is_found_by_server_name(
+    power_world: PowerWorld, power_proxy: FaultProxy
+) -> None:
     provider = power_world.provider(power_proxy.url)
     power_proxy.add_rule("*", Fault.DROP_RESPONSE, **CREATE)
     req = request()
@@ -99,7 +103,9 @@ async def test_a_lost_create_response_is_found_by_server_name(power_world: Power
 async def test_429_and_503_storms_make_one_instance(power_world: PowerWorld, power_proxy: FaultProxy) -> None:
     provider = power_world.provider(power_proxy.url)
     body = json.dumps({"code": 429, "error": "too many requests", "description": "slow down"}).encode()
-    power_proxy.add_rule("*", Fault.RESPOND, status=429, headers={"Retry-After": "1"}, body=body, times=2, **CREATE)
+    power_proxy.add_rule(
+        "*", Fault.RESPOND, status=429, headers={"Retry-After": "1"}, body=body, times=2, **CREATE
+    )
     power_proxy.add_rule("*", Fault.UNAVAILABLE, times=2, **CREATE)
     power_proxy.add_rule("*", Fault.UNAVAILABLE, method="GET", path="/pvm-instances/", times=2)
     req = request()
@@ -187,7 +193,12 @@ def test_both_entry_point_names_load_the_plugin_and_the_go_defaults_hold() -> No
         "POWERVS_IMAGE_ID": "i",
     }
     config = load(PowervsConfig, env)
-    assert (config.processor_type, config.system_type, config.memory, config.processors) == ("shared", "s922", 2.0, 0.5)
+    assert (config.processor_type, config.system_type, config.memory, config.processors) == (
+        "shared",
+        "s922",
+        2.0,
+        0.5,
+    )
     assert config.build_timeout == 150.0 and config.url == "https://us-south.power-iaas.cloud.ibm.com"
     assert config.default_shape == "s922-0.5x2"
     with pytest.raises(ConfigError) as err:

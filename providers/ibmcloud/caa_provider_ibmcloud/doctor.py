@@ -35,7 +35,9 @@ async def run_checks(
 
     async def credentials() -> str:
         # a search needs an IAM token: a bad API key or trusted profile fails here first
-        await retry.run(lambda: ports.platform.search(search_query({TAG_CLUSTER: "doctor"}, ("instance",), "is")))
+        await retry.run(
+            lambda: ports.platform.search(search_query({TAG_CLUSTER: "doctor"}, ("instance",), "is"))
+        )
         return f"IAM token accepted (VPC API {config.vpc_url})"
 
     async def zone() -> str:
@@ -53,12 +55,16 @@ async def run_checks(
             raise PermanentProviderError(f"subnet {subnet['id']} is in VPC {subnet_vpc}, not {config.vpc_id}")
         subnet_zone = str((subnet.get("zone") or {}).get("name", ""))
         if config.zone_name and subnet_zone != config.zone_name:
-            raise PermanentProviderError(f"subnet {subnet['id']} is in zone {subnet_zone}, not {config.zone_name}")
+            raise PermanentProviderError(
+                f"subnet {subnet['id']} is in zone {subnet_zone}, not {config.zone_name}"
+            )
         if config.vpc_id:
             await retry.run(lambda: vpc.get_vpc(config.vpc_id))
         for group in config.security_group_ids:
             await retry.run(lambda g=group: vpc.get_security_group(g))  # type: ignore[misc]
-        groups = f", security groups {', '.join(config.security_group_ids)}" if config.security_group_ids else ""
+        groups = (
+            f", security groups {', '.join(config.security_group_ids)}" if config.security_group_ids else ""
+        )
         return f"subnet {subnet['id']} ({subnet.get('ipv4_cidr_block', '?')}) in VPC {subnet_vpc}{groups}"
 
     async def images() -> str:
@@ -72,8 +78,14 @@ async def run_checks(
         for name in config.allowed_profiles:
             spec = await profile_for(name)
             if spec.architecture not in archs:
-                raise PermanentProviderError(f"profile {name} is {spec.architecture}; no image of that architecture")
-            if not config.disable_cvm and spec.architecture == "amd64" and "tdx" not in spec.confidential_modes:
+                raise PermanentProviderError(
+                    f"profile {name} is {spec.architecture}; no image of that architecture"
+                )
+            if (
+                not config.disable_cvm
+                and spec.architecture == "amd64"
+                and "tdx" not in spec.confidential_modes
+            ):
                 raise PermanentProviderError(f"profile {name} does not support TDX (DISABLECVM is false)")
             lines.append(f"{name} ({spec.architecture}, {spec.vcpus} vCPU, {spec.memory_mib // 1024} GiB)")
         return ", ".join(lines)

@@ -53,7 +53,10 @@ class PlatformPort:
         from ibm_platform_services.global_tagging_v1 import Resource
 
         call = functools.partial(
-            self._tagging.attach_tag, resources=[Resource(resource_id=crn)], tag_names=list(tags), tag_type="user"
+            self._tagging.attach_tag,
+            resources=[Resource(resource_id=crn)],
+            tag_names=list(tags),
+            tag_type="user",
         )
         result = (await self._calls.call("global tagging attach", call)).get_result() or {}
         failed = [r for r in result.get("results", []) if r.get("is_error")]

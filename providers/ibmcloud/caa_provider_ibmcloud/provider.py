@@ -121,7 +121,8 @@ class IbmcloudProvider(Provider):
         size = len(request.userdata.encode())
         if size > USERDATA_LIMIT:
             raise InvalidInput(
-                "userdata", f"userdata is {size} bytes; IBM Cloud VPC accepts at most {USERDATA_LIMIT} (64 KB)"
+                "userdata",
+                f"userdata is {size} bytes; IBM Cloud VPC accepts at most {USERDATA_LIMIT} (64 KB)",
             )
         profile = await self._profile_for(request.spec.instance_type or self._config.profile_name)
         image = await self._image_for(profile, request.spec.image)
@@ -192,7 +193,8 @@ class IbmcloudProvider(Provider):
         if not name:
             raise InvalidInput(
                 "instance_type",
-                "no instance profile: set IBMCLOUD_PODVM_INSTANCE_PROFILE_NAME or annotate the pod's machine_type",
+                "no instance profile: set IBMCLOUD_PODVM_INSTANCE_PROFILE_NAME "
+                "or annotate the pod's machine_type",
             )
         if name not in self._profiles:
             ports = self._port()
@@ -215,13 +217,14 @@ class IbmcloudProvider(Provider):
 
     async def _image_for(self, profile: ProfileSpec, requested: str) -> str:
         """The pod's image if it named one (checked), else the first configured one of the profile's arch."""
-        if not self._config.disable_cvm and profile.architecture == "amd64":
-            if "tdx" not in profile.confidential_modes:
-                raise InvalidInput(
-                    "instance_type",
-                    f"instance profile {profile.name} does not support TDX (modes: "
-                    f"{', '.join(profile.confidential_modes) or 'none'}); pick a TDX profile or set DISABLECVM=true",
-                )
+        wants_tdx = not self._config.disable_cvm and profile.architecture == "amd64"
+        if wants_tdx and "tdx" not in profile.confidential_modes:
+            modes = ", ".join(profile.confidential_modes) or "none"
+            raise InvalidInput(
+                "instance_type",
+                f"instance profile {profile.name} does not support TDX (modes: {modes}); "
+                "pick a TDX profile or set DISABLECVM=true",
+            )
         candidates = (requested,) if requested else self._config.image_id
         archs = {image: await self._arch_of(image) for image in candidates}
         for image, arch in archs.items():
@@ -265,7 +268,9 @@ class IbmcloudProvider(Provider):
         except PermanentProviderError as exc:
             if not placement.host_id or not self._config.dedicated_host_group_ids:
                 raise
-            logger.warning("create on dedicated host %s failed (%s); trying the host group", placement.host_id, exc)
+            logger.warning(
+                "create on dedicated host %s failed (%s); trying the host group", placement.host_id, exc
+            )
             group = Placement(group_id=self._config.dedicated_host_group_ids[0])
             body = instance_prototype(self._config, request, profile, image, volume_tags, group)
             return await vpc.create_instance(body)
@@ -297,7 +302,7 @@ class IbmcloudProvider(Provider):
         return None
 
     async def _boot_volume_tags(self, raw: Mapping[str, object]) -> set[str]:
-        volume_id = boot_volume_id(raw)  # type: ignore[arg-type]
+        volume_id = boot_volume_id(raw)
         if not volume_id:
             return set()
         vpc = self._port().vpc
@@ -327,7 +332,9 @@ class IbmcloudProvider(Provider):
             status = str(raw.get("status", ""))
             if status in GONE_STATES:
                 reasons = "; ".join(str(r.get("message", "")) for r in raw.get("status_reasons", []) or [])
-                raise PermanentProviderError(f"instance {instance_id} is {status}{': ' + reasons if reasons else ''}")
+                raise PermanentProviderError(
+                    f"instance {instance_id} is {status}{': ' + reasons if reasons else ''}"
+                )
             if addresses_ready(raw):
                 return raw
             if poll + 1 < wait.attempts:
@@ -355,4 +362,3 @@ class IbmcloudProvider(Provider):
             if boot_volume_id(raw) == hit.resource_id and str(raw.get("status")) != "deleting":
                 return to_instance(raw, read_owner_tags(hit.tags, asked))
         return None
-

@@ -36,9 +36,9 @@ _DIGEST_MARK = "sha-"
 
 
 def _value(prefix: str, value: str) -> str:
-    if _READABLE.match(value) and not value.startswith(_DIGEST_MARK):
-        if len(prefix) + 1 + len(value) <= MAX_TAG_LENGTH:
-            return value
+    fits = len(prefix) + 1 + len(value) <= MAX_TAG_LENGTH
+    if fits and _READABLE.match(value) and not value.startswith(_DIGEST_MARK):
+        return value
     return _DIGEST_MARK + hashlib.sha256(value.encode()).hexdigest()[:40]
 
 

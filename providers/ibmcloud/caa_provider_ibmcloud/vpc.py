@@ -34,19 +34,26 @@ class VpcPort:
 
     async def instances_named(self, name: str) -> list[Shape]:
         """Instances with exactly this name (names are unique per region: zero or one)."""
-        page = await self._result("vpc list instances", functools.partial(self._vpc.list_instances, name=name))
+        page = await self._result(
+            "vpc list instances", functools.partial(self._vpc.list_instances, name=name)
+        )
         return [dict(i) for i in page.get("instances", []) if i.get("name") == name]
 
     async def create_instance(self, prototype: Mapping[str, Any]) -> Shape:
         return await self._result(
-            "vpc create instance", functools.partial(self._vpc.create_instance, instance_prototype=dict(prototype))
+            "vpc create instance",
+            functools.partial(self._vpc.create_instance, instance_prototype=dict(prototype)),
         )
 
     async def get_instance(self, instance_id: str) -> Shape:
-        return await self._result("vpc get instance", functools.partial(self._vpc.get_instance, id=instance_id))
+        return await self._result(
+            "vpc get instance", functools.partial(self._vpc.get_instance, id=instance_id)
+        )
 
     async def delete_instance(self, instance_id: str) -> None:
-        await self._calls.call("vpc delete instance", functools.partial(self._vpc.delete_instance, id=instance_id))
+        await self._calls.call(
+            "vpc delete instance", functools.partial(self._vpc.delete_instance, id=instance_id)
+        )
 
     async def get_volume(self, volume_id: str) -> Shape:
         return await self._result("vpc get volume", functools.partial(self._vpc.get_volume, id=volume_id))

@@ -1,4 +1,4 @@
-"""IbmcloudProvider passes the provider contract against the VPC, IAM and Global Tagging/Search fakes over HTTP."""
+"""IbmcloudProvider passes the provider contract against the VPC, IAM and Global Tagging/Search fakes."""
 
 from __future__ import annotations
 

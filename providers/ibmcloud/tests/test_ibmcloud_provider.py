@@ -25,7 +25,9 @@ from cloud_api_adaptor.testing.faultproxy import Fault, FaultProxy
 CREATE = {"method": "POST", "path": r"^/v1/instances$"}
 
 
-def request(profile: str = "", image: str = "", sandbox: str | None = None, cluster: str = "c1") -> CreateRequest:
+def request(
+    profile: str = "", image: str = "", sandbox: str | None = None, cluster: str = "c1"
+) -> CreateRequest:
     sid = sandbox or uuid.uuid4().hex * 2
     return CreateRequest(
         name=f"podvm-web-{sid[:8]}",
@@ -42,7 +44,9 @@ def sandbox_instances(world: VpcWorld, req: CreateRequest) -> list[str]:
 
 
 @pytest.mark.asyncio
-async def test_an_s390x_profile_gets_the_s390x_image_and_no_tdx(vpc_world: VpcWorld, vpc_proxy: FaultProxy) -> None:
+async def test_an_s390x_profile_gets_the_s390x_image_and_no_tdx(
+    vpc_world: VpcWorld, vpc_proxy: FaultProxy
+) -> None:
     provider = vpc_world.provider(vpc_proxy.url)
     try:
         instance = await provider.create_instance(request("bz2e-2x8"))
@@ -90,7 +94,9 @@ async def test_disable_cvm_sends_disabled_and_no_secure_boot_and_a_non_tdx_profi
 
 
 @pytest.mark.asyncio
-async def test_a_lost_create_response_is_found_by_name_and_adopted(vpc_world: VpcWorld, vpc_proxy: FaultProxy) -> None:
+async def test_a_lost_create_response_is_found_by_name_and_adopted(
+    vpc_world: VpcWorld, vpc_proxy: FaultProxy
+) -> None:
     provider = vpc_world.provider(vpc_proxy.url)
     vpc_proxy.add_rule("*", Fault.DROP_RESPONSE, **CREATE)
     req = request()
@@ -120,7 +126,9 @@ async def test_429_and_503_storms_make_one_instance_and_retry_after_is_honoured(
         gone_wait=FAST_WAIT,
     )
     body = json.dumps({"errors": [{"code": "too_many_requests", "message": "Rate limit exceeded"}]}).encode()
-    vpc_proxy.add_rule("*", Fault.RESPOND, status=429, headers={"Retry-After": "3"}, body=body, times=2, **CREATE)
+    vpc_proxy.add_rule(
+        "*", Fault.RESPOND, status=429, headers={"Retry-After": "3"}, body=body, times=2, **CREATE
+    )
     vpc_proxy.add_rule("*", Fault.UNAVAILABLE, times=2, **CREATE)
     vpc_proxy.add_rule("*", Fault.UNAVAILABLE, method="POST", path="/v3/tags/attach")
     vpc_proxy.add_rule("*", Fault.UNAVAILABLE, method="GET", path="^/v1/instances/")
@@ -186,7 +194,9 @@ async def test_a_same_named_instance_of_another_sandbox_is_not_adopted(vpc_world
 
 
 @pytest.mark.asyncio
-async def test_an_earlier_attempts_instance_is_deleted_before_the_new_attempt_creates(vpc_world: VpcWorld) -> None:
+async def test_an_earlier_attempts_instance_is_deleted_before_the_new_attempt_creates(
+    vpc_world: VpcWorld,
+) -> None:
     provider = vpc_world.provider()
     first = request()
     second = CreateRequest(**{**first.__dict__, "token": f"{first.sandbox_id}-2"})
@@ -274,7 +284,10 @@ def test_the_config_refuses_missing_credentials_and_derives_the_regional_endpoin
     with pytest.raises(ConfigError) as err:
         load(IbmcloudConfig, {"IBMCLOUD_PODVM_IMAGE_ID": "r006-x", "IBMCLOUD_ZONE": "eu-de-2"})
     assert err.value.key == "IBMCLOUD_API_KEY"
-    config = load(IbmcloudConfig, {"IBMCLOUD_API_KEY": "s3cr3t-key", "IBMCLOUD_PODVM_IMAGE_ID": "a,b", "IBMCLOUD_ZONE": "eu-de-2"})
+    config = load(
+        IbmcloudConfig,
+        {"IBMCLOUD_API_KEY": "s3cr3t-key", "IBMCLOUD_PODVM_IMAGE_ID": "a,b", "IBMCLOUD_ZONE": "eu-de-2"},
+    )
     assert config.vpc_url == "https://eu-de.iaas.cloud.ibm.com/v1" and config.disable_cvm is True
     assert "s3cr3t-key" not in repr(config)
 

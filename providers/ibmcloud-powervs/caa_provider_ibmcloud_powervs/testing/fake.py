@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 from caa_provider_ibmcloud.testing.iam import ACCOUNT
 from caa_provider_ibmcloud.testing.platform import Doc, FakePlatform, check_tag
 from caa_provider_ibmcloud.testing.server import FakeServer, Refusal, Reply, Request
@@ -131,7 +131,9 @@ class FakePowerVs:
     def _checked(self, handler: Any) -> Any:
         def serve(request: Request) -> Reply:
             if request.headers.get("crn") != self.crn:
-                raise power_error(403, f"CRN header {request.headers.get('crn')!r} does not name this workspace")
+                raise power_error(
+                    403, f"CRN header {request.headers.get('crn')!r} does not name this workspace"
+                )
             with self.lock:
                 return handler(request)  # type: ignore[no-any-return]
 
@@ -155,8 +157,22 @@ class FakePowerVs:
         return Reply(200, {"pvmInstances": [self._reference(i) for i in self.instances.values()]})
 
     def _reference(self, inst: PvmInstance) -> dict[str, Any]:
-        keep = ("pvmInstanceID", "serverName", "status", "imageID", "memory", "processors", "procType",
-                "sysType", "creationDate", "networks", "href", "crn", "diskSize", "osType")
+        keep = (
+            "pvmInstanceID",
+            "serverName",
+            "status",
+            "imageID",
+            "memory",
+            "processors",
+            "procType",
+            "sysType",
+            "creationDate",
+            "networks",
+            "href",
+            "crn",
+            "diskSize",
+            "osType",
+        )
         return {k: inst.shape[k] for k in keep if k in inst.shape}
 
     def _create(self, request: Request) -> Reply:
@@ -194,7 +210,7 @@ class FakePowerVs:
         mac = f"fa:16:3e:00:{number // 256:02x}:{number % 256:02x}"
         address = self._allocate()
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-        crn = f"crn:v1:bluemix:public:power-iaas:{self.zone}:a/{ACCOUNT}:{self.workspace}:pvm-instance:{instance_id}"
+        crn = f"{self.crn.removesuffix('::')}:pvm-instance:{instance_id}"
         shape = {
             "pvmInstanceID": instance_id,
             "serverName": body["serverName"],
@@ -258,7 +274,10 @@ class FakePowerVs:
             self.platform.forget(inst.shape["crn"])
 
     def _dhcp_list(self, request: Request) -> Reply:
-        return Reply(200, [{"id": self.dhcp_id, "network": {"id": self.network_id, "name": "pods"}, "status": "ACTIVE"}])
+        return Reply(
+            200,
+            [{"id": self.dhcp_id, "network": {"id": self.network_id, "name": "pods"}, "status": "ACTIVE"}],
+        )
 
     def _dhcp_get(self, request: Request) -> Reply:
         assert request.match is not None
@@ -278,8 +297,15 @@ class FakePowerVs:
         assert request.match is not None
         if request.match.group("id") != self.image_id:
             raise power_error(404, "image not found")
-        return Reply(200, {"imageID": self.image_id, "name": "podvm-ppc64le", "state": "active",
-                           "specifications": {"architecture": "ppc64"}})
+        return Reply(
+            200,
+            {
+                "imageID": self.image_id,
+                "name": "podvm-ppc64le",
+                "state": "active",
+                "specifications": {"architecture": "ppc64"},
+            },
+        )
 
     def _network(self, request: Request) -> Reply:
         assert request.match is not None

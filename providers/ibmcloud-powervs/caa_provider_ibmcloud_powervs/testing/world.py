@@ -1,4 +1,4 @@
-"""One test's PowerVS workspace: the shared IAM and Global Search fakes plus the PowerVS fake, on one listener."""
+"""One test's PowerVS workspace: the shared IAM and Global Search fakes and the PowerVS fake, one listener."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from caa_provider_ibmcloud.testing.iam import FakeIam
 from caa_provider_ibmcloud.testing.platform import FakePlatform
 from caa_provider_ibmcloud.testing.server import FakeServer
 from caa_provider_ibmcloud.testing.world import API_KEY, FAST_RETRY, FAST_WAIT
+
 from caa_provider_ibmcloud_powervs.config import PowervsConfig
 from caa_provider_ibmcloud_powervs.plugin import sdk_ports
 from caa_provider_ibmcloud_powervs.provider import PowervsProvider

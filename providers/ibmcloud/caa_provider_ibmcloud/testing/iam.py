@@ -46,17 +46,29 @@ class FakeIam:
         grant = form.get("grant_type", "")
         if grant == APIKEY_GRANT:
             if form.get("apikey") not in self.api_keys:
-                return Reply(400, {"errorCode": "BXNIM0415E", "errorMessage": "Provided API key could not be found."})
+                return Reply(
+                    400, {"errorCode": "BXNIM0415E", "errorMessage": "Provided API key could not be found."}
+                )
             subject = "iam-ServiceId-fake"
         elif grant == CR_TOKEN_GRANT:
             profile = form.get("profile_id", "")
             if self.profiles.get(profile) != form.get("cr_token"):
-                return Reply(400, {"errorCode": "BXNIM0538E", "errorMessage": "Compute resource token is not trusted."})
+                return Reply(
+                    400, {"errorCode": "BXNIM0538E", "errorMessage": "Compute resource token is not trusted."}
+                )
             subject = f"iam-Profile-{profile}"
         else:
-            return Reply(400, {"errorCode": "BXNIM0109E", "errorMessage": f"unsupported grant_type {grant!r}"})
+            return Reply(
+                400, {"errorCode": "BXNIM0109E", "errorMessage": f"unsupported grant_type {grant!r}"}
+            )
         now = int(time.time())
-        claims = {"sub": subject, "account": {"bss": ACCOUNT}, "iat": now, "exp": now + self.lifetime, "jti": uuid.uuid4().hex}
+        claims = {
+            "sub": subject,
+            "account": {"bss": ACCOUNT},
+            "iat": now,
+            "exp": now + self.lifetime,
+            "jti": uuid.uuid4().hex,
+        }
         token = jwt.encode(claims, self._secret, algorithm="HS256")
         with self._lock:
             self._issued.add(token)

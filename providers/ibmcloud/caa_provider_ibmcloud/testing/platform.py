@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from caa_provider_ibmcloud.testing.server import FakeServer, Refusal, Reply, Request
@@ -47,7 +47,9 @@ class Doc:
 
 def check_tag(tag: str) -> str:
     if not TAG_GRAMMAR.match(tag):
-        raise Refusal(400, "invalid_tag", f"tag {tag!r} is not valid: at most 128 of A-Z a-z 0-9 space _ - . :")
+        raise Refusal(
+            400, "invalid_tag", f"tag {tag!r} is not valid: at most 128 of A-Z a-z 0-9 space _ - . :"
+        )
     return tag.lower()
 
 
@@ -156,13 +158,13 @@ def _term(text: str) -> tuple[str, str]:
     return match.group("field"), value.lower() if match.group("field") == "tags" else value
 
 
-def parse_query(query: str) -> object:
+def parse_query(query: str) -> Callable[[Doc], bool]:
     """A predicate over Docs for the supported query subset (raises Refusal otherwise)."""
     if query.strip() == "*":
         return lambda doc: True
     groups: list[list[tuple[str, str]]] = []
-    for part in query.split(" AND "):
-        part = part.strip()
+    for raw in query.split(" AND "):
+        part = raw.strip()
         if part.startswith("(") and part.endswith(")"):
             groups.append([_term(t) for t in part[1:-1].split(" OR ")])
         else:

@@ -46,12 +46,16 @@ ACCOUNT = "a/fakeaccount"
 def _profile(name: str, vcpus: int, gib: int, arch: str, modes: list[str], gpus: int = 0) -> dict[str, Any]:
     shape: dict[str, Any] = {
         "name": name,
-        "family": name.split("-")[0],
+        "family": name.split("-", maxsplit=1)[0],
         "vcpu_count": {"type": "fixed", "value": vcpus},
         "memory": {"type": "fixed", "value": gib},
         "vcpu_architecture": {"type": "fixed", "value": arch},
         "confidential_compute_modes": {"default": "disabled", "type": "enum", "values": modes},
-        "secure_boot_modes": {"default": False, "type": "enum", "values": [False, True] if arch == "amd64" else [False]},
+        "secure_boot_modes": {
+            "default": False,
+            "type": "enum",
+            "values": [False, True] if arch == "amd64" else [False],
+        },
     }
     if gpus:
         shape["gpu_count"] = {"type": "fixed", "value": gpus}
@@ -131,10 +135,18 @@ class FakeVpc:
             ("GET", "/v1/instances/(?P<id>[^/]+)", self._get),
             ("DELETE", "/v1/instances/(?P<id>[^/]+)", self._delete),
             ("GET", "/v1/volumes/(?P<id>[^/]+)", self._volume),
-            ("GET", "/v1/instance/profiles/(?P<id>[^/]+)", self._lookup(lambda: self.profiles, "instance_profile")),
+            (
+                "GET",
+                "/v1/instance/profiles/(?P<id>[^/]+)",
+                self._lookup(lambda: self.profiles, "instance_profile"),
+            ),
             ("GET", "/v1/images/(?P<id>[^/]+)", self._lookup(lambda: self.images, "image")),
             ("GET", "/v1/subnets/(?P<id>[^/]+)", self._lookup(self._subnets, "subnet")),
-            ("GET", "/v1/vpcs/(?P<id>[^/]+)", self._lookup(lambda: {self.vpc_id: {"id": self.vpc_id}}, "vpc")),
+            (
+                "GET",
+                "/v1/vpcs/(?P<id>[^/]+)",
+                self._lookup(lambda: {self.vpc_id: {"id": self.vpc_id}}, "vpc"),
+            ),
             ("GET", "/v1/security_groups/(?P<id>[^/]+)", self._lookup(self._groups, "security_group")),
             ("GET", "/v1/keys/(?P<id>[^/]+)", self._lookup(lambda: {self.key_id: {"name": "podvm"}}, "key")),
             ("GET", "/v1/regions/(?P<region>[^/]+)/zones/(?P<id>[^/]+)", self._zone),
@@ -186,7 +198,9 @@ class FakeVpc:
     def _versioned(self, handler: Any) -> Any:
         def serve(request: Request) -> Reply:
             if not request.query.get("version") or request.query.get("generation") != "2":
-                raise Refusal(400, "bad_request", "the version and generation=2 query parameters are required")
+                raise Refusal(
+                    400, "bad_request", "the version and generation=2 query parameters are required"
+                )
             with self.lock:
                 self._expire_deleted()
                 return handler(request)  # type: ignore[no-any-return]
@@ -241,7 +255,10 @@ class FakeVpc:
             self._advance(inst)
         shape = dict(inst.shape)
         addresses = inst.addresses if inst.ready else [UNSET] * len(inst.addresses)
-        nics = [dict(n, primary_ip={"address": a}) for n, a in zip(inst.shape["network_interfaces"], addresses)]
+        nics = [
+            dict(n, primary_ip={"address": a})
+            for n, a in zip(inst.shape["network_interfaces"], addresses, strict=True)
+        ]
         shape["network_interfaces"] = nics
         shape["primary_network_interface"] = nics[0]
         if inst.shape["status"] == "deleting" and inst.deleting_reads >= self.deleting_reads:
@@ -272,9 +289,13 @@ class FakeVpc:
         volume = body.get("boot_volume_attachment", {}).get("volume", {})
         volume_name = volume.get("name") or f"boot-{uuid.uuid4().hex[:12]}"
         if any(v["name"] == volume_name for v in self.volumes.values()):
-            raise Refusal(400, "validation_unique_failed", f"Volume name ({volume_name}) is not unique", "name")
+            raise Refusal(
+                400, "validation_unique_failed", f"Volume name ({volume_name}) is not unique", "name"
+            )
         self.creates += 1
-        return Reply(201, self._launch(body, volume_name, [check_tag(t) for t in volume.get("user_tags", [])]))
+        return Reply(
+            201, self._launch(body, volume_name, [check_tag(t) for t in volume.get("user_tags", [])])
+        )
 
     def _launch(self, body: dict[str, Any], volume_name: str, volume_tags: list[str]) -> dict[str, Any]:
         number = next(self._ids)
@@ -351,7 +372,10 @@ class FakeVpc:
         """Deleting instances finish within a second even if nobody reads them."""
         now = datetime.datetime.now(datetime.UTC).timestamp()
         for iid, inst in list(self.instances.items()):
-            if inst.shape["status"] == "deleting" and now - float(inst.shape.get("deleting_since", now)) > 1.0:
+            if (
+                inst.shape["status"] == "deleting"
+                and now - float(inst.shape.get("deleting_since", now)) > 1.0
+            ):
                 self._drop(iid)
 
     def _drop(self, instance_id: str) -> None:
@@ -372,14 +396,19 @@ class FakeVpc:
     def _check_references(self, body: dict[str, Any]) -> None:
         profile = self.profiles.get(body["profile"]["name"]) if "profile" in body else None
         if profile is None:
-            raise Refusal(400, "instance_profile_not_found", f"profile {body.get('profile')} not found", "profile")
+            raise Refusal(
+                400, "instance_profile_not_found", f"profile {body.get('profile')} not found", "profile"
+            )
         image = self.images.get(body["image"].get("id", ""))
         if image is None:
             raise Refusal(404, "image_not_found", f"Image not found: {body['image']}", "image.id")
         arch = profile["vcpu_architecture"]["value"]
         if image["operating_system"]["architecture"] != arch:
             raise Refusal(
-                400, "image_architecture_mismatch", f"image {image['id']} is not {arch} like the profile", "image"
+                400,
+                "image_architecture_mismatch",
+                f"image {image['id']} is not {arch} like the profile",
+                "image",
             )
         modes = profile["confidential_compute_modes"]["values"]
         if body.get("confidential_compute_mode", "disabled") not in modes:
@@ -411,6 +440,8 @@ def validate_prototype(body: Any) -> None:
     from ibm_vpc.vpc_v1 import (
         InstanceMetadataServicePrototype,
         InstancePrototype,
+    )
+    from ibm_vpc.vpc_v1 import (
         InstancePrototypeInstanceByImageInstanceByImageInstanceByNetworkInterface as ByImage,
     )
 
@@ -422,7 +453,9 @@ def validate_prototype(body: Any) -> None:
         raise Refusal(400, "validation_required_field_missing", str(exc)) from exc
     if model.to_dict() != body:
         extra = sorted(set(body) - set(model.to_dict()))
-        raise Refusal(400, "validation_unknown_field", f"the body does not round-trip (unknown: {extra or 'nested'})")
+        raise Refusal(
+            400, "validation_unknown_field", f"the body does not round-trip (unknown: {extra or 'nested'})"
+        )
     modes = {m.value for m in InstancePrototype.ConfidentialComputeModeEnum}
     if body.get("confidential_compute_mode", "disabled") not in modes:
         raise Refusal(400, "validation_invalid_enum", f"confidential_compute_mode not in {sorted(modes)}")
