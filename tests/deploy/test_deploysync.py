@@ -46,8 +46,14 @@ def _fake_loader(installed: dict[str, Sequence[Option[Any]]]) -> deploysync.Plug
     return load
 
 
+def _plugins_loader() -> deploysync.PluginLoader:
+    """A fake aws and libvirt, and the IBM providers' real (installed) settings."""
+    ibm = {name: deploysync.installed_plugin_options(name) for name in ("ibmcloud", "ibmcloud-powervs")}
+    return _fake_loader({"aws": FAKE_AWS, "libvirt": (), **{k: v for k, v in ibm.items() if v is not None}})
+
+
 def _providers() -> list[ProviderKeys]:
-    load = _fake_loader({"aws": FAKE_AWS, "libvirt": ()})
+    load = _plugins_loader()
     return [provider_keys(name, load) for name in DEPLOY_PROVIDERS]
 
 
@@ -96,7 +102,6 @@ def test_static_secret_keys_are_the_go_versions_peer_pods_secret_keys() -> None:
     assert secrets == {
         "azure": {"AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_TENANT_ID"},
         "gcp": {"GCP_CREDENTIALS"},
-        "ibmcloud": {"IBMCLOUD_API_KEY", "IBMCLOUD_IAM_PROFILE_ID"},
     }
 
 
@@ -107,7 +112,6 @@ def test_static_defaults_follow_the_go_version() -> None:
     assert default("azure", "AZURE_INSTANCE_SIZE") == "Standard_DC2as_v5"
     assert default("gcp", "GCP_MACHINE_TYPE") == "e2-medium"
     assert default("gcp", "GCP_DISK_TYPE") == "pd-standard"
-    assert default("ibmcloud", "DISABLECVM") == "true"
     assert default("azure", "DISABLECVM") == "false"
 
 
@@ -202,7 +206,7 @@ def test_main_writes_the_files_and_check_then_passes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     root = _scratch_repo(tmp_path)
-    load = _fake_loader({"aws": FAKE_AWS, "libvirt": ()})
+    load = _plugins_loader()
 
     assert deploysync.main(["--check", "--root", str(root)], load) == 1
     assert deploysync.main(["--root", str(root)], load) == 0
