@@ -18,7 +18,7 @@ from cloud_api_adaptor.plugins import installed_providers, load_plugin
 from cloud_api_adaptor.provider import TAG_CLUSTER, TAG_NODE, TAG_SANDBOX, CreateRequest, InstanceSpec
 from cloud_api_adaptor.testing.faultproxy import Fault, FaultProxy
 
-CREATE = {"method": "POST", "path": "/pvm-instances$"}
+CREATE_PATH = "/pvm-instances$"
 
 
 def request(spec: InstanceSpec | None = None, name: str = "") -> CreateRequest:
@@ -90,7 +90,7 @@ async def test_a_lost_create_response_is_found_by_server_name(
     power_world: PowerWorld, power_proxy: FaultProxy
 ) -> None:
     provider = power_world.provider(power_proxy.url)
-    power_proxy.add_rule("*", Fault.DROP_RESPONSE, **CREATE)
+    power_proxy.add_rule("*", Fault.DROP_RESPONSE, method="POST", path=CREATE_PATH)
     req = request()
     try:
         instance = await provider.create_instance(req)
@@ -104,9 +104,16 @@ async def test_429_and_503_storms_make_one_instance(power_world: PowerWorld, pow
     provider = power_world.provider(power_proxy.url)
     body = json.dumps({"code": 429, "error": "too many requests", "description": "slow down"}).encode()
     power_proxy.add_rule(
-        "*", Fault.RESPOND, status=429, headers={"Retry-After": "1"}, body=body, times=2, **CREATE
+        "*",
+        Fault.RESPOND,
+        status=429,
+        headers={"Retry-After": "1"},
+        body=body,
+        times=2,
+        method="POST",
+        path=CREATE_PATH,
     )
-    power_proxy.add_rule("*", Fault.UNAVAILABLE, times=2, **CREATE)
+    power_proxy.add_rule("*", Fault.UNAVAILABLE, times=2, method="POST", path=CREATE_PATH)
     power_proxy.add_rule("*", Fault.UNAVAILABLE, method="GET", path="/pvm-instances/", times=2)
     req = request()
     try:

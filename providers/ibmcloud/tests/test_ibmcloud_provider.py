@@ -22,7 +22,7 @@ from cloud_api_adaptor.errors import InvalidInput, PermanentProviderError
 from cloud_api_adaptor.provider import TAG_CLUSTER, TAG_NODE, TAG_SANDBOX, CreateRequest, InstanceSpec
 from cloud_api_adaptor.testing.faultproxy import Fault, FaultProxy
 
-CREATE = {"method": "POST", "path": r"^/v1/instances$"}
+CREATE_PATH = r"^/v1/instances$"
 
 
 def request(
@@ -98,7 +98,7 @@ async def test_a_lost_create_response_is_found_by_name_and_adopted(
     vpc_world: VpcWorld, vpc_proxy: FaultProxy
 ) -> None:
     provider = vpc_world.provider(vpc_proxy.url)
-    vpc_proxy.add_rule("*", Fault.DROP_RESPONSE, **CREATE)
+    vpc_proxy.add_rule("*", Fault.DROP_RESPONSE, method="POST", path=CREATE_PATH)
     req = request()
     try:
         instance = await provider.create_instance(req)
@@ -127,9 +127,16 @@ async def test_429_and_503_storms_make_one_instance_and_retry_after_is_honoured(
     )
     body = json.dumps({"errors": [{"code": "too_many_requests", "message": "Rate limit exceeded"}]}).encode()
     vpc_proxy.add_rule(
-        "*", Fault.RESPOND, status=429, headers={"Retry-After": "3"}, body=body, times=2, **CREATE
+        "*",
+        Fault.RESPOND,
+        status=429,
+        headers={"Retry-After": "3"},
+        body=body,
+        times=2,
+        method="POST",
+        path=CREATE_PATH,
     )
-    vpc_proxy.add_rule("*", Fault.UNAVAILABLE, times=2, **CREATE)
+    vpc_proxy.add_rule("*", Fault.UNAVAILABLE, times=2, method="POST", path=CREATE_PATH)
     vpc_proxy.add_rule("*", Fault.UNAVAILABLE, method="POST", path="/v3/tags/attach")
     vpc_proxy.add_rule("*", Fault.UNAVAILABLE, method="GET", path="^/v1/instances/")
     req = request()

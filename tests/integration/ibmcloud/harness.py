@@ -17,7 +17,7 @@ import tempfile
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from cloud_api_adaptor.testing.faultproxy import FaultProxy
 
@@ -92,7 +92,11 @@ class IbmNode:
             "LOG_LEVEL": "info",
         }
         daemon = DaemonProcess(
-            root, {**base, **env}, provider=self.provider, wrapper=netns_exec(self.stand.node_ns, []), args=args
+            root,
+            {**base, **env},
+            provider=self.provider,
+            wrapper=netns_exec(self.stand.node_ns, []),
+            args=args,
         )
         self._daemons.append(daemon)
         if start:
@@ -116,7 +120,11 @@ class IbmNode:
         return left
 
     def logs(self) -> str:
-        parts = [f"--- {d.log}\n{d.log.read_text(errors='replace')[-6000:]}" for d in self._daemons if d.log.exists()]
+        parts = [
+            f"--- {d.log}\n{d.log.read_text(errors='replace')[-6000:]}"
+            for d in self._daemons
+            if d.log.exists()
+        ]
         parts += [f"--- {vm.log}\n{vm.log_text()[-3000:]}" for vm in self._vms]
         return "\n".join(parts)
 

@@ -28,7 +28,7 @@ from .harness import IbmNode, new_sandbox_id, orphan_scans
 pytestmark = pytest.mark.root
 
 SERVING = 1
-CREATE = {"method": "POST", "path": r"^/v1/instances$"}
+CREATE_PATH = r"^/v1/instances$"
 
 
 def fake(node: IbmNode) -> VpcWorld:
@@ -121,16 +121,28 @@ async def test_a_profile_whose_architecture_matches_no_image_is_a_clear_error_an
 
 
 @pytest.mark.asyncio
-async def test_lost_create_responses_and_429_503_storms_make_one_instance_that_comes_up(vpc_node: IbmNode) -> None:
+async def test_lost_create_responses_and_429_503_storms_make_one_instance_that_comes_up(
+    vpc_node: IbmNode,
+) -> None:
     vpc = fake(vpc_node).vpc
     proxy, endpoint = vpc_node.fault_proxy()
     daemon = vpc_node.daemon(endpoint, PROXY_TIMEOUT="90s")
     throttled = json.dumps({"errors": [{"code": "too_many_requests", "message": "Rate limit exceeded"}]})
-    proxy.add_rule("*", Fault.RESPOND, status=429, headers={"Retry-After": "1"}, body=throttled.encode(), **CREATE)
-    proxy.add_rule("*", Fault.UNAVAILABLE, **CREATE)
-    proxy.add_rule("*", Fault.DROP_RESPONSE, **CREATE)
+    proxy.add_rule(
+        "*",
+        Fault.RESPOND,
+        status=429,
+        headers={"Retry-After": "1"},
+        body=throttled.encode(),
+        method="POST",
+        path=CREATE_PATH,
+    )
+    proxy.add_rule("*", Fault.UNAVAILABLE, method="POST", path=CREATE_PATH)
+    proxy.add_rule("*", Fault.DROP_RESPONSE, method="POST", path=CREATE_PATH)
     proxy.add_rule("*", Fault.DROP_RESPONSE, method="POST", path="/v3/tags/attach")
-    proxy.add_rule("*", Fault.RESPOND, status=429, headers={"Retry-After": "1"}, method="GET", path="^/v1/instances/")
+    proxy.add_rule(
+        "*", Fault.RESPOND, status=429, headers={"Retry-After": "1"}, method="GET", path="^/v1/instances/"
+    )
     proxy.add_rule("*", Fault.UNAVAILABLE, method="DELETE", path="^/v1/instances/")
     proxy.add_rule("*", Fault.DROP_RESPONSE, method="DELETE", path="^/v1/instances/")
 
@@ -147,7 +159,9 @@ async def test_stop_vm_succeeds_when_the_instance_is_already_gone(vpc_node: IbmN
     vpc = fake(vpc_node).vpc
     daemon = vpc_node.daemon(PROXY_TIMEOUT="90s")
     sid = new_sandbox_id()
-    _, instance_id = await come_up(vpc_node, daemon, sid, kata.kata_annotations("gone", machine_type="bx3dc-2x10"))
+    _, instance_id = await come_up(
+        vpc_node, daemon, sid, kata.kata_annotations("gone", machine_type="bx3dc-2x10")
+    )
     vpc.remove_now(instance_id)  # deleted behind the daemon's back
     await kata.stop_vm(daemon.socket, sid)
     assert vpc.live() == [] and list(daemon.pods_dir.iterdir()) == []
@@ -167,7 +181,9 @@ async def test_kill_9_after_the_create_then_restart_deletes_the_instance(vpc_nod
     sid = new_sandbox_id()
     await kata.create_vm(daemon.socket, sid, kata.kata_annotations("crashy", machine_type="bx3dc-2x10"))
     start = asyncio.create_task(kata.start_vm(daemon.socket, sid, timeout=120))
-    [instance_id] = await eventually(lambda: instances_of(vpc_node, sid), "the pod's instance", interval=0.005)
+    [instance_id] = await eventually(
+        lambda: instances_of(vpc_node, sid), "the pod's instance", interval=0.005
+    )
     daemon.kill9()
     await start_vm_dies_with_the_daemon(start)
     assert vpc.live_ids() == {instance_id}  # the crash left it behind
@@ -179,13 +195,17 @@ async def test_kill_9_after_the_create_then_restart_deletes_the_instance(vpc_nod
 
 
 @pytest.mark.asyncio
-async def test_kill_9_while_the_create_is_in_flight_then_restart_leaves_no_instance(vpc_node: IbmNode) -> None:
+async def test_kill_9_while_the_create_is_in_flight_then_restart_leaves_no_instance(
+    vpc_node: IbmNode,
+) -> None:
     vpc = fake(vpc_node).vpc
     proxy, endpoint = vpc_node.fault_proxy()
-    daemon = vpc_node.daemon(endpoint, PROXY_TIMEOUT="60s", ORPHAN_SCAN_INTERVAL="1s", ORPHAN_GRACE_PERIOD="0s")
+    daemon = vpc_node.daemon(
+        endpoint, PROXY_TIMEOUT="60s", ORPHAN_SCAN_INTERVAL="1s", ORPHAN_GRACE_PERIOD="0s"
+    )
     # the VPC sees the create 4 s after the daemon sent it: by then the daemon is dead; the instance is
     # never tagged by the daemon, only its boot volume carries the owner tags
-    proxy.add_rule("*", Fault.DELAY, delay=4.0, **CREATE)
+    proxy.add_rule("*", Fault.DELAY, delay=4.0, method="POST", path=CREATE_PATH)
     sid = new_sandbox_id()
     await kata.create_vm(daemon.socket, sid, kata.kata_annotations("in-flight", machine_type="bx3dc-2x10"))
     start = asyncio.create_task(kata.start_vm(daemon.socket, sid, timeout=120))
