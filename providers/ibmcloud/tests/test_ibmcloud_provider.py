@@ -308,3 +308,23 @@ def test_loading_the_plugin_imports_no_ibm_sdk() -> None:
     for name in ("ibmcloud", "ibmcloud-powervs"):
         out = subprocess.run([sys.executable, "-c", probe, name], check=True, capture_output=True, text=True)
         assert json.loads(out.stdout) == [], name
+
+
+@pytest.mark.asyncio
+async def test_the_whole_flow_runs_over_https_with_the_test_ca(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cloud_api_adaptor.testing.https import TestCA
+
+    ca = TestCA(tmp_path / "ca")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca.ca_file))
+    world = VpcWorld(server_context=ca.server_context("127.0.0.1"))
+    provider = world.provider()
+    try:
+        assert world.url.startswith("https://")
+        instance = await provider.create_instance(request())
+        await provider.delete_instance(instance.id)
+        assert world.vpc.live() == [] and world.iam.grants
+    finally:
+        await provider.aclose()
+        world.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import ssl
 import threading
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -80,8 +81,10 @@ class Route:
 class FakeServer:
     """One listener serving every registered fake (IAM, VPC, tagging, search, PowerVS)."""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", server_context: ssl.SSLContext | None = None) -> None:
+        """``server_context`` serves HTTPS (the SDK then needs the test CA, e.g. REQUESTS_CA_BUNDLE)."""
         self._host = host
+        self._context = server_context
         self._routes: list[Route] = []
         self._authorize: Authorizer | None = None
         self._server: ThreadingHTTPServer | None = None
@@ -99,10 +102,13 @@ class FakeServer:
     def url(self) -> str:
         assert self._server is not None, "not started"
         host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        scheme = "https" if self._context is not None else "http"
+        return f"{scheme}://{host!s}:{port}"
 
     def start(self) -> FakeServer:
         server = _Server((self._host, 0), _handler_for(self))
+        if self._context is not None:
+            server.socket = self._context.wrap_socket(server.socket, server_side=True)
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="ibm-fake", daemon=True)
         self._thread.start()

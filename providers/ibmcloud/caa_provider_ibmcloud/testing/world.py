@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ssl
 from typing import Any
 
 from caa_provider_ibmcloud.config import IbmcloudConfig
@@ -30,8 +31,10 @@ FAST_WAIT = WaitPolicy(interval=0.0, attempts=10, sleep=no_sleep)
 class VpcWorld:
     """The fakes, started; ``close()`` stops them."""
 
-    def __init__(self, host: str = "127.0.0.1", **vpc: Any) -> None:
-        self.server = FakeServer(host)
+    def __init__(
+        self, host: str = "127.0.0.1", server_context: ssl.SSLContext | None = None, **vpc: Any
+    ) -> None:
+        self.server = FakeServer(host, server_context)
         self.iam = FakeIam({API_KEY})
         self.platform = FakePlatform()
         self.vpc = FakeVpc(self.platform, **vpc)
