@@ -8,7 +8,7 @@ PROVIDER_DIRS := $(sort $(dir $(wildcard providers/*/pyproject.toml)))
 PROVIDER_PKGS := $(sort $(patsubst %/__init__.py,%,$(wildcard providers/*/caa_provider_*/__init__.py)))
 STAMP := $(VENV)/.installed
 
-.PHONY: install deps protos lint test unit demo bench deploy-sync clean
+.PHONY: install deps protos lint test unit demo bench deploy-sync podvm clean
 
 $(STAMP): pyproject.toml $(wildcard providers/*/pyproject.toml) scripts/system-deps.sh scripts/apt-packages.txt
 	bash scripts/system-deps.sh
@@ -28,7 +28,7 @@ protos: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy cloud_api_adaptor $(PROVIDER_PKGS) tests benchmarks tools
+	$(VENV)/bin/mypy cloud_api_adaptor $(PROVIDER_PKGS) tests benchmarks tools podvm
 	$(VENV)/bin/lint-imports
 
 unit: $(STAMP)
@@ -42,6 +42,12 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks
+
+# The pod VM image (docs/podvm.md), cached under ~/.cache/cloud-api-adaptor/podvm; needs root.
+# PODVM_FORMATS=qcow2,raw,vhd,gcp (or all) adds the clouds' formats; PODVM_KATA_AGENT=path etc.
+PODVM_FORMATS ?= qcow2
+podvm: $(STAMP)
+	$(PY) -m podvm.build --formats $(PODVM_FORMATS)
 
 deploy-sync: $(STAMP)
 	$(PY) -m tools.deploysync

@@ -62,13 +62,30 @@ def run(main: Coroutine[Any, Any, T], *, event_loop: str = "") -> T:
         return runner.run(main)
 
 
-class TaskSupervisor:
-    """Owns named background tasks; ``aclose`` cancels and awaits them all."""
+#: seconds between restarts of a failed long-running task: doubling, capped
+RESTART_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
-    def __init__(self, name: str) -> None:
+
+class TaskSupervisor:
+    """Owns named background tasks; ``aclose`` cancels and awaits them all.
+
+    ``spawn`` runs a task once and logs its failure; ``keep_running`` runs a
+    long-lived loop (housekeeping, watches) and restarts it after any exception,
+    with backoff, reporting each failure to ``on_failure`` (a metric).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        on_failure: Callable[[str, BaseException], None] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self._name = name
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self._on_failure = on_failure
+        self._sleep = sleep
 
     def spawn(self, coro: Coroutine[Any, Any, T], *, name: str) -> asyncio.Task[T]:
         if self._closed:
@@ -78,6 +95,40 @@ class TaskSupervisor:
         self._tasks.add(task)
         task.add_done_callback(self._on_done)
         return task
+
+    def keep_running(
+        self,
+        factory: Callable[[], Coroutine[Any, Any, None]],
+        *,
+        name: str,
+        delays: tuple[float, ...] = RESTART_DELAYS,
+    ) -> asyncio.Task[None]:
+        """Run ``factory()`` until closed; after an exception log it, count it, wait, start it again."""
+        return self.spawn(self._restarting(factory, name, delays), name=name)
+
+    async def _restarting(
+        self, factory: Callable[[], Coroutine[Any, Any, None]], name: str, delays: tuple[float, ...]
+    ) -> None:
+        failures = 0
+        while True:
+            try:
+                await factory()
+                failures = 0
+                logger.warning("%s: %s returned; starting it again", self._name, name)
+            except Exception as exc:
+                delay = delays[min(failures, len(delays) - 1)]
+                failures += 1
+                logger.error(
+                    "%s: %s failed (%d in a row); restarting in %.0f s",
+                    self._name,
+                    name,
+                    failures,
+                    delay,
+                    exc_info=exc,
+                )
+                if self._on_failure is not None:
+                    self._on_failure(name, exc)
+                await self._sleep(delay)
 
     def _on_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)

@@ -24,12 +24,15 @@ from prometheus_client import CollectorRegistry
 
 from cloud_api_adaptor.aio import TaskSupervisor
 from cloud_api_adaptor.channel import build_agent_channel
+from cloud_api_adaptor.fsutil import make_private_dirs
 from cloud_api_adaptor.handover import HANDOVER_SERVICE, StateLock, handover_service, take_over
+from cloud_api_adaptor.hypervisor.planning import validate_global_initdata
 from cloud_api_adaptor.hypervisor.ports import LazyPodNetwork, PodNetworkPort
+from cloud_api_adaptor.hypervisor.recovery import recover
 from cloud_api_adaptor.hypervisor.sandboxes import SandboxManager
 from cloud_api_adaptor.hypervisor.service import HypervisorService, add_grpc_services, ttrpc_services
+from cloud_api_adaptor.hypervisor.status_map import to_rpc_error
 from cloud_api_adaptor.hypervisor.store import SandboxStore
-from cloud_api_adaptor.hypervisor.userdata_render import validate_global_initdata
 from cloud_api_adaptor.metrics import Metrics
 from cloud_api_adaptor.plugins import load_plugin
 from cloud_api_adaptor.probe import ProbeServer
@@ -55,9 +58,10 @@ def provider_context(settings: Settings) -> ProviderContext:
 
 
 def build_provider(settings: Settings, provider_config: Any) -> Provider:
+    """The configured provider, with its work directory (created 0700) ready."""
     plugin = load_plugin(settings.provider)
     context = provider_context(settings)
-    context.work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private_dirs(context.work_dir)
     return plugin.build(provider_config, context)
 
 
@@ -146,9 +150,11 @@ async def _start_locked(
             catalogue,
             observer=metrics,
         )
-        await manager.recover(store.load_all())
+        records = await asyncio.to_thread(store.load_all)
+        metrics.records_quarantined(len(store.quarantined))
+        await recover(manager, records, on_failure=metrics.recovery_failed)
         grpc_server = await _start_grpc(settings, manager)
-        server = Server()
+        server = Server(error_translator=to_rpc_error)
         for name, methods in ttrpc_services(HypervisorService(manager)).items():
             server.add_service(name, methods)
         server.add_service(HANDOVER_SERVICE, handover_service(handover_requested.set))
@@ -163,9 +169,11 @@ async def _start_locked(
         await probe.aclose()
         raise
     probe.set_ready()
-    supervisor = TaskSupervisor("daemon")
+    supervisor = TaskSupervisor("daemon", on_failure=metrics.task_failed)
     reconciler = OrphanReconciler(provider, manager, settings.orphan_grace_period)
-    supervisor.spawn(reconciler.run(settings.orphan_scan_interval), name="orphan-reconciler")
+    supervisor.keep_running(
+        functools.partial(reconciler.run, settings.orphan_scan_interval), name="housekeeping"
+    )
     logger.info(
         "cloud-api-adaptor serving on %s (provider %s, %d sandboxes recovered)",
         settings.socket,

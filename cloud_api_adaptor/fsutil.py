@@ -106,3 +106,26 @@ def remove_durably(path: Path, *, sync_dir: bool = True) -> None:
         return
     if sync_dir:
         fsync_dir(path.parent)
+
+
+def make_private_dirs(path: Path) -> None:
+    """``mkdir -p`` where every directory it creates is 0700, whatever the umask.
+
+    ``Path.mkdir(parents=True, mode=0o700)`` applies the mode to the last
+    directory only (and through the umask), so a fresh node would get a
+    world-readable parent of the state directory.  Directories that already
+    exist are left as they are.
+    """
+    missing: list[Path] = []
+    current = path
+    while not current.exists():
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # a concurrent creator wins; its mode is checked below
+            os.mkdir(directory, 0o700)
+            os.chmod(directory, 0o700)
+    if not path.is_dir():
+        raise NotADirectoryError(str(path))

@@ -29,6 +29,7 @@ from typing import Any
 from google.protobuf import empty_pb2
 
 from cloud_api_adaptor.errors import FailedPrecondition
+from cloud_api_adaptor.fsutil import make_private_dirs
 from cloud_api_adaptor.ttrpc import CallContext, Client, RpcError, UnaryMethod
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class StateLock:
         self._fd: int | None = None
 
     def try_acquire(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dirs(self.path.parent)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

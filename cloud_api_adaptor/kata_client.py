@@ -1,6 +1,6 @@
 """Kata's side of the protocol, in Python: used by the demo, tests and benchmarks.
 
-It behaves as Kata's Go runtime does (kata-protocols.md §1.2-1.3): a new ttrpc
+It behaves as Kata's Go runtime (the ``remote`` hypervisor) does: a new ttrpc
 connection for every hypervisor RPC, the nine annotations always sent, StartVM
 with a deadline, then the agent socket dialled for Health/Check.
 """

@@ -1,9 +1,11 @@
 """Logging set-up with a last line of defence for secrets.
 
-Userdata carries the pod VM's TLS private key, and SDKs at DEBUG level log
-whole request bodies (botocore logs RunInstances' UserData).  So SDK and HTTP
-client loggers never go below INFO, and every record passes a filter that
-blanks PEM private keys and AWS-style secrets before any handler sees it.
+Userdata carries the pod VM's TLS private key, SDKs at DEBUG level log whole
+request bodies (botocore logs RunInstances' UserData), and pyroute2 at DEBUG dumps
+every netlink message.  So records of SDK, HTTP-client and netlink loggers below
+INFO are dropped by the handler itself, whatever level a library sets on its own
+loggers (pyroute2 configures its own when it is imported, after start-up), and the
+whole formatted output, tracebacks included, passes the key redaction.
 """
 
 from __future__ import annotations
@@ -51,9 +53,27 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+class QuietLibraries(logging.Filter):
+    """Drops DEBUG records of the chatty third-party loggers (and their children)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.INFO:
+            return True
+        name = record.name
+        return not any(name == top or name.startswith(top + ".") for top in _CHATTY)
+
+
+class RedactingFormatter(logging.Formatter):
+    """Formats, then blanks key material in the whole text (exception tracebacks carry messages too)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
 def setup_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(QuietLibraries())
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

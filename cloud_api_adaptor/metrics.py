@@ -43,10 +43,33 @@ class Metrics:
             registry=registry,
         )
         self._states = Gauge("caa_sandboxes", "Sandboxes by state", ["state"], registry=registry)
+        self._quarantined = Counter(
+            "caa_quarantined_records",
+            "Sandbox records set aside at start-up because they could not be trusted",
+            registry=registry,
+        )
+        self._recovery_failures = Counter(
+            "caa_recovery_failures", "Sandboxes whose recovery at start-up failed", registry=registry
+        )
+        self._task_failures = Counter(
+            "caa_background_task_failures",
+            "Background tasks (housekeeping, retries) that died of an exception and were restarted",
+            ["task"],
+            registry=registry,
+        )
 
     def observe(self, operation: str, outcome: str, seconds: float) -> None:
         self._duration.labels(operation, outcome).observe(seconds)
         self._total.labels(operation, outcome).inc()
+
+    def records_quarantined(self, count: int) -> None:
+        self._quarantined.inc(count)
+
+    def recovery_failed(self, sandbox_id: str, exc: BaseException) -> None:
+        self._recovery_failures.inc()
+
+    def task_failed(self, task: str, exc: BaseException) -> None:
+        self._task_failures.labels(task).inc()
 
     def track_states(self, counts: Callable[[], dict[str, int]]) -> None:
         def reader(state: str) -> Callable[[], float]:

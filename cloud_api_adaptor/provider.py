@@ -63,6 +63,10 @@ class CreateRequest:
     spec: InstanceSpec
     userdata: str
     tags: Mapping[str, str] = field(default_factory=dict)
+    #: ``time.monotonic()`` by which the caller wants the instance (the sooner of the StartVM
+    #: deadline and PROXY_TIMEOUT); a provider that waits for the VM (its IP) waits no longer.
+    #: None: no bound from the caller.
+    deadline: float | None = None
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from cloud_api_adaptor.errors import InstanceNotFound, ProviderError
+from cloud_api_adaptor.hypervisor.recovery import prune_tombstones
 from cloud_api_adaptor.hypervisor.sandboxes import SandboxManager
 from cloud_api_adaptor.provider import TAG_SANDBOX, Provider
 
@@ -36,7 +37,9 @@ class OrphanReconciler:
         manager: SandboxManager,
         grace_period: float,
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        self._sleep = sleep
         self._provider = provider
         self._manager = manager
         self._grace = grace_period
@@ -79,11 +82,16 @@ class OrphanReconciler:
         return result
 
     async def run(self, interval: float) -> None:
-        """Housekeeping every ``interval``: the orphan scan, then forgetting old tombstones."""
+        """Housekeeping every ``interval``: the orphan scan, then forgetting old tombstones.
+
+        A cloud error skips one scan; any other exception ends the loop, and the
+        supervisor that runs it (``TaskSupervisor.keep_running``) logs, counts and
+        restarts it with backoff.
+        """
         while True:
             try:
                 await self.scan_once()
             except ProviderError as exc:
                 logger.error("orphan scan failed: %s", exc)
-            await self._manager.prune_tombstones()
-            await asyncio.sleep(interval)
+            await prune_tombstones(self._manager, self._clock())
+            await self._sleep(interval)

@@ -1,14 +1,18 @@
-"""Shared fixtures: short temporary directories (unix socket paths are limited to 107 bytes)."""
+"""Shared fixtures: short temporary directories (unix socket paths are limited to 107 bytes), and a check
+that no async test leaves a task running."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 
 def reap_local_vms(root: Path) -> int:
@@ -54,7 +58,25 @@ def short_tmp() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest_asyncio.fixture
+async def _no_pending_tasks() -> AsyncIterator[None]:
+    """Fail an async test that leaves a task running once its fixtures are torn down (kopf does this)."""
+    before = asyncio.all_tasks()
+    yield
+    for _ in range(3):  # let tasks cancelled during teardown finish
+        await asyncio.sleep(0)
+    me = asyncio.current_task()  # teardown runs in a task of its own
+    left = {t for t in asyncio.all_tasks() - before if t is not me and not t.done()}
+    for task in left:
+        task.cancel()
+    assert not left, f"the test left tasks running: {sorted(t.get_name() for t in left)}"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
+            # first in the list: set up before, and torn down after, the test's own fixtures
+            item.fixturenames.insert(0, "_no_pending_tasks")
     if os.geteuid() == 0:
         return
     skip = pytest.mark.skip(reason="needs root (CI runs as root)")

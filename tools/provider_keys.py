@@ -2,7 +2,7 @@
 
 ``make deploy-sync`` generates the Helm values, the kustomize env files and
 docs/configuration.md from settings classes.  An installed provider plugin's
-``settings_class`` is the source of truth; for azure and gcp, which are
+``settings_class`` is the source of truth; for azure, which is
 not written yet, these classes stand in so the chart and the overlays already
 carry their keys (the Go version's names and defaults, so an existing
 ``peer-pods-cm`` keeps working).  When a provider's distribution lands, its
@@ -87,53 +87,7 @@ class AzureKeys:
     )
 
 
-@settings
-class GcpKeys:
-    """The gcp provider's keys."""
-
-    gcp_credentials: str = text(
-        "gcp-credentials",
-        "GCP_CREDENTIALS",
-        "Service account key JSON (empty: workload identity / application default credentials).",
-        secret=True,
-        default="",
-    )
-    gcp_project_id: str = text("gcp-project-id", "GCP_PROJECT_ID", "Project ID.", required=True, default="")
-    zone: str = text("zone", "GCP_ZONE", "Zone for the pod VMs.", required=True, default="")
-    network: str = text("network", "GCP_NETWORK", "VPC network for the pod VMs.", required=True, default="")
-    subnetwork: str = text(
-        "subnetwork",
-        "GCP_SUBNETWORK",
-        "Subnetwork (a short name expands to projects/<p>/regions/<region>/subnetworks/<name>).",
-        default="",
-    )
-    image_name: str = text(
-        "image-name", "PODVM_IMAGE_NAME", "Pod VM image name or full path.", required=True, default=""
-    )
-    machine_type: str = text("machine-type", "GCP_MACHINE_TYPE", "Default machine type.", default="e2-medium")
-    machine_types: tuple[str, ...] = text_list(
-        "machine-types", "GCP_INSTANCE_TYPES", "Allowed machine types, comma separated.", default=()
-    )
-    disk_type: str = text("disk-type", "GCP_DISK_TYPE", "Boot disk type.", default="pd-standard")
-    confidential_type: str = text(
-        "confidential-type",
-        "GCP_CONFIDENTIAL_TYPE",
-        "TDX, SEV or SEV_SNP (required unless DISABLECVM is true).",
-        default="",
-    )
-    root_volume_size: int = integer(
-        "root-volume-size", "ROOT_VOLUME_SIZE", "Boot disk size in GiB (at least the image's).", default=10
-    )
-    use_public_ip: bool = boolean(
-        "use-public-ip", "USE_PUBLIC_IP", "Dial the pod VM on its external IP.", default=False
-    )
-    disable_cvm: bool = boolean(
-        "disable-cvm", "DISABLECVM", "Use ordinary VMs instead of confidential VMs.", default=False
-    )
-
-
 #: Stand-in settings classes by provider name; only providers without a distribution here.
 PROVIDER_SETTINGS: Mapping[str, type[Any]] = {
     "azure": AzureKeys,
-    "gcp": GcpKeys,
 }

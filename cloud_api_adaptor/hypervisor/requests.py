@@ -1,7 +1,8 @@
 """Validation of what Kata sends in CreateVM: the sandbox id and the annotations.
 
 Pure functions; every error is ``InvalidInput`` naming the field or annotation.
-Where the Go version silently turns a bad number into 0, we refuse it.
+A number that does not parse is refused, never read as 0: a pod would otherwise
+get a VM of the default size without anyone noticing.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ ANN_GPUS = _HV + "default_gpus"
 ANN_GPU_MODEL = _HV + "default_gpu_model"
 ANN_INITDATA = _HV + "cc_init_data"
 
-#: The nine annotations Kata's runtime always sends (kata-protocols.md §1.2).
+#: The nine annotations Kata's runtime sends with every CreateVM (empty when unset).
 KATA_ANNOTATIONS = (
     ANN_SANDBOX_NAME,
     ANN_SANDBOX_NAMESPACE,
@@ -104,7 +105,7 @@ def _count(annotations: Mapping[str, str], key: str, maximum: int) -> int:
 
 
 def parse_annotations(annotations: Mapping[str, str]) -> PodRequest:
-    """Validate the CreateVM annotations (caa-behaviour §2.2 and §6.1)."""
+    """Validate the CreateVM annotations: pod name and namespace required, sizes non-negative integers."""
     name = _pod_name(annotations.get(ANN_SANDBOX_NAME, "").strip())
     if not name:
         raise InvalidInput(ANN_SANDBOX_NAME, f"pod name {ANN_SANDBOX_NAME} is missing in annotations")

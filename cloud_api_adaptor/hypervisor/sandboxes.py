@@ -1,6 +1,6 @@
 """The sandbox lifecycle: CreateVM, StartVM, StopVM and GetInfo semantics.
 
-Improvements over the Go version, each deliberate:
+What it guarantees:
 - every step is recorded durably before and after its cloud call, so a restart
   resumes running sandboxes (same agent socket) and finishes or undoes the rest;
 - StartVM passes an idempotency token derived from the sandbox, so a retried or
@@ -18,8 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
-import json
 import logging
 import os
 import shutil
@@ -34,16 +32,14 @@ from cloud_api_adaptor.errors import (
     AlreadyExists,
     DeadlineExceeded,
     InstanceNotFound,
-    InvalidInput,
     NotFound,
     ProviderError,
 )
+from cloud_api_adaptor.hypervisor import planning
 from cloud_api_adaptor.hypervisor import requests as rq
 from cloud_api_adaptor.hypervisor.models import SandboxRecord, SandboxState
 from cloud_api_adaptor.hypervisor.ports import AgentChannelPort, AgentProxyPort, PodNetworkPort
-from cloud_api_adaptor.hypervisor.selection import select_instance_type
 from cloud_api_adaptor.hypervisor.store import SandboxStore
-from cloud_api_adaptor.hypervisor.userdata_render import render_sandbox_userdata
 from cloud_api_adaptor.metrics import LifecycleObserver, NullObserver
 from cloud_api_adaptor.provider import (
     TAG_CLUSTER,
@@ -58,12 +54,11 @@ from cloud_api_adaptor.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-TOMBSTONE_SECONDS = 3600.0
 DELETE_RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
 
 @dataclass
-class _Live:
+class LiveSandbox:
     """In-memory companion of a record: its lock and its running proxy."""
 
     record: SandboxRecord
@@ -94,9 +89,9 @@ class SandboxManager:
         self._store = store
         self._channel = channel
         self._network = network
-        self._catalogue = catalogue
+        self._target = planning.PlanTarget.of(settings, provider, catalogue)
         self._clock = clock
-        self._sandboxes: dict[str, _Live] = {}
+        self._sandboxes: dict[str, LiveSandbox] = {}
         #: VNIs handed out by CreateVMs whose record is not registered yet
         self._pending_vnis: set[int] = set()
         self._changed = asyncio.Condition()
@@ -147,7 +142,7 @@ class SandboxManager:
     # ---- persistence helpers -------------------------------------------------------------------
 
     async def _commit(
-        self, live: _Live, record: SandboxRecord, first: Callable[[], object] | None = None
+        self, live: LiveSandbox, record: SandboxRecord, first: Callable[[], object] | None = None
     ) -> SandboxRecord:
         """Persist ``record``; ``first`` is a pod-directory step done in the store's writer thread."""
         record = record.with_changes(updated_at=self._clock())
@@ -157,12 +152,6 @@ class SandboxManager:
             self._changed.notify_all()
         return record
 
-    def adopt(self, record: SandboxRecord) -> _Live:
-        """Register a record loaded from disk (recovery)."""
-        live = _Live(record, asyncio.Lock())
-        self._sandboxes[record.id] = live
-        return live
-
     # ---- CreateVM ------------------------------------------------------------------------------
 
     async def create_vm(self, sandbox_id: str, annotations: Mapping[str, str], netns_path: str) -> str:
@@ -170,22 +159,13 @@ class SandboxManager:
             return await self._create_vm(sandbox_id, annotations, netns_path)
 
     async def _create_vm(self, sandbox_id: str, annotations: Mapping[str, str], netns_path: str) -> str:
-        rq.validate_sandbox_id(sandbox_id)
-        socket_path = rq.agent_socket_path(str(self._settings.pods_dir), sandbox_id)
-        pod = rq.parse_annotations(annotations)
-        digest = _request_digest(sandbox_id, annotations, netns_path)
+        request = planning.validate_request(sandbox_id, annotations, netns_path, self._target.pods_dir)
         existing = self._sandboxes.get(sandbox_id)
         if existing is not None and existing.record.state is not SandboxState.STOPPED:
-            if existing.record.request_digest == digest:
+            if existing.record.request_digest == request.digest:
                 return existing.record.agent_socket_path
             raise AlreadyExists(f"adding sandbox: sandbox {sandbox_id} already exists")
-        instance_type = select_instance_type(
-            pod,
-            self._catalogue,
-            self._provider.instance_types,
-            self._provider.default_instance_type,
-        )
-        name = rq.instance_name(pod.pod_name, sandbox_id, self._provider.max_name_length)
+        choice = planning.choose_instance(request, self._target)
         vni: int | None = None
         pod_network: dict[str, Any] | None = None
         if netns_path:
@@ -196,51 +176,34 @@ class SandboxManager:
             finally:
                 # No await from here until the record is registered: no CreateVM can run in between.
                 self._pending_vnis.discard(vni)
-        userdata = render_sandbox_userdata(
-            settings=self._settings,
-            pod=pod,
-            pod_network=pod_network,
-            tls_fields=self._channel.apf_tls_fields(name),
-        )
-        limit = self._provider.userdata_limit
-        if limit is not None and len(userdata.encode()) > limit:
-            raise InvalidInput(
-                "userdata",
-                f"userdata is {len(userdata.encode())} bytes, above the provider's limit of {limit} bytes",
-            )
-        now = self._clock()
-        record = SandboxRecord(
-            id=sandbox_id,
-            pod_name=pod.pod_name,
-            pod_namespace=pod.pod_namespace,
-            request_digest=digest,
-            agent_socket_path=socket_path,
-            instance_name=name,
-            instance_type=instance_type,
-            image=pod.image or self._provider.default_image,
-            vcpus=pod.vcpus,
-            memory_mib=pod.memory_mib,
-            gpus=pod.gpus,
-            userdata=userdata,
-            netns_path=netns_path,
+        record = planning.render_record(
+            request,
+            choice,
+            self._target,
+            tls_fields=self._channel.apf_tls_fields(choice.instance_name),
             pod_network=pod_network,
             vni=vni,
-            created_at=now,
+            now=self._clock(),
         )
-        live = _Live(record, asyncio.Lock())
+        live = LiveSandbox(record, asyncio.Lock())
         if existing is not None:  # a tombstone: the id is being reused
             live.lock = existing.lock
         self._sandboxes[sandbox_id] = live
+        pod_dir = Path(record.agent_socket_path).parent
         try:
-            await self._commit(live, record, first=functools.partial(_make_pod_dir, Path(socket_path).parent))
+            await self._commit(live, record, first=functools.partial(_make_pod_dir, pod_dir))
         except BaseException:
             self._sandboxes.pop(sandbox_id, None)
             await shielded(self._store.remove(sandbox_id))
             raise
         logger.info(
-            "sandbox %s created for pod %s/%s (%s)", sandbox_id, pod.pod_namespace, pod.pod_name, name
+            "sandbox %s created for pod %s/%s (%s)",
+            sandbox_id,
+            record.pod_namespace,
+            record.pod_name,
+            record.instance_name,
         )
-        return socket_path
+        return record.agent_socket_path
 
     def _allocate_vni(self) -> int:
         """Lowest VNI free among live records (persisted: unique across restarts) and CreateVMs in flight."""
@@ -253,7 +216,7 @@ class SandboxManager:
 
     # ---- StartVM -------------------------------------------------------------------------------
 
-    def _get(self, sandbox_id: str, verb: str) -> _Live:
+    def _get(self, sandbox_id: str, verb: str) -> LiveSandbox:
         rq.validate_sandbox_id(sandbox_id)
         live = self._sandboxes.get(sandbox_id)
         if live is None:
@@ -282,8 +245,14 @@ class SandboxManager:
                 await shielded(self._undo_start(live, exc))
                 raise
 
-    async def _start_instance(self, live: _Live, deadline: float | None) -> None:
+    async def _start_instance(self, live: LiveSandbox, deadline: float | None) -> None:
         record = live.record
+        loop = asyncio.get_running_loop()
+        # the provider's wait for the VM is bounded like the agent channel's: PROXY_TIMEOUT, and the
+        # caller's deadline (loop time, handed over as time.monotonic())
+        wait = self._settings.proxy_timeout
+        if deadline is not None:
+            wait = min(wait, deadline - loop.time())
         request = CreateRequest(
             name=record.instance_name,
             sandbox_id=record.id,
@@ -297,6 +266,7 @@ class SandboxManager:
             ),
             userdata=record.userdata,
             tags={**dict(self._settings.tags), **self.owner_tags(record.id)},
+            deadline=time.monotonic() + wait,
         )
         try:
             instance = await self._provider.create_instance(request)
@@ -312,7 +282,7 @@ class SandboxManager:
         live.proxy = proxy
         timeout = self._settings.proxy_timeout
         if deadline is not None:
-            timeout = min(timeout, deadline - asyncio.get_running_loop().time())
+            timeout = min(timeout, deadline - loop.time())
         if timeout <= 0:
             raise DeadlineExceeded("StartVM deadline passed before the pod VM was reachable")
         try:
@@ -322,7 +292,7 @@ class SandboxManager:
         await self._commit(live, live.record.transition(SandboxState.RUNNING))
         logger.info("sandbox %s running on instance %s (%s)", record.id, instance.id, ips[0])
 
-    async def _undo_start(self, live: _Live, cause: BaseException) -> None:
+    async def _undo_start(self, live: LiveSandbox, cause: BaseException) -> None:
         """Delete whatever StartVM made; on failure keep retrying in the background."""
         record = live.record
         logger.warning(
@@ -352,10 +322,15 @@ class SandboxManager:
                 await self._provider.delete_instance(instance_id)
             logger.info("deleted instance %s of sandbox %s", instance_id, record.id)
 
-    async def _close_proxy(self, live: _Live) -> None:
+    async def _close_proxy(self, live: LiveSandbox) -> None:
+        """Close the agent socket; a failure is logged, never a reason to keep the VM."""
         proxy, live.proxy = live.proxy, None
-        if proxy is not None:
+        if proxy is None:
+            return
+        try:
             await proxy.aclose()
+        except Exception:
+            logger.exception("closing the agent socket of sandbox %s failed", live.record.id)
 
     async def _release(self, record: SandboxRecord) -> None:
         """Remove the sandbox's tunnel and instance; raise if either is still there.
@@ -396,7 +371,7 @@ class SandboxManager:
         if self._stopping.get(sandbox_id) is task:
             del self._stopping[sandbox_id]
 
-    async def _stop(self, live: _Live) -> None:
+    async def _stop(self, live: LiveSandbox) -> None:
         async with live.lock:
             record = live.record
             if record.state is SandboxState.STOPPED:
@@ -413,7 +388,7 @@ class SandboxManager:
                 return
             await self._finish_stop(live)
 
-    async def _finish_stop(self, live: _Live) -> None:
+    async def _finish_stop(self, live: LiveSandbox) -> None:
         record = live.record
         await self._commit(
             live,
@@ -422,10 +397,10 @@ class SandboxManager:
         )
         logger.info("sandbox %s stopped", record.id)
 
-    def _schedule_delete(self, live: _Live) -> None:
+    def _schedule_delete(self, live: LiveSandbox) -> None:
         self._background.spawn(self._retry_delete(live), name=f"delete-{live.record.id}")
 
-    async def _retry_delete(self, live: _Live) -> None:
+    async def _retry_delete(self, live: LiveSandbox) -> None:
         attempt = 0
         while True:
             delays = self._delete_retry_delays
@@ -445,38 +420,38 @@ class SandboxManager:
                 await self._finish_stop(live)
                 return
 
-    # ---- recovery ------------------------------------------------------------------------------
+    # ---- primitives for recovery and housekeeping (hypervisor.recovery) ----------------------
 
-    async def recover(self, records: list[SandboxRecord]) -> None:
-        """Resume or undo every sandbox found on disk (called once at start)."""
-        for record in records:
-            live = self.adopt(record)
-            if record.state is SandboxState.STOPPED:
-                continue
-            if record.state is SandboxState.RUNNING:
-                await self._restore_running(live)
-            elif record.state is SandboxState.STARTING:
-                # The daemon died mid-StartVM: the shim saw the call fail. Undo it.
-                async with live.lock:
-                    await self._undo_start(live, RuntimeError("daemon restarted during StartVM"))
-            elif record.state is SandboxState.STOPPING:
-                self._schedule_delete(live)
+    def live_sandboxes(self) -> list[LiveSandbox]:
+        return list(self._sandboxes.values())
 
-    async def prune_tombstones(self) -> int:
-        """Forget stopped sandboxes older than an hour (memory and disk); a repeated StopVM is long over."""
-        cutoff = self._clock() - TOMBSTONE_SECONDS
-        pruned = 0
-        for live in list(self._sandboxes.values()):
-            if live.record.state is not SandboxState.STOPPED or live.record.updated_at > cutoff:
-                continue
-            async with live.lock:
-                if live.record.state is SandboxState.STOPPED and self._sandboxes.get(live.record.id) is live:
-                    del self._sandboxes[live.record.id]
-                    await self._store.remove(live.record.id)
-                    pruned += 1
-        return pruned
+    def adopt(self, record: SandboxRecord) -> LiveSandbox:
+        """Register a record loaded from disk."""
+        live = LiveSandbox(record, asyncio.Lock())
+        self._sandboxes[record.id] = live
+        return live
 
-    async def _restore_running(self, live: _Live) -> None:
+    async def undo_start(self, live: LiveSandbox, cause: BaseException) -> None:
+        """Undo an interrupted StartVM (the shim saw it fail)."""
+        async with live.lock:
+            await self._undo_start(live, cause)
+
+    def resume_delete(self, live: LiveSandbox) -> None:
+        """Finish an interrupted delete in the background."""
+        self._schedule_delete(live)
+
+    async def forget(self, live: LiveSandbox) -> bool:
+        """Drop a stopped sandbox from memory and disk; False when it changed meanwhile."""
+        async with live.lock:
+            record = live.record
+            if record.state is not SandboxState.STOPPED or self._sandboxes.get(record.id) is not live:
+                return False
+            del self._sandboxes[record.id]
+            await self._store.remove(record.id)
+            return True
+
+    async def restore_running(self, live: LiveSandbox) -> None:
+        """Bring a running sandbox's tunnel and agent socket back after a restart."""
         record = live.record
         if not record.instance_ips:
             return
@@ -486,9 +461,13 @@ class SandboxManager:
             except Exception:
                 logger.exception("restoring the pod network of sandbox %s failed", record.id)
         proxy = self._channel.new_proxy(Path(record.agent_socket_path), record.instance_name)
+        try:
+            Path(record.agent_socket_path).parent.mkdir(parents=True, exist_ok=True)
+            await proxy.restore(record.instance_ips[0], self._settings.forwarder_port)
+        except BaseException:
+            await shielded(proxy.aclose())
+            raise
         live.proxy = proxy
-        Path(record.agent_socket_path).parent.mkdir(parents=True, exist_ok=True)
-        await proxy.restore(record.instance_ips[0], self._settings.forwarder_port)
         logger.info("sandbox %s restored: agent socket %s", record.id, record.agent_socket_path)
 
     # ---- GetInfo -------------------------------------------------------------------------------
@@ -520,8 +499,3 @@ def _make_pod_dir(path: Path) -> None:
     """``mkdir -p`` with mode 0755 whatever the process umask (the agent proxy narrows it briefly)."""
     path.mkdir(parents=True, exist_ok=True)
     os.chmod(path, 0o755)
-
-
-def _request_digest(sandbox_id: str, annotations: Mapping[str, str], netns_path: str) -> str:
-    blob = json.dumps([sandbox_id, sorted(annotations.items()), netns_path]).encode()
-    return hashlib.sha256(blob).hexdigest()

@@ -1,9 +1,11 @@
-"""Instance-type selection (caa-behaviour §6.2), with a true best fit.
+"""Instance-type selection: an explicit type, else the best fit for the pod's GPUs, vCPUs and memory.
 
-The Go version binary-searches a predicate that is not monotonic over the
-(gpus, memory, vcpus) order, so it can miss the smallest fitting type.  We scan
-the sorted catalogue and take the first entry meeting every constraint, which is
-the smallest by (gpus, memory, vcpus).  Error texts match the Go version's.
+The catalogue is sorted by (gpus, memory, vcpus) and scanned for the first entry
+meeting every constraint, so the answer is the smallest fitting type (a binary
+search would need a predicate that is monotonic over that order, and it is not).
+vCPUs and memory select a type only together; a GPU request selects among GPU
+types.  The choice must be in the provider's allowlist.  Error texts are the
+ones users of the Go adaptor know (docs/differences.md).
 """
 
 from __future__ import annotations

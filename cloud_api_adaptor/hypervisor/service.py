@@ -19,7 +19,7 @@ from cloud_api_adaptor._pb import podvminfo_pb2 as pvi
 from cloud_api_adaptor._pb import podvminfo_pb2_grpc as pvi_grpc
 from cloud_api_adaptor.hypervisor.sandboxes import SandboxManager
 from cloud_api_adaptor.hypervisor.status_map import to_status
-from cloud_api_adaptor.ttrpc import CallContext, RpcError, UnaryMethod
+from cloud_api_adaptor.ttrpc import CallContext, UnaryMethod
 
 VERSION = "0.0.0"  # what Kata and the Go version report
 HYPERVISOR_SERVICE = "hypervisor.Hypervisor"
@@ -56,33 +56,23 @@ class HypervisorService:
         return pvi.GetInfoResponse(VMID=vmid)
 
 
-async def _mapped(call: Awaitable[T]) -> T:
-    try:
-        return await call
-    except RpcError:
-        raise
-    except Exception as exc:
-        code, message = to_status(exc)
-        raise RpcError(code, message) from exc
-
-
 def ttrpc_services(service: HypervisorService) -> dict[str, dict[str, UnaryMethod[Any]]]:
-    """The method tables to register on the ttrpc server."""
+    """The method tables to register on a ttrpc server built with ``error_translator=to_rpc_error``."""
 
     async def version(req: Any, ctx: CallContext) -> Any:
-        return await _mapped(service.version(req))
+        return await service.version(req)
 
     async def create_vm(req: Any, ctx: CallContext) -> Any:
-        return await _mapped(service.create_vm(req))
+        return await service.create_vm(req)
 
     async def start_vm(req: Any, ctx: CallContext) -> Any:
-        return await _mapped(service.start_vm(req, ctx.deadline))
+        return await service.start_vm(req, ctx.deadline)
 
     async def stop_vm(req: Any, ctx: CallContext) -> Any:
-        return await _mapped(service.stop_vm(req))
+        return await service.stop_vm(req)
 
     async def get_info(req: Any, ctx: CallContext) -> Any:
-        return await _mapped(service.get_info(req))
+        return await service.get_info(req)
 
     return {
         HYPERVISOR_SERVICE: {
@@ -99,7 +89,7 @@ async def _grpc_call(context: grpc.aio.ServicerContext[Any, Any], call: Callable
     try:
         return await call()
     except Exception as exc:
-        code, message = to_status(exc)
+        code, message = to_status(exc, "gRPC call")
         await context.abort(grpc.StatusCode[code.name], message)
         raise  # unreachable: abort raises
 

@@ -1,12 +1,13 @@
 """The one place where our errors become RPC status codes.
 
-Both transports (ttrpc for Kata, gRPC on the optional second socket) use
-``to_status``; handlers never choose codes themselves.
+The ttrpc server takes ``to_rpc_error`` as its error translator; the gRPC socket
+and ``plan`` use ``to_status``.  Handlers never choose codes themselves, and an
+exception that is not ours reaches a client only as a generic internal error
+with an id that the daemon's log names.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from cloud_api_adaptor.errors import (
@@ -20,7 +21,7 @@ from cloud_api_adaptor.errors import (
     PermanentProviderError,
     TemporaryProviderError,
 )
-from cloud_api_adaptor.ttrpc.status import Code
+from cloud_api_adaptor.ttrpc.status import Code, RpcError, internal_error
 
 logger = logging.getLogger(__name__)
 
@@ -37,17 +38,20 @@ _CODES: tuple[tuple[type[BaseException], Code], ...] = (
 )
 
 
-def to_status(exc: BaseException) -> tuple[Code, str]:
-    """(code, message) for an exception raised by the lifecycle."""
-    if isinstance(exc, asyncio.CancelledError):
-        return Code.CANCELLED, "cancelled"
+def to_rpc_error(exc: Exception) -> RpcError | None:
+    """The status for one of our errors; None for anything else (a bug: the server reports it)."""
     if isinstance(exc, InvalidInput) and exc.field not in str(exc):
         # Every INVALID_ARGUMENT names the field or annotation at fault.
-        return Code.INVALID_ARGUMENT, f"{exc.field}: {exc}"
+        return RpcError(Code.INVALID_ARGUMENT, f"{exc.field}: {exc}")
     for kind, code in _CODES:
         if isinstance(exc, kind):
-            return code, str(exc)
+            return RpcError(code, str(exc))
     if isinstance(exc, AdaptorError):
-        return Code.UNKNOWN, str(exc)
-    logger.error("unexpected error", exc_info=exc)
-    return Code.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+        return RpcError(Code.UNKNOWN, str(exc))
+    return None
+
+
+def to_status(exc: Exception, where: str = "request") -> tuple[Code, str]:
+    """(code, message) for any exception, for callers outside the ttrpc server (gRPC, ``plan``)."""
+    error = to_rpc_error(exc) or internal_error(exc, where, logger)
+    return error.code, error.message

@@ -25,13 +25,14 @@ import itertools
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from cloud_api_adaptor.fsutil import DirectorySync, atomic_write, remove_durably
-from cloud_api_adaptor.hypervisor.models import SandboxRecord
+from cloud_api_adaptor.fsutil import DirectorySync, atomic_write, make_private_dirs, remove_durably
+from cloud_api_adaptor.hypervisor.models import InvalidRecord, SandboxRecord
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,8 @@ class SandboxStore:
         self._queue_lock = threading.Lock()
         self._queue: list[_Write] = []
         self._active = 0  # writer threads draining the queue
+        #: (file name, reason) of the records the last ``load_all`` set aside
+        self.quarantined: list[tuple[str, str]] = []
 
     @property
     def directory(self) -> Path:
@@ -95,7 +98,7 @@ class SandboxStore:
         return self._dir / f"{sandbox_id}.json"
 
     def prepare(self) -> None:
-        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dirs(self._dir)
 
     async def save(self, record: SandboxRecord, *, first: Callable[[], object] | None = None) -> None:
         """Write ``record`` durably.
@@ -186,19 +189,50 @@ class SandboxStore:
         """Wait for queued writes, then release the writer threads."""
         self._pool.shutdown(wait=True)
 
+    @property
+    def quarantine_dir(self) -> Path:
+        return self._dir / "quarantine"
+
     def load_all(self) -> list[SandboxRecord]:
-        """Every readable record; unreadable ones are kept aside (renamed) and logged."""
+        """Every record that decodes; the others are quarantined (moved aside, logged) and never fatal.
+
+        A record this daemon cannot trust (garbage, truncated, a type where another
+        belongs, a future schema) must not stop the node: every other sandbox still
+        recovers.  Its VM, if it has one, carries our owner tags and no record
+        claims it any more, so the orphan scan deletes it.  ``quarantined`` lists
+        what this call set aside.
+        """
         records: list[SandboxRecord] = []
+        self.quarantined = []
         if not self._dir.is_dir():
             return records
         for path in sorted(self._dir.glob("*.json")):
             try:
-                records.append(SandboxRecord.from_json(path.read_bytes()))
-            except (OSError, ValueError, TypeError, KeyError) as exc:
-                aside = path.with_suffix(".corrupt")
-                logger.error("sandbox record %s is unreadable (%s); moved to %s", path, exc, aside)
-                path.replace(aside)
+                record = SandboxRecord.from_json(path.read_bytes())
+                if record.id != path.stem:
+                    raise InvalidRecord("id", f"{record.id!r} does not match the file name {path.name}")
+            except (OSError, InvalidRecord) as exc:
+                self._quarantine(path, str(exc))
+                continue
+            records.append(record)
         return records
+
+    def _quarantine(self, path: Path, reason: str) -> None:
+        aside = self.quarantine_dir / f"{path.stem}.{time.time_ns()}.json"
+        try:
+            make_private_dirs(self.quarantine_dir)
+            path.replace(aside)
+        except OSError as exc:
+            logger.error("sandbox record %s is invalid (%s) and cannot be moved aside: %s", path, reason, exc)
+        else:
+            logger.error(
+                "sandbox record %s is invalid (%s); quarantined as %s. Its VM, if any, is left to the "
+                "orphan scan",
+                path.name,
+                reason,
+                aside,
+            )
+        self.quarantined.append((path.name, reason))
 
 
 def _resolve(results: list[tuple[_Write, BaseException | None]]) -> None:

@@ -28,8 +28,6 @@ import json
 import logging
 import os
 import shutil
-import socket
-import threading
 import time
 import weakref
 from collections.abc import Mapping, Sequence
@@ -40,10 +38,11 @@ from typing import Any
 import cloud_api_adaptor
 from cloud_api_adaptor.aio import shielded
 from cloud_api_adaptor.errors import PermanentProviderError, TemporaryProviderError
-from cloud_api_adaptor.localvm import addressing
 from cloud_api_adaptor.localvm.checks import CheckInputs, run_checks
-from cloud_api_adaptor.localvm.config import DEVAGENT_MODULE, LocalConfig, agent_socket_path
+from cloud_api_adaptor.localvm.config import DEVAGENT_MODULE, LocalConfig
 from cloud_api_adaptor.localvm.guest import LOG_DIR, SPEC_FILE, STATUS_FILE, LaunchSpec
+from cloud_api_adaptor.localvm.netns import NETNS_RUN_DIR
+from cloud_api_adaptor.localvm.placement import netns_name, placement_for
 from cloud_api_adaptor.localvm.procs import VmIdentity, stop_vm
 from cloud_api_adaptor.localvm.records import RecordStore, VmRecord, VmState
 from cloud_api_adaptor.provider import (
@@ -57,12 +56,7 @@ from cloud_api_adaptor.provider import (
 
 logger = logging.getLogger(__name__)
 
-NETNS_RUN_DIR = Path("/run/netns")
 GUEST_MODULE = "cloud_api_adaptor.localvm.guest"
-#: the VM's own paths in netns mode (the pod VM image's defaults)
-VM_AGENT_SOCKET = "/run/kata-containers/agent.sock"
-VM_POD_NETNS = "/run/netns/podns"
-_LOOPBACK_PROBES = 256
 
 
 class LocalProvider(Provider):
@@ -79,8 +73,7 @@ class LocalProvider(Provider):
         self.records = RecordStore(context.work_dir / "records")
         self.vms_dir = context.work_dir / "vms"
         self._reserve_lock = asyncio.Lock()
-        #: serialises "add the tunnel endpoint" (plug) with "no VM left: remove it" (teardown)
-        self._endpoint_lock = threading.Lock()
+        self.placement = placement_for(config, context.work_dir, context.forwarder_port)
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         bin_dir = str(Path(config.programs.python).parent)
         self._env = {
@@ -101,7 +94,7 @@ class LocalProvider(Provider):
     @staticmethod
     def netns_name(vm_id: str) -> str:
         """Also the host-side veth name: at most 15 bytes, as link names must be."""
-        return f"caa-{vm_id.removeprefix('local-')}"
+        return netns_name(vm_id)
 
     def vm_dir(self, vm_id: str) -> Path:
         return self.vms_dir / vm_id
@@ -176,51 +169,11 @@ class LocalProvider(Provider):
     # -- the pod network tunnel ---------------------------------------------------------------------
 
     def tunnel_endpoint(self) -> ipaddress.IPv4Address | None:
-        """``TunnelEndpointProvider``: the node's tunnel address, on this provider's own subnet.
+        """``TunnelEndpointProvider``: the node's tunnel address on this provider's own subnet (netns mode).
 
-        netns mode: the reserved last address of LOCAL_VM_SUBNET, on ``lo`` in the
-        daemon's namespace while any VM exists, reached by every VM through its
-        default route, so the tunnel never touches the machine's real interfaces.
         Loopback VMs share the host's namespaces and cannot carry a tunnel: None.
         """
-        if self.config.mode != "netns":
-            return None
-        return addressing.tunnel_endpoint(self.config.subnet)
-
-    def _ensure_endpoint(self) -> None:
-        """Before a VM is plugged in: the tunnel endpoint on ``lo`` (idempotent)."""
-        from cloud_api_adaptor.localvm import netns
-
-        endpoint = self.tunnel_endpoint()
-        if endpoint is None:
-            return
-        with self._endpoint_lock:
-            if netns.ensure_local_address(endpoint):
-                logger.info("tunnel endpoint %s/32 added to lo", endpoint)
-
-    def _release_endpoint(self) -> None:
-        """Once no VM is left, take the tunnel endpoint off ``lo`` (the next plug adds it again).
-
-        "No VM" counts another daemon's too: any other address of the subnet here keeps it.
-        """
-        from pyroute2.netlink.exceptions import NetlinkError
-
-        from cloud_api_adaptor.localvm import netns
-
-        endpoint = self.tunnel_endpoint()
-        if endpoint is None:
-            return
-        with self._endpoint_lock:
-            if self.records.all():
-                return
-            try:
-                others = [a for _, a in netns.host_ipv4_addresses() if a.ip in self.config.subnet]
-                if any(a.ip != endpoint for a in others):
-                    return
-                if netns.remove_local_address(endpoint):
-                    logger.info("tunnel endpoint %s/32 removed from lo (no VM left)", endpoint)
-            except (OSError, NetlinkError) as exc:
-                logger.warning("cannot remove tunnel endpoint %s from lo: %s", endpoint, exc)
+        return self.placement.tunnel_endpoint()
 
     # -- create steps ---------------------------------------------------------------------------------
 
@@ -236,53 +189,15 @@ class LocalProvider(Provider):
             name=request.name,
             token=request.token,
             sandbox_id=request.sandbox_id,
-            mode=self.config.mode,
+            mode=self.placement.mode,
             address="",
             created_at=time.time(),
             tags=dict(request.tags),
             spec=asdict(request.spec),
         )
-        if self.config.mode == "netns":
-            block = addressing.allocate_block(self.config.subnet, self._used_blocks(records))
-            name = self.netns_name(vm_id)
-            record = record.evolve(
-                address=str(block.vm),
-                host_address=str(block.host),
-                prefixlen=block.prefixlen,
-                block=block.index,
-                netns=name,
-                host_ifname=name,
-            )
-        else:
-            record = record.evolve(address=str(self._free_loopback(records)))
+        record = self.placement.place(record, records)
         self.records.put(record)
         return record
-
-    def _used_blocks(self, records: Sequence[VmRecord]) -> set[int]:
-        """Blocks of our records, plus any the kernel already numbers (another daemon, a stale link)."""
-        from cloud_api_adaptor.localvm import netns
-
-        used = {r.block for r in records if r.block is not None}
-        used |= addressing.reserved_blocks(self.config.subnet)  # the tunnel endpoint's
-        try:
-            addresses = netns.host_ipv4_addresses()
-        except Exception as exc:  # netlink trouble must not hide behind allocation
-            raise TemporaryProviderError(f"cannot list host addresses: {exc}") from exc
-        for _, iface in addresses:
-            index = addressing.block_of(self.config.subnet, iface.ip)
-            if index is not None:
-                used.add(index)
-        return used
-
-    def _free_loopback(self, records: Sequence[VmRecord]) -> ipaddress.IPv4Address:
-        used = {ipaddress.IPv4Address(r.address) for r in records if r.address}
-        candidates = addressing.loopback_candidates(str(self.context.work_dir), used)
-        for _, address in zip(range(_LOOPBACK_PROBES), candidates, strict=False):
-            if _port_free(address, self.context.forwarder_port):
-                return address
-        raise TemporaryProviderError(
-            f"no loopback address with port {self.context.forwarder_port} free after {_LOOPBACK_PROBES} tries"
-        )
 
     async def _launch(self, record: VmRecord, request: CreateRequest) -> VmRecord:
         spec = self.launch_spec(record)
@@ -295,8 +210,7 @@ class LocalProvider(Provider):
                 record = record.evolve(pid=int(identity["pid"]), start_time=int(identity["start_time"]))
                 # Shielded: a timeout or cancellation must not undo the VM while a thread still builds it.
                 await shielded(asyncio.to_thread(self.records.put, record))
-                if self.config.mode == "netns":
-                    await shielded(asyncio.to_thread(self._plug, record))
+                await shielded(asyncio.to_thread(self.placement.plug, record))
                 _report(record, await proc.stdout.read(), expect="ready")  # once the VM's address is live
         except TimeoutError:
             raise TemporaryProviderError(
@@ -315,59 +229,26 @@ class LocalProvider(Provider):
         """The launcher's instructions: the real default paths in netns mode, per-VM paths on loopback."""
         cfg = self.config
         vm_dir = self.vm_dir(record.id)
-        port = self.context.forwarder_port
-        if cfg.mode == "netns":
-            sock = VM_AGENT_SOCKET
-            process_user_data = (*cfg.programs.process_user_data, "provision-files")
-            forwarder = (
-                *cfg.programs.forwarder,
-                "-listen",
-                f"0.0.0.0:{port}",
-                "-kata-agent-socket",
-                sock,
-                "-pod-namespace",
-                VM_POD_NETNS,
-            )
-        else:
-            root = vm_dir / "root"
-            sock = str(agent_socket_path(self.context.work_dir, record.id))
-            process_user_data = (
-                *cfg.programs.process_user_data,
-                "provision-files",
-                "--root",
-                str(root),
-                "--cidata-dir",
-                str(vm_dir / "cidata"),
-            )
-            forwarder = (
-                *cfg.programs.forwarder,
-                "-config",
-                str(root / "run" / "peerpod" / "apf.json"),
-                "-listen",
-                f"{record.address}:{port}",
-                "-kata-agent-socket",
-                sock,
-                "-pod-namespace",
-                str(root / "run" / "netns" / "podns"),
-            )
+        paths = self.placement.guest_paths(record, vm_dir)
+        sock = paths.agent_socket
         agent = cfg.programs.agent or (cfg.programs.python, "-m", DEVAGENT_MODULE, "--socket", sock)
         return LaunchSpec(
             vm_id=record.id,
             name=record.name,
-            mode=cfg.mode,
+            mode=self.placement.mode,
             vm_dir=str(vm_dir),
             agent_socket=sock,
-            process_user_data=process_user_data,
+            process_user_data=paths.process_user_data,
             agent=tuple(agent),
-            forwarder=(*forwarder, *cfg.forwarder_extra_args),
+            forwarder=(*paths.forwarder, *cfg.forwarder_extra_args),
             env=dict(self._env),
             agent_env={"KATA_AGENT_SERVER_ADDR": f"unix://{sock}"},
             boot_delay=cfg.boot_delay,
             agent_socket_timeout=cfg.agent_socket_timeout,
             stop_timeout=cfg.stop_timeout,
             netns_path=str(NETNS_RUN_DIR / record.netns) if record.netns else None,
-            cidata_dir=str(vm_dir / "cidata") if cfg.mode == "netns" else None,
-            vm_address=record.address if cfg.mode == "netns" else None,
+            cidata_dir=paths.cidata_dir,
+            vm_address=paths.vm_address,
             host_address=record.host_address,
             prefixlen=record.prefixlen,
         )
@@ -405,20 +286,6 @@ class LocalProvider(Provider):
                 )
         except OSError as exc:
             raise PermanentProviderError(f"cannot start local VM {record.id}: {exc}") from exc
-
-    def _plug(self, record: VmRecord) -> None:
-        from pyroute2.netlink.exceptions import NetlinkError
-
-        from cloud_api_adaptor.localvm import netns
-
-        assert record.host_ifname and record.host_address and record.prefixlen and record.pid
-        try:
-            self._ensure_endpoint()
-            netns.plug_veth(
-                record.host_ifname, record.pid, ipaddress.IPv4Address(record.host_address), record.prefixlen
-            )
-        except (OSError, NetlinkError) as exc:
-            raise PermanentProviderError(f"cannot plug local VM {record.id} into the host: {exc}") from exc
 
     async def _undo(self, record: VmRecord) -> None:
         """A failed create leaves nothing behind; if even that fails, the record stays for a later delete."""
@@ -459,8 +326,7 @@ class LocalProvider(Provider):
         except OSError as exc:
             raise TemporaryProviderError(f"cannot remove {vm_dir}: {exc}") from exc
         self.records.remove(record.id)
-        if record.mode == "netns":
-            self._release_endpoint()
+        self.placement.released(record, self.records.all)
 
 
 def _instance(record: VmRecord) -> Instance:
@@ -491,17 +357,6 @@ def _write(path: Path, data: bytes, mode: int = 0o600) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
-
-
-def _port_free(address: ipaddress.IPv4Address, port: int) -> bool:
-    """Whether a listener could bind ``address:port`` now (as the forwarder will, with SO_REUSEADDR)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((str(address), port))
-        except OSError:
-            return False
-    return True
 
 
 def _status_identity(path: Path) -> tuple[int | None, int | None]:

@@ -162,7 +162,11 @@ class Netlink:
         return _link(msgs[0]) if msgs else None
 
     def add_vxlan(self, name: str, vni: int, group: ipaddress.IPv4Address, port: int) -> int:
-        """Create a VXLAN device (remote = ``group``, see local-stand-ins §7) and return its index."""
+        """Create a VXLAN device and return its index.
+
+        ``group`` is the remote end: pyroute2 takes a unicast peer through the
+        ``vxlan_group`` attribute (the kernel's IFLA_VXLAN_GROUP carries both).
+        """
         with self._op(f"create vxlan {name} (vni {vni}, remote {group}, port {port})"):
             self._ipr.link(
                 "add", ifname=name, kind="vxlan", vxlan_id=vni, vxlan_group=str(group), vxlan_port=port

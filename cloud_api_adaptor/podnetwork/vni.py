@@ -1,11 +1,10 @@
 """VXLAN network identifier (VNI) allocation.
 
-The Go adaptor counts a process-global index up from 0 at every start, so after
-a restart a new pod can get the VNI of a pod that is still running, and the
-kernel refuses the second VXLAN device (or, worse, traffic mixes).  Here the
-daemon passes the VNIs its live sandbox records hold (they persist them) and
-gets the lowest free one, so VNIs are unique among live sandboxes on the node,
-survive restarts, and are reused after StopVM.
+A VNI must be unique among the tunnels on a node: the kernel refuses a second
+VXLAN device with the same one (or, worse, traffic mixes).  The daemon passes the
+VNIs its live sandbox records hold (they persist them) and gets the lowest free
+one, so VNIs are unique among live sandboxes, survive restarts (a counter in
+memory would start again at the first VNI), and are reused after StopVM.
 """
 
 from __future__ import annotations

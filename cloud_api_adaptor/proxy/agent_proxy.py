@@ -4,32 +4,26 @@ Kata's shim speaks ttrpc to ``<pods-dir>/<sandbox>/agent.ttrpc``; each connectio
 accepted there is relayed, byte for byte, to its own (m)TLS connection to the
 pod VM's agent-protocol-forwarder.
 
-Why protocol-blind: the Go adaptor terminates ttrpc here and re-issues every
-call, so that it can rewrite CreateContainer (CSI volume paths, cloud volumes,
-GPU annotations; caa-behaviour §3.4).  None of that is needed yet, and parsing
-every frame on the worker would put a decode/encode on the hot path of every
-agent call (Health checks, ReadStdout long-polls, WriteStdin, CopyFile chunks).
-The VM-side forwarder already works at the frame level for the calls it must
-change, so the worker stays a lean pump; worker-side rewriting can be added as a
+Why protocol-blind: parsing every frame on the worker would put a decode and an
+encode on the hot path of every agent call (Health checks, ReadStdout
+long-polls, WriteStdin, CopyFile chunks).  The VM-side forwarder works at the
+frame level for the calls it must change, so the worker stays a lean pump;
+worker-side rewriting (CSI volume paths, GPU annotations) can be added as a
 ``pump.Filter`` on the downstream pipe without changing this module's shape.
 
-Differences from Go, on purpose:
-- readiness dials start a new attempt every ``retry_interval`` (50 ms), even
-  while earlier ones are still pending (happy-eyeballs style, at most
-  ``max_attempts_in_flight``), and the first to finish TCP and TLS wins: a
-  booting cloud VM often drops SYNs rather than refusing them, and an attempt
-  whose SYN was dropped would otherwise hold the next one back until its own
-  ``connect_attempt_timeout`` (Go backs off to 5 s, which adds seconds to
-  every pod start).  50 ms, not the 100 ms the requirement allows: StartVM
-  should return within 100 ms of the forwarder accepting, and the wait for the
-  next attempt plus the handshake must fit in that.  The price is about twenty
-  refused connects per second per booting VM.  In-flight attempts (10) times
-  the interval covers the attempt timeout (0.5 s), so attempts stay 50 ms
-  apart even when every SYN is dropped;
+How it dials and reconnects:
+- readiness dials are staggered (``dialer.StaggeredDialer``): a new attempt
+  every ``retry_interval`` (50 ms) even while earlier ones are pending, the
+  first to finish TCP and TLS wins.  50 ms because StartVM should return
+  within 100 ms of the forwarder accepting, and the wait for the next attempt
+  plus the handshake must fit in that; the price is about twenty refused
+  connects per second per booting VM.  In-flight attempts (10) times the
+  interval covers the attempt timeout (0.5 s), so attempts stay 50 ms apart
+  even when every SYN is dropped;
 - the first connection is kept and handed to the first shim connection, so the
   TLS handshake done for readiness is not wasted;
 - every shim connection gets its own upstream connection, so after the VM
-  connection drops a new shim connection reconnects (Go never reconnects);
+  connection drops a new shim connection reconnects;
 - ``restore`` re-creates the listener after a daemon restart without waiting.
 """
 
@@ -41,13 +35,13 @@ import logging
 import os
 import socket
 import ssl
-from asyncio import FIRST_COMPLETED
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cloud_api_adaptor.aio import TaskSupervisor, shielded
+from cloud_api_adaptor.aio import TaskSupervisor
 from cloud_api_adaptor.errors import DeadlineExceeded, FailedPrecondition
+from cloud_api_adaptor.proxy.dialer import DialFailed, Handshake, StaggeredDialer
 from cloud_api_adaptor.proxy.tls import AgentTls
 from cloud_api_adaptor.transport.pump import Pipe, PumpStats, close_pipes, link
 
@@ -69,12 +63,6 @@ class ProxyStats(PumpStats):
     """Failed upstream connect attempts."""
 
 
-class _DialFailed(Exception):
-    def __init__(self, last: BaseException | None) -> None:
-        super().__init__(str(last) if last is not None else "no attempt made")
-        self.last = last
-
-
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "connection attempt timed out"
@@ -85,15 +73,6 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno is not None:
         return exc.strerror or os.strerror(exc.errno).lower()
     return str(exc) or type(exc).__name__
-
-
-async def _reap(attempts: set[asyncio.Task[Pipe]]) -> None:
-    """Cancel the losing dial attempts; close any that connected before the cancellation landed."""
-    for task in attempts:
-        task.cancel()
-    for outcome in await asyncio.gather(*attempts, return_exceptions=True):
-        if isinstance(outcome, Pipe):
-            outcome.close()
 
 
 class AgentProxy:
@@ -115,10 +94,17 @@ class AgentProxy:
         self._ssl = ssl_context
         self._server_hostname = server_hostname if ssl_context is not None else None
         self._dial_timeout = dial_timeout
-        self._retry_interval = retry_interval
         self._attempt_timeout = connect_attempt_timeout
         self._handshake_timeout = handshake_timeout
-        self._max_in_flight = max(1, max_attempts_in_flight)
+        self._dialer = StaggeredDialer(
+            self._connect_once,
+            close=Pipe.close,
+            interval=retry_interval,
+            max_in_flight=max_attempts_in_flight,
+            retryable=(OSError, ssl.SSLError, TimeoutError, ConnectionError),
+            on_failure=self._note_failure,
+            name=f"agent-proxy-attempt {socket_path}",
+        )
         self.stats = ProxyStats()
         self._server: asyncio.AbstractServer | None = None
         self._addr: tuple[str, int] | None = None
@@ -146,7 +132,7 @@ class AgentProxy:
         loop = asyncio.get_running_loop()
         try:
             pipe = await self._dial(loop.time() + timeout)
-        except _DialFailed as exc:
+        except DialFailed as exc:
             await self._stop_listening()
             raise DeadlineExceeded(
                 f"failed to establish agent proxy connection to {host}:{port}: "
@@ -213,7 +199,7 @@ class AgentProxy:
         self._listening = False
         if server is not None:
             server.close()
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             self.socket_path.unlink()
         if server is not None:
             await server.wait_closed()
@@ -254,7 +240,7 @@ class AgentProxy:
         try:
             await down.connected
             up = await self._dial(loop.time() + self._dial_timeout, stop=down.closed)
-        except _DialFailed as exc:
+        except DialFailed as exc:
             logger.warning(
                 "agent proxy %s: cannot reach the forwarder at %s: %s",
                 self.socket_path,
@@ -273,83 +259,10 @@ class AgentProxy:
     # -- dialling ----------------------------------------------------------------
 
     async def _dial(self, deadline: float, stop: asyncio.Future[None] | None = None) -> Pipe:
-        """Connect (and handshake) until ``deadline``: staggered attempts, the first to finish wins.
-
-        A new attempt starts every ``retry_interval`` while fewer than
-        ``max_attempts_in_flight`` are pending and none has reached the TLS
-        handshake (the listener is up then: more connections would only load a
-        forwarder that is starting); a failed attempt is followed by the next one
-        at most ``retry_interval`` after its own start.  On return, failure or
-        cancellation no other attempt is left running or connected.
-        """
-        assert self._addr is not None
-        host, port = self._addr
-        loop = asyncio.get_running_loop()
-        last: BaseException | None = None
-        attempts = failures = 0
-        pending: set[asyncio.Task[Pipe]] = set()
-        winner: Pipe | None = None
-        handshaking: list[int] = [0]  # attempts past TCP connect, in their TLS handshake
-        next_start = loop.time()
-        try:
-            while winner is None and not self._closed and (stop is None or not stop.done()):
-                now = loop.time()
-                remaining = deadline - now
-                if remaining <= 0:
-                    break
-                may_start = len(pending) < self._max_in_flight and not handshaking[0]
-                if may_start and now >= next_start:
-                    attempts += 1
-                    pending.add(
-                        loop.create_task(
-                            self._connect_once(host, port, handshaking),
-                            name=f"agent-proxy-attempt {host}:{port} #{attempts}",
-                        )
-                    )
-                    next_start = now + self._retry_interval
-                    may_start = len(pending) < self._max_in_flight
-                wait = min(next_start - now, remaining) if may_start else remaining
-                waiters: set[asyncio.Future[Any]] = set(pending)
-                if stop is not None:
-                    waiters.add(stop)
-                if waiters:
-                    await asyncio.wait(waiters, timeout=max(0.0, wait), return_when=FIRST_COMPLETED)
-                else:
-                    await asyncio.sleep(max(0.0, wait))
-                for task in [t for t in pending if t.done()]:
-                    pending.discard(task)
-                    if task.cancelled():
-                        continue
-                    exc = task.exception()
-                    if exc is None:
-                        if winner is None:
-                            winner = task.result()
-                        else:
-                            task.result().close()  # finished together with the winner
-                        continue
-                    if not isinstance(exc, (OSError, ssl.SSLError, TimeoutError, ConnectionError)):
-                        raise exc
-                    last = exc
-                    failures += 1
-                    self._note_failure(exc, failures)
-        except BaseException:
-            if winner is not None:
-                winner.close()
-            raise
-        finally:
-            if pending:
-                try:
-                    await shielded(_reap(pending))
-                except BaseException:
-                    if winner is not None:
-                        winner.close()
-                    raise
-        if winner is not None:
-            self.stats.upstream_dials += 1
-            return winner
-        if last is None and attempts:
-            last = TimeoutError()  # every attempt was still pending at the deadline
-        raise _DialFailed(last)
+        """Connect (and handshake) until ``deadline``; see ``StaggeredDialer``."""
+        pipe = await self._dialer.dial(deadline, stop=stop, should_stop=lambda: self._closed)
+        self.stats.upstream_dials += 1
+        return pipe
 
     def _note_failure(self, exc: BaseException, failures: int) -> None:
         self.stats.upstream_failures += 1
@@ -357,16 +270,16 @@ class AgentProxy:
         if failures == 1 or failures % 50 == 0:
             logger.info("Retrying failed agent proxy connection: %s (attempt %d)", _describe(exc), failures)
 
-    async def _connect_once(self, host: str, port: int, handshaking: list[int]) -> Pipe:
-        """One attempt: TCP connect within ``connect_attempt_timeout``, then the TLS handshake.
+    async def _connect_once(self, handshake: Handshake) -> Pipe:
+        """One attempt (the dialer's connector): TCP connect within ``connect_attempt_timeout``, then TLS.
 
-        ``handshaking[0]`` counts the attempts of this dial that are in their handshake.
-
-        The dial's own deadline is not applied here: ``_dial`` cancels what is
+        The dial's own deadline is not applied here: the dialer cancels what is
         still pending when it passes, so the error it reports is the last real
         failure (refused, unreachable, a bad certificate) rather than a timeout
         cut short by the deadline.
         """
+        assert self._addr is not None
+        host, port = self._addr
         loop = asyncio.get_running_loop()
         try:  # an IP address (the usual case) needs no resolver thread
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
@@ -394,18 +307,15 @@ class AgentProxy:
         # closes its transport and with it the socket (closing it here as well would,
         # with uvloop, close a descriptor number that may already be reused).
         up = Pipe(self.stats)
-        handshake: dict[str, Any] = {}
+        tls: dict[str, Any] = {}
         if self._ssl is not None:
-            handshake = {
+            tls = {
                 "ssl": self._ssl,
                 "server_hostname": self._server_hostname,
                 "ssl_handshake_timeout": self._handshake_timeout,
             }
-        handshaking[0] += 1
-        try:
-            await loop.create_connection(lambda: up, sock=sock, **handshake)
-        finally:
-            handshaking[0] -= 1
+        with handshake():
+            await loop.create_connection(lambda: up, sock=sock, **tls)
         return up
 
 

@@ -3,8 +3,7 @@
 In automatic mode (no certificate files configured) the daemon owns a CA that
 issues one server certificate per VM (CN = DNS SAN = instance name) and a
 self-signed client certificate that the VM trusts as its client CA; both go to
-the VM in apf.json.  Unlike the Go version, which generates them afresh in
-memory, the CA and the client certificate are persisted under
+the VM in apf.json.  The CA and the client certificate are persisted under
 ``<state_dir>/tls/`` so that VMs booted before a daemon restart still trust us
 and are still trusted: sandboxes survive a restart only if this material does.
 """
@@ -22,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from cloud_api_adaptor.errors import ConfigError
-from cloud_api_adaptor.fsutil import atomic_write
+from cloud_api_adaptor.fsutil import atomic_write, make_private_dirs
 from cloud_api_adaptor.settings import TlsSettings
 from cloud_api_adaptor.transport.certs import (
     CA_ORG,
@@ -74,6 +73,13 @@ def _check_pair(pair: CertKeyPair, key: str) -> CertKeyPair:
     return pair
 
 
+class _MemoryStore:
+    """Automatic-mode material that lives only as long as the process (``cloud-api-adaptor plan``)."""
+
+    def load_or_create(self, name: str, make: Callable[[], CertKeyPair]) -> CertKeyPair:
+        return make()
+
+
 class _Store:
     """The persisted automatic-mode material: ``<state_dir>/tls/{ca,client}.{crt,key}``, mode 0600."""
 
@@ -90,7 +96,7 @@ class _Store:
             logger.warning("persisted agent-channel %s certificate expires soon; generating a new one", name)
         pair = make()
         try:
-            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_private_dirs(self.directory)
             # Key first: a crash between the two writes leaves a key without a
             # certificate, which the check above treats as "absent".
             atomic_write(key_path, pair.key_pem, mode=0o600)
@@ -136,8 +142,12 @@ class AgentTls:
             )
 
     @classmethod
-    def from_settings(cls, settings: TlsSettings, state_dir: Path) -> AgentTls:
-        """Validate the profile, then load (manual) or load-or-create (automatic) the material."""
+    def from_settings(cls, settings: TlsSettings, state_dir: Path | None) -> AgentTls:
+        """Validate the profile, then load (manual) or load-or-create (automatic) the material.
+
+        With ``state_dir`` None the automatic-mode material is made in memory and never
+        written (what ``plan`` uses to size the userdata a VM would get).
+        """
         profile = TlsProfile.parse(settings.min_version, settings.cipher_suites)
         min_version = settings.min_version.strip()
         suites = tuple(s.strip() for s in settings.cipher_suites if s.strip())
@@ -148,7 +158,7 @@ class AgentTls:
             raise ConfigError(
                 "TLS_SKIP_VERIFY", "specifying a root certificates file with the insecure flag is not allowed"
             )
-        store = _Store(state_dir / "tls")
+        store: _Store | _MemoryStore = _MemoryStore() if state_dir is None else _Store(state_dir / "tls")
         ca_service: CertKeyPair | None = None
         if settings.ca_cert_file:
             trust = _read("CACERT_FILE", settings.ca_cert_file)

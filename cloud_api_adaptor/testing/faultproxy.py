@@ -265,6 +265,9 @@ class FaultProxy:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog is 5: a burst of concurrent SDK calls would have
+    # connections dropped and retried by TCP a second later
+    request_queue_size = 128
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # a client that hung up mid-reply is expected here; never print tracebacks to stderr

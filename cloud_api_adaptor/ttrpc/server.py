@@ -1,6 +1,6 @@
 """ttrpc server: routing, deadlines and the one place exceptions become a status.
 
-Behaviour follows containerd/ttrpc 1.2 (kata-protocols.md §2) wherever a peer can
+Behaviour follows containerd/ttrpc 1.2, the server Kata talks to, wherever a peer can
 observe it:
 
 * stream ids must be odd and increase; a bad id is answered INVALID_ARGUMENT on
@@ -10,7 +10,10 @@ observe it:
   and an oversized reply is replaced by that status rather than sent;
 * ``timeout_nano`` > 0 runs the handler under that deadline; when it passes the
   handler is cancelled and the answer is DEADLINE_EXCEEDED;
-* ``RpcError`` becomes its status, anything else UNKNOWN with ``str(exc)``;
+* ``RpcError`` becomes its status; the server's ``error_translator`` (the one
+  place a service maps its own exception classes) may turn others into one;
+  anything left is a generic INTERNAL status with an error id that the log line
+  carrying the traceback names (``status.internal_error``);
 * every call runs in its own task, so long-poll calls (WaitProcess, ReadStdout)
   never hold up other calls on the connection and answers go out in any order.
 
@@ -53,7 +56,7 @@ from cloud_api_adaptor.ttrpc.messages import (
     encode_response,
     encode_status,
 )
-from cloud_api_adaptor.ttrpc.status import Code, RpcError
+from cloud_api_adaptor.ttrpc.status import Code, RpcError, internal_error
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +91,7 @@ class UnaryMethod(Generic[ReqT]):
 
 
 ErrorTranslator = Callable[[Exception], RpcError | None]
-"""Maps a handler's own exception classes to an RpcError; None leaves it UNKNOWN."""
+"""Maps a handler's own exception classes to an RpcError; None leaves it an internal error."""
 
 
 class Server:
@@ -247,8 +250,7 @@ class Server:
             translated = self._translate(exc)
             if translated is not None:
                 return translated
-        logger.error("ttrpc /%s/%s failed", ctx.service, ctx.method, exc_info=exc)
-        return RpcError(Code.UNKNOWN, str(exc))
+        return internal_error(exc, f"ttrpc /{ctx.service}/{ctx.method}", logger)
 
 
 class _ServerConnection(FrameConnection):

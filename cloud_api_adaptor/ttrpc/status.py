@@ -3,12 +3,16 @@
 ttrpc reuses ``google.rpc.Status`` (code, message, details) in every Response.
 ``RpcError`` is the *expected* error: a handler raises it to choose the status a
 peer sees, and the client raises it when a peer answers with a non-OK status.
-Anything else a handler raises is a bug or an unclassified failure and is sent
-as UNKNOWN by the server.
+Anything else a handler raises is a bug or an unclassified failure: the server
+sends ``internal_error``'s generic INTERNAL status, whose error id is in the log
+line that carries the traceback, and never the exception's own text (it can hold
+paths, addresses or SDK payloads).
 """
 
 from __future__ import annotations
 
+import logging
+import uuid
 from collections.abc import Iterable
 from enum import IntEnum
 
@@ -69,3 +73,10 @@ class RpcError(Exception):
     @classmethod
     def from_status(cls, status: status_pb2.Status) -> RpcError:
         return cls(Code.of(status.code), status.message, status.details)
+
+
+def internal_error(exc: BaseException, where: str, logger: logging.Logger) -> RpcError:
+    """Log ``exc`` with a fresh error id and return the generic status a client may see."""
+    error_id = uuid.uuid4().hex[:12]
+    logger.error("%s failed with an unexpected error (error id %s)", where, error_id, exc_info=exc)
+    return RpcError(Code.INTERNAL, f"internal error (error id {error_id}; details are in the daemon's log)")

@@ -1,6 +1,6 @@
 """The forwarder's request interception, sans-I/O: client bytes in, bytes for the agent out.
 
-Two calls must change on their way to the kata-agent (caa-behaviour §3.5):
+Two calls must change on their way to the kata-agent:
 
 - ``grpc.AgentService/CreateSandbox``: ``dns`` is stripped, so the agent does not
   overwrite the VM's ``/etc/resolv.conf`` with the worker pod's resolvers;

@@ -25,6 +25,7 @@ from cloud_api_adaptor.proxy.agent_proxy import AgentChannel, AgentProxy
 from cloud_api_adaptor.proxy.testing import StubAgent, StubClient
 from cloud_api_adaptor.proxy.tls import AgentTls, make_client_context, new_ca
 from cloud_api_adaptor.settings import TlsSettings
+from cloud_api_adaptor.testing.eventually import eventually
 from cloud_api_adaptor.ttrpc import Client
 from cloud_api_adaptor.vm.forwarder import ForwarderSettings, run_forwarder
 
@@ -236,10 +237,7 @@ async def test_start_waits_for_the_vm_and_returns_once_the_forwarder_listens(cha
     port = free_port()
     proxy = channel.proxy()
     starting = asyncio.create_task(proxy.start("127.0.0.1", port, timeout=60))
-    for _ in range(2000):
-        if proxy.stats.upstream_failures >= 2:
-            break
-        await asyncio.sleep(0.005)
+    await eventually(lambda: proxy.stats.upstream_failures >= 2, "two refused dials")
     assert not starting.done()
     await channel.start_forwarder(port)
     await starting
@@ -301,7 +299,8 @@ async def test_the_forwarder_waits_for_the_agent_socket_to_appear(short_tmp: Pat
         proxy = await ch.ready_proxy()
         client = await StubClient.connect_unix(proxy.socket_path)
         checking = asyncio.ensure_future(client.health_check())
-        await asyncio.sleep(0.05)
+        # the request has crossed the proxy: the forwarder holds it while the agent is down
+        await eventually(lambda: proxy.stats.bytes_in > 0, "the request relayed to the forwarder")
         assert not checking.done()
         await ch.agent.start()
         assert await checking == health_pb2.HealthCheckResponse.SERVING

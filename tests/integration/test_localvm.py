@@ -53,6 +53,7 @@ from cloud_api_adaptor.proxy.tls import (
     new_client_cert,
 )
 from cloud_api_adaptor.testing.contract import ProviderContract
+from cloud_api_adaptor.testing.eventually import eventually
 from cloud_api_adaptor.ttrpc import RpcError
 from cloud_api_adaptor.ttrpc.client import Client
 from cloud_api_adaptor.userdata import build_userdata
@@ -189,11 +190,9 @@ def assert_nothing_left(provider: LocalProvider, record: VmRecord) -> None:
 
 
 async def wait_for_phase(provider: LocalProvider, vm_id: str, phase: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + READY_WITHIN
-    while vm_status(provider, vm_id)["phase"] != phase:
-        assert loop.time() < deadline, f"VM never reached {phase}: {vm_status(provider, vm_id)}"
-        await asyncio.sleep(0.05)
+    await eventually(
+        lambda: vm_status(provider, vm_id)["phase"] == phase, f"VM {vm_id} in phase {phase}", READY_WITHIN
+    )
 
 
 @pytest_asyncio.fixture
@@ -357,8 +356,9 @@ def processes_mentioning(path: Path) -> list[int]:
 async def test_a_create_cancelled_midway_leaves_nothing(work: Path, tls: Tls) -> None:
     provider = make_provider("loopback", work)
     task = asyncio.create_task(provider.create_instance(request(tls.userdata())))
-    while not any(provider.vms_dir.glob("*/launch.json")):
-        await asyncio.sleep(0.001)
+    await eventually(
+        lambda: any(provider.vms_dir.glob("*/launch.json")), "a launch spec written", interval=0.001
+    )
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -9,7 +9,9 @@ exact reply bytes.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import re
 import socket
 import stat
 import struct
@@ -22,6 +24,7 @@ import pytest_asyncio
 
 from cloud_api_adaptor._pb import hypervisor_pb2 as hv
 from cloud_api_adaptor._pb import ttrpc_pb2
+from cloud_api_adaptor.testing.eventually import eventually
 from cloud_api_adaptor.ttrpc import CallContext, Client, Code, RpcError, Server, UnaryMethod
 from cloud_api_adaptor.ttrpc.framing import Frame, FrameDecoder, encode_frame
 
@@ -291,10 +294,26 @@ async def test_unknown_method_is_unimplemented(client: Client) -> None:
 
 
 @pytest.mark.asyncio
-async def test_handler_errors_map_to_status(client: Client) -> None:
-    with pytest.raises(RpcError) as info:
+async def test_an_unexpected_exception_reaches_the_client_as_a_generic_error_whose_id_is_logged(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        caplog.at_level(logging.ERROR, logger="cloud_api_adaptor.ttrpc.server"),
+        pytest.raises(RpcError) as info,
+    ):
         await client.call(SVC, "Boom", VersionReq(), VersionResp)
-    assert (info.value.code, info.value.message) == (Code.UNKNOWN, "kaput")
+    assert info.value.code is Code.INTERNAL
+    assert "kaput" not in info.value.message
+    match = re.search(r"error id ([0-9a-f]{12})", info.value.message)
+    assert match is not None, info.value.message
+    logged = [r for r in caplog.records if match.group(1) in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is not None
+    assert "kaput" in str(logged[0].exc_info[1])
+    await ok_call(client)
+
+
+@pytest.mark.asyncio
+async def test_handler_errors_map_to_status(client: Client) -> None:
     with pytest.raises(RpcError) as info:
         await client.call(SVC, "Refuse", VersionReq(version="abc"), VersionResp)
     assert (info.value.code, info.value.message) == (Code.NOT_FOUND, "sandbox abc not found")
@@ -428,8 +447,7 @@ async def test_client_disconnect_cancels_its_calls(running: Running) -> None:
     await client.aclose()
     with pytest.raises(RpcError):
         await call
-    while "orphan" not in running.stub.cancelled:
-        await asyncio.sleep(0.001)
+    await eventually(lambda: "orphan" in running.stub.cancelled, "the orphaned call cancelled")
 
 
 @pytest.mark.asyncio

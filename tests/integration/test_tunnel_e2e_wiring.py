@@ -22,6 +22,7 @@ import pytest
 
 from cloud_api_adaptor.apf import ApfConfig
 from cloud_api_adaptor.errors import FailedPrecondition, PermanentProviderError
+from cloud_api_adaptor.hypervisor.recovery import recover
 from cloud_api_adaptor.hypervisor.sandboxes import SandboxManager
 from cloud_api_adaptor.hypervisor.store import SandboxStore
 from cloud_api_adaptor.kata_client import kata_annotations
@@ -193,7 +194,7 @@ async def test_vnis_survive_a_restart_because_records_do(tmp_path: Path) -> None
 
     second, store = manager(tmp_path, network)  # a new daemon on the same state directory
     try:
-        await second.recover(store.load_all())
+        await recover(second, store.load_all())
         assert vnis(second) == {"sb0": 555000, "sb1": 555001}
         await second.create_vm("sb2", kata_annotations("p2"), "/run/netns/p2")
         assert vnis(second)["sb2"] == 555002

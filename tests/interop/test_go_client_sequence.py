@@ -118,7 +118,7 @@ async def test_failed_start_still_stops_the_sandbox(interop_bin: Path, tmp_path:
     stub = StubHypervisor(tmp_path / "pods")
 
     async def failing_start(req: hv.StartVMRequest, ctx: CallContext) -> hv.StartVMResponse:
-        raise RuntimeError("no capacity")
+        raise RpcError(Code.UNAVAILABLE, "no capacity")
 
     socket_path = tmp_path / "hypervisor.sock"
     async with Server() as server:
@@ -129,6 +129,6 @@ async def test_failed_start_still_stops_the_sandbox(interop_bin: Path, tmp_path:
         run = await run_kata_sim(interop_bin, "-socket", os.fspath(socket_path), "-id", "sb-x")
     assert run.returncode == 1
     [start] = run.steps("StartVM")
-    assert (start["ok"], start["code"], start["message"]) == (False, "Unknown", "no capacity")
+    assert (start["ok"], start["code"], start["message"]) == (False, "Unavailable", "no capacity")
     assert stub.stopped == ["sb-x"]
     assert run.steps("AgentCheck") == []

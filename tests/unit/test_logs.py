@@ -32,3 +32,26 @@ def test_sdk_loggers_never_log_request_bodies_at_debug(capsys: pytest.CaptureFix
     finally:
         root.handlers[:], root.level = saved[0], saved[1]
         logging.getLogger("botocore").setLevel(saved[2])
+
+
+def test_debug_never_turns_on_netlink_dumps_and_tracebacks_are_redacted(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    netlink = logging.getLogger("pyroute2.netlink.core")
+    try:
+        setup_logging("debug")
+        netlink.setLevel(logging.DEBUG)  # what pyroute2 may do to its own loggers on import
+        netlink.debug("message {'attrs': [('IFLA_INET6_STATS', ...)]}")
+        try:
+            raise ValueError(f"bad userdata {KEY}")
+        except ValueError:
+            logging.getLogger("cloud_api_adaptor.test").exception("create failed")
+        err = capsys.readouterr().err
+        assert "IFLA_INET6_STATS" not in err
+        assert "create failed" in err and "ValueError" in err
+        assert "MHcCAQEEIB" not in err
+    finally:
+        root.handlers[:], root.level = saved
+        netlink.setLevel(logging.NOTSET)

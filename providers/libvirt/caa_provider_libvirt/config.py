@@ -41,19 +41,24 @@ def _root_disk_gib(key: str, raw: str) -> int:
 
 @settings
 class AddressPolicy:
-    """How long to wait for a new domain's IP address: ``attempts`` looks, ``interval`` seconds apart."""
+    """How to wait for a new domain's IP address.
+
+    Until the caller's deadline, with pauses growing up to ``interval`` seconds; when the
+    caller gives no deadline, ``attempts`` looks ``interval`` seconds apart.
+    """
 
     attempts: int = integer(
         "libvirt-ip-attempts",
         "LIBVIRT_IP_ATTEMPTS",
-        "How many times to look for the pod VM's IP address (new).",
+        "How many times to look for the pod VM's IP address when the caller sets no deadline (new; "
+        "the daemon always sets one: StartVM's deadline and PROXY_TIMEOUT).",
         default=20,
         minimum=1,
     )
     interval: float = duration(
         "libvirt-ip-interval",
         "LIBVIRT_IP_INTERVAL",
-        "Pause between looks for the pod VM's IP address (new).",
+        "Longest pause between looks for the pod VM's IP address (new; the pauses grow to it).",
         default=3.0,
     )
 
@@ -82,11 +87,19 @@ class LibvirtConfig:
         choices=LAUNCH_SECURITY,
         default="",
     )
-    #: pflash loader path on the libvirt host, "" for none
+    #: pflash loader path on the libvirt host, "" for none (BIOS)
     efi_firmware: str = text(
-        "efi-firmware",
+        "firmware",
         "LIBVIRT_EFI_FIRMWARE",
-        "UEFI firmware (pflash loader) path on the libvirt host; empty boots with the default BIOS.",
+        'UEFI firmware (pflash loader) path on the libvirt host; -firmware "" boots with the default BIOS.',
+        default=DEFAULT_EFI_FIRMWARE,
+        keep_empty=True,
+    )
+    #: the flag's older spelling here; see ``__post_init__``
+    efi_firmware_flag: str = text(
+        "efi-firmware",
+        None,
+        "Older spelling of -firmware (the Go flag's name), still accepted; -firmware wins over it.",
         default=DEFAULT_EFI_FIRMWARE,
         keep_empty=True,
     )
@@ -135,6 +148,9 @@ class LibvirtConfig:
     address_policy: AddressPolicy = nested(default_factory=AddressPolicy)
 
     def __post_init__(self) -> None:
+        # -efi-firmware counts when -firmware (or LIBVIRT_EFI_FIRMWARE) left the default
+        if self.efi_firmware == DEFAULT_EFI_FIRMWARE and self.efi_firmware_flag != DEFAULT_EFI_FIRMWARE:
+            object.__setattr__(self, "efi_firmware", self.efi_firmware_flag)
         for key, value in (
             ("LIBVIRT_URI", self.uri),
             ("LIBVIRT_POOL", self.pool),

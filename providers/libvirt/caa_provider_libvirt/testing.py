@@ -42,17 +42,21 @@ for d in {dirs}; do
 done
 mkdir -p /var/lib/libvirt/dnsmasq /var/lib/libvirt/images /var/lib/libvirt/qemu \
   /var/log/libvirt/qemu /var/cache/libvirt/qemu/capabilities
-# Hide KVM from this libvirtd.  libvirt probes qemu with KVM (it works for root) but
-# then finds /dev/kvm closed to its qemu user (mode 0600), declares its capability
-# cache stale and re-probes qemu on every call (8 s each).  Pod VMs here run TCG.
+# Without KVM, hide /dev/kvm from this libvirtd.  libvirt probes qemu with KVM (it works
+# for root) but then finds /dev/kvm closed to its qemu user (mode 0600), declares its
+# capability cache stale and re-probes qemu on every call (8 s each); pod VMs run TCG.
 # That bind mount is under /dev, which libvirt's per-domain /dev namespace would try
 # to move: run qemu in this (already private) mount namespace instead.
-if [ -e /dev/kvm ]; then
+# With KVM, qemu runs as root, which can open /dev/kvm.
+if [ -e /dev/kvm ] && [ "$2" != kvm ]; then
   : > "$run/no-kvm"
   chmod 0600 "$run/no-kvm"
   mount --bind "$run/no-kvm" /dev/kvm
 fi
 echo 'namespaces = []' > /etc/libvirt/qemu.conf
+if [ "$2" = kvm ]; then
+  printf 'user = "root"\ngroup = "root"\n' >> /etc/libvirt/qemu.conf
+fi
 ip link set lo up
 virtlogd &
 echo $! > "$run/virtlogd.pid"
@@ -93,12 +97,38 @@ class TestDriverConnection(LibvirtConnection):
         return await super().interface_addresses(uuid, source)
 
 
+def kvm_usable(device: str = "/dev/kvm") -> bool:
+    """Whether KVM works here: the device opens, speaks API version 12 and makes a VM."""
+    import fcntl
+
+    kvm_get_api_version, kvm_create_vm = 0xAE00, 0xAE01
+    try:
+        fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if fcntl.ioctl(fd, kvm_get_api_version) != 12:
+            return False
+        os.close(fcntl.ioctl(fd, kvm_create_vm, 0))
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 class PrivateLibvirtd:
     """A root-only libvirtd + virtlogd in private network and mount namespaces."""
 
-    def __init__(self, extra_config: str = "") -> None:
-        """``extra_config`` is appended to libvirtd.conf (e.g. ``log_filters`` when debugging)."""
+    def __init__(self, extra_config: str = "", *, kvm: bool = False) -> None:
+        """``extra_config`` is appended to libvirtd.conf (e.g. ``log_filters`` when debugging).
+
+        ``kvm``: let domains use KVM when it works here (qemu then runs as root); otherwise,
+        and by default, this libvirtd sees no KVM and domains run under TCG.
+        """
         self._extra_config = extra_config
+        #: "kvm" when this libvirtd's domains can use KVM, else "tcg"
+        self.accel = "kvm" if kvm and kvm_usable() else "tcg"
         suffix = uuid.uuid4().hex[:8]
         self.netns = f"caa-lv-{suffix}"
         # not under pytest's 0700 tmp tree: libvirt clients only need the socket, but keep it plain
@@ -137,7 +167,7 @@ class PrivateLibvirtd:
         in_namespaces = ["ip", "netns", "exec", self.netns, "unshare", "--mount", "--propagation", "private"]
         with self.log_path.open("wb") as log:
             self._process = subprocess.Popen(
-                [*in_namespaces, "sh", str(script), str(self.run_dir)],
+                [*in_namespaces, "sh", str(script), str(self.run_dir), self.accel],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

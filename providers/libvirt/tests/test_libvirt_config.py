@@ -62,7 +62,17 @@ def test_environment_values_are_parsed() -> None:
 
 
 def test_an_empty_firmware_flag_turns_efi_off() -> None:
-    assert load(LibvirtConfig, {}, cli={"efi-firmware": ""}).efi_firmware == ""
+    assert load(LibvirtConfig, {}, cli={"firmware": ""}).efi_firmware == ""  # the Go flag
+    assert load(LibvirtConfig, {}, cli={"efi-firmware": ""}).efi_firmware == ""  # ours before
+
+
+def test_the_firmware_flag_wins_over_its_older_spelling_and_the_environment() -> None:
+    env = {"LIBVIRT_EFI_FIRMWARE": "/env/OVMF.fd"}
+    assert load(LibvirtConfig, env).efi_firmware == "/env/OVMF.fd"
+    assert load(LibvirtConfig, env, cli={"firmware": ""}).efi_firmware == ""
+    assert load(LibvirtConfig, {}, cli={"efi-firmware": "/old/OVMF.fd"}).efi_firmware == "/old/OVMF.fd"
+    both = {"firmware": "/new/OVMF.fd", "efi-firmware": "/old/OVMF.fd"}
+    assert load(LibvirtConfig, {}, cli=both).efi_firmware == "/new/OVMF.fd"
 
 
 def test_root_disk_size_zero_means_ten_gib() -> None:

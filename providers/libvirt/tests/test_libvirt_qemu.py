@@ -150,12 +150,18 @@ async def test_create_starts_a_qemu_domain_with_the_seed_and_delete_leaves_nothi
     dom_id = domain_uuid(request.token)
     try:
         creating = asyncio.create_task(provider.create_instance(request))
+
         # the guest runs no OS: once qemu runs, hand out the lease dnsmasq would have given it
-        for _ in range(2000):
+        async def running() -> bool:
             record = await reader.domain_by_uuid(dom_id)
-            if (record is not None and record.active) or creating.done():
+            return (record is not None and record.active) or creating.done()
+
+        for _ in range(2000):  # bounded: 20 s
+            if await running():
                 break
             await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("qemu never ran the domain")
         libvirtd.daemon.write_dhcp_lease(BRIDGE, domain_mac(dom_id), VM_IP, request.name)
         instance = await creating
 

@@ -362,6 +362,71 @@ async def test_the_ip_wait_retries_until_an_address_appears(
     assert sleeps.calls == [0.5]
 
 
+class FakeTime:
+    """A monotonic clock that only the injected sleep moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.mark.asyncio
+async def test_with_a_deadline_the_ip_wait_backs_off_and_outlasts_twenty_times_three_seconds(
+    cloud: Any, port: TestDriverConnection
+) -> None:
+    # a VM under emulation that gets its lease after about 70 s: the old fixed 20 x 3 s gave up at 60 s
+    fake = FakeTime()
+    provider = LibvirtProvider(
+        base_config(address_policy=AddressPolicy(attempts=20, interval=3.0)),
+        port,
+        sleep=fake.sleep,
+        monotonic=fake,
+    )
+    try:
+        silent_looks = 26
+        port.silent_address_lookups = silent_looks * 3  # lease, arp and agent each answer nothing
+        instance = await provider.create_instance(request(deadline=fake.now + 300))
+        assert [str(ip) for ip in instance.ips] == ["192.168.122.23"]
+        assert fake.sleeps[:5] == [0.25, 0.5, 1.0, 2.0, 3.0]  # backoff, then the interval
+        assert set(fake.sleeps[4:]) == {3.0} and len(fake.sleeps) == silent_looks
+        assert sum(fake.sleeps) > 60
+    finally:
+        await provider.aclose()
+
+
+@pytest.mark.asyncio
+async def test_the_ip_wait_ends_at_the_callers_deadline_and_reports_the_instance(
+    cloud: Any, port: TestDriverConnection
+) -> None:
+    fake = FakeTime()
+    provider = LibvirtProvider(base_config(), port, sleep=fake.sleep, monotonic=fake)
+    try:
+        port.silent_address_lookups = 10_000
+        with pytest.raises(InstanceAddressTimeout, match=r"no IP address in 5s \(\d+ looks\)") as info:
+            await provider.create_instance(request(deadline=fake.now + 5))
+        assert sum(fake.sleeps) == pytest.approx(5.0)  # the last pause is cut to the deadline
+        assert fake.sleeps[-1] < 0.5
+        assert info.value.instance is not None
+        await provider.delete_instance(info.value.instance.id)
+        assert our_domains(cloud) == {} and volumes(cloud) == {BASE}
+        # a deadline already past: one look, no pause
+        fake.sleeps.clear()
+        with pytest.raises(InstanceAddressTimeout, match=r"\(1 looks\)") as again:
+            await provider.create_instance(request("token-b", name="podvm-b", deadline=fake.now - 1))
+        assert fake.sleeps == []
+        assert again.value.instance is not None
+        await provider.delete_instance(again.value.instance.id)
+    finally:
+        await provider.aclose()
+
+
 @pytest.mark.asyncio
 async def test_an_ip_that_never_comes_raises_with_the_instance_so_it_can_be_deleted(
     provider: LibvirtProvider, port: TestDriverConnection, sleeps: Sleeps, cloud: Any

@@ -1,5 +1,7 @@
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,12 +74,55 @@ async def test_store_writes_are_atomic_private_and_reloadable(tmp_path: Path) ->
     assert [r.id for r in store.load_all()] == ["sb2"]
 
 
-def test_a_corrupt_record_is_set_aside_not_fatal(tmp_path: Path) -> None:
+def _good(sandbox_id: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(record(id=sandbox_id).to_json())
+    return data
+
+
+def _changed(name: str, **changes: Any) -> bytes:
+    return json.dumps({**_good(name), **changes}).encode()
+
+
+def _without(name: str, key: str) -> bytes:
+    return json.dumps({k: v for k, v in _good(name).items() if k != key}).encode()
+
+
+#: (file name, contents, the field the quarantine reason names)
+BAD_RECORDS: list[tuple[str, bytes, str]] = [
+    ("garbage", b"\x00\xff not json", "record"),
+    ("truncated", json.dumps(_good("truncated")).encode()[:-40], "record"),
+    ("not-an-object", b"[1, 2, 3]", "record"),
+    ("future", _changed("future", schema_version=99), "schema_version"),
+    ("no-version", _without("no-version", "schema_version"), "schema_version"),
+    ("path-is-number", _changed("path-is-number", agent_socket_path=42), "agent_socket_path"),
+    ("relative-path", _changed("relative-path", agent_socket_path="pods/x"), "agent_socket_path"),
+    ("ips-is-string", _changed("ips-is-string", instance_ips="10.0.0.1"), "instance_ips"),
+    ("ips-not-ips", _changed("ips-not-ips", instance_ips=["x"]), "instance_ips"),
+    ("state-unknown", _changed("state-unknown", state="zombie"), "state"),
+    ("vcpus-bool", _changed("vcpus-bool", vcpus=True), "vcpus"),
+    ("vcpus-negative", _changed("vcpus-negative", vcpus=-1), "vcpus"),
+    ("vni-too-big", _changed("vni-too-big", vni=1 << 25), "vni"),
+    ("network-is-list", _changed("network-is-list", pod_network=[]), "pod_network"),
+    ("missing-id", _without("missing-id", "id"), "id"),
+    ("other-id", json.dumps(_good("someone-else")).encode(), "id"),
+    ("created-nan", _changed("created-nan", created_at=float("nan")), "created_at"),
+]
+
+
+def test_records_that_cannot_be_trusted_are_quarantined_and_the_good_ones_load(tmp_path: Path) -> None:
     store = SandboxStore(tmp_path)
     store.prepare()
-    (store.directory / "bad.json").write_text("{not json")
-    assert store.load_all() == []
-    assert (store.directory / "bad.corrupt").exists()
+    for name, raw, _ in BAD_RECORDS:
+        (store.directory / f"{name}.json").write_bytes(raw)
+    (store.directory / "good.json").write_bytes(record(id="good").to_json())
+    assert [r.id for r in store.load_all()] == ["good"]
+    reasons = dict(store.quarantined)
+    assert set(reasons) == {f"{name}.json" for name, _, _ in BAD_RECORDS}
+    for name, _, field in BAD_RECORDS:
+        assert reasons[f"{name}.json"].startswith(f"{field}:"), (name, reasons[f"{name}.json"])
+    assert sorted(p.name for p in store.directory.glob("*.json")) == ["good.json"]
+    assert len(list(store.quarantine_dir.iterdir())) == len(BAD_RECORDS)
+    assert store.load_all() == [record(id="good")]  # quarantined records stay out of later loads
 
 
 def test_a_late_write_of_an_older_state_never_overwrites_a_newer_one(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -14,15 +15,25 @@ from typing import Any
 
 import pytest
 
+from cloud_api_adaptor.aio import RESTART_DELAYS, TaskSupervisor
 from cloud_api_adaptor.errors import DeadlineExceeded, NotFound, TemporaryProviderError
 from cloud_api_adaptor.hypervisor.models import SandboxState
 from cloud_api_adaptor.hypervisor.ports import NoPodNetwork, PodNetworkPort
+from cloud_api_adaptor.hypervisor.recovery import prune_tombstones, recover
 from cloud_api_adaptor.hypervisor.sandboxes import SandboxManager
 from cloud_api_adaptor.hypervisor.store import SandboxStore
 from cloud_api_adaptor.kata_client import kata_annotations
-from cloud_api_adaptor.provider import TAG_CLUSTER, TAG_NODE, TAG_SANDBOX, CreateRequest, InstanceSpec
+from cloud_api_adaptor.provider import (
+    TAG_CLUSTER,
+    TAG_NODE,
+    TAG_SANDBOX,
+    CreateRequest,
+    Instance,
+    InstanceSpec,
+)
 from cloud_api_adaptor.reconciler import OrphanReconciler
 from cloud_api_adaptor.settings import Settings
+from cloud_api_adaptor.testing.eventually import eventually
 from cloud_api_adaptor.testing.fake_provider import FakeConfig, FakeProvider
 
 
@@ -110,8 +121,7 @@ async def test_a_cancelled_start_vm_still_deletes_its_instance(
     manager = make(tmp_path, provider, channel)
     await manager.create_vm("sb1", kata_annotations("p"), "")
     task = asyncio.ensure_future(manager.start_vm("sb1"))
-    while not provider.instances:
-        await asyncio.sleep(0.001)
+    await eventually(lambda: provider.instances, "the instance created", interval=0.001)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -143,12 +153,10 @@ async def test_a_failed_delete_is_retried_until_the_vm_is_gone(
     await manager.start_vm("sb1")
     provider.fail_next_deletes(3)
     await manager.stop_vm("sb1")  # succeeds for Kata; the delete continues in the background
-    for _ in range(500):
-        if not provider.instances and manager.records()[0].state is SandboxState.STOPPED:
-            break
-        await asyncio.sleep(0.01)
-    assert provider.instances == {}
-    assert manager.records()[0].state is SandboxState.STOPPED
+    await eventually(
+        lambda: not provider.instances and manager.records()[0].state is SandboxState.STOPPED,
+        "the retried delete done",
+    )
     await manager.aclose()
 
 
@@ -173,7 +181,7 @@ async def test_a_restart_resumes_running_sandboxes_and_undoes_interrupted_starts
     )
     assert len(provider.instances) == 3
     second = make(tmp_path, provider, FakeChannel())
-    await second.recover(SandboxStore(tmp_path / "state").load_all())
+    await recover(second, SandboxStore(tmp_path / "state").load_all())
     states = {r.id: r.state for r in second.records()}
     assert states == {"run1": SandboxState.RUNNING, "run2": SandboxState.RUNNING, "half": SandboxState.FAILED}
     assert len(provider.instances) == 2
@@ -273,10 +281,10 @@ async def test_tombstones_are_forgotten_after_an_hour(tmp_path: Path, provider: 
     manager = make(tmp_path, provider, FakeChannel(), clock=lambda: now[0])
     await manager.create_vm("sb1", kata_annotations("p"), "")
     await manager.stop_vm("sb1")
-    assert await manager.prune_tombstones() == 0
+    assert await prune_tombstones(manager, now[0]) == 0
     await manager.stop_vm("sb1")  # still known: a repeated StopVM succeeds
     now[0] += 3601
-    assert await manager.prune_tombstones() == 1
+    assert await prune_tombstones(manager, now[0]) == 1
     assert manager.records() == []
     assert not (tmp_path / "state" / "sandboxes" / "sb1.json").exists()
     with pytest.raises(NotFound):
@@ -315,10 +323,81 @@ async def test_a_tunnel_that_fails_to_come_down_is_retried_and_the_vm_still_goes
     assert network.tunnels == {"/run/netns/pod1"}
     await manager.stop_vm("sb1")
     assert provider.instances == {}  # the instance goes even though the tunnel did not
-    for _ in range(500):
-        if manager.records()[0].state is SandboxState.STOPPED:
-            break
-        await asyncio.sleep(0.01)
-    assert manager.records()[0].state is SandboxState.STOPPED
+    await eventually(lambda: manager.records()[0].state is SandboxState.STOPPED, "the sandbox stopped")
     assert network.tunnels == set()
+    await manager.aclose()
+
+
+class DeadlineRecorder(FakeProvider):
+    """Records the deadline each create was given."""
+
+    def __init__(self) -> None:
+        super().__init__(FakeConfig())
+        self.deadlines: list[float | None] = []
+
+    async def create_instance(self, request: CreateRequest) -> Any:
+        self.deadlines.append(request.deadline)
+        return await super().create_instance(request)
+
+
+@pytest.mark.asyncio
+async def test_the_providers_wait_is_bounded_by_proxy_timeout_and_the_callers_deadline(
+    tmp_path: Path,
+) -> None:
+    provider = DeadlineRecorder()
+    manager = make(tmp_path, provider, FakeChannel())
+    proxy_timeout = Settings().proxy_timeout
+    loop = asyncio.get_running_loop()
+    await manager.create_vm("no-deadline", kata_annotations("p"), "")
+    before = time.monotonic()
+    await manager.start_vm("no-deadline")
+    after = time.monotonic()
+    await manager.create_vm("short", kata_annotations("q"), "")
+    await manager.start_vm("short", deadline=loop.time() + 7)
+    unbounded, short = provider.deadlines
+    assert unbounded is not None and before + proxy_timeout <= unbounded <= after + proxy_timeout
+    assert short is not None and 0 < short - time.monotonic() <= 7
+
+
+class _BrokenOnce(FakeProvider):
+    """A provider whose first listing dies of something that is no provider error (a bug, a bad SDK)."""
+
+    def __init__(self) -> None:
+        super().__init__(FakeConfig())
+        self.listings = 0
+
+    async def list_instances(self, owner_tags: Mapping[str, str]) -> Sequence[Instance]:
+        self.listings += 1
+        if self.listings == 1:
+            raise KeyError("an SDK changed its response shape")
+        return await super().list_instances(owner_tags)
+
+
+@pytest.mark.asyncio
+async def test_the_orphan_reconciler_survives_an_arbitrary_exception(tmp_path: Path) -> None:
+    provider = _BrokenOnce()
+    manager = make(tmp_path, provider, FakeChannel())
+    orphan = await provider.create_instance(
+        CreateRequest(
+            "vm-x", "x", "t-x", InstanceSpec(), "", {TAG_CLUSTER: "c1", TAG_NODE: "node-a", TAG_SANDBOX: "x"}
+        )
+    )
+    failures: list[tuple[str, type[BaseException]]] = []
+    waits: list[float] = []
+    quiet = asyncio.Event()  # never set: the second housekeeping pass parks here
+
+    async def fake_sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) > 1:
+            await quiet.wait()
+
+    supervisor = TaskSupervisor(
+        "test", on_failure=lambda name, exc: failures.append((name, type(exc))), sleep=fake_sleep
+    )
+    reconciler = OrphanReconciler(provider, manager, grace_period=0, sleep=fake_sleep)
+    supervisor.keep_running(functools.partial(reconciler.run, 300.0), name="housekeeping")
+    await eventually(lambda: orphan.id not in provider.instances, "the orphan deleted after the restart")
+    assert failures == [("housekeeping", KeyError)]
+    assert waits[0] == RESTART_DELAYS[0] and waits[1] == 300.0  # backoff, then the scan interval
+    await supervisor.aclose()
     await manager.aclose()

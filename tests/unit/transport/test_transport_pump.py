@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import pytest
 import pytest_asyncio
 
+from cloud_api_adaptor.testing.eventually import eventually
 from cloud_api_adaptor.transport.pump import Pipe, PumpStats, link
 
 
@@ -107,11 +108,8 @@ async def test_a_slow_reader_pauses_the_writer_instead_of_buffering_everything(r
     payload = os.urandom(16 << 20)
     rig.client_w.write(payload)  # the backend is not reading yet
     assert rig.down.transport is not None
-    for _ in range(2000):
-        if not rig.down.transport.is_reading():
-            break
-        await asyncio.sleep(0.005)
-    assert not rig.down.transport.is_reading(), "the relay never applied back-pressure"
+    down = rig.down.transport
+    await eventually(lambda: not down.is_reading(), "the relay applying back-pressure", interval=0.005)
     assert rig.up.transport is not None
     assert rig.up.transport.get_write_buffer_size() < (4 << 20)
     received = await rig.backend_r.readexactly(len(payload))
@@ -165,8 +163,15 @@ async def test_bytes_stay_intact_when_the_peer_keeps_the_read_buffer(rig: Rig) -
     chunks = [os.urandom(rng.choice([1, 10, 5000, 16 << 10, 70000, 300000])) for _ in range(60)]
     for chunk in chunks:
         rig.client_w.write(chunk)
-    await asyncio.sleep(0.05)  # let the relay fill the backend's socket and its own write buffer
     expected = b"".join(chunks)
+    # the reader lags: wait until the relay has filled the backend's socket (it stops reading) or is done
+    down = rig.down.transport
+    assert down is not None
+    await eventually(
+        lambda: rig.stats.bytes_in > 0 and (rig.stats.bytes_in == len(expected) or not down.is_reading()),
+        "the relay holding bytes the backend has not read",
+        interval=0.005,
+    )
     assert await rig.backend_r.readexactly(len(expected)) == expected
     assert rig.stats.bytes_in == len(expected)
 

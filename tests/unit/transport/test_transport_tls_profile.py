@@ -1,4 +1,4 @@
-"""TLS profile parsing follows the Go rules and error texts (caa-behaviour §3.3)."""
+"""TLS profile parsing follows the Go adaptor's rules and error texts (a peer-pods-cm keeps working)."""
 
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ import pytest
 from google.protobuf import empty_pb2
 
 from cloud_api_adaptor._pb import agent_pb2, health_pb2
+from cloud_api_adaptor.testing.eventually import eventually
 from cloud_api_adaptor.ttrpc import Client, Code, RpcError
 from cloud_api_adaptor.vm.devagent import AGENT_VERSION, DEFAULT_SOCKET, run_devagent, socket_from_env
 
@@ -25,8 +26,7 @@ async def test_devagent_answers_the_runtime_connect_sequence(
     stop = asyncio.Event()
     serving = asyncio.create_task(run_devagent(path, stop))
     try:
-        while not path.exists():
-            await asyncio.sleep(0.005)
+        await eventually(path.exists, "the agent's socket", interval=0.005)
         async with await Client.connect_unix(path) as client:
             health = await client.call(
                 "grpc.Health", "Check", health_pb2.CheckRequest(), health_pb2.HealthCheckResponse, timeout=30

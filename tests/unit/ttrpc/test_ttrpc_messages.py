@@ -16,7 +16,7 @@ from cloud_api_adaptor.ttrpc.messages import (
     encode_status,
 )
 
-# The annotated Version request from kata-protocols.md §2, accepted by the Go server.
+# An annotated Version request (metadata and a timeout), as containerd/ttrpc's Go server accepts it.
 PROBE_REQUEST = (
     b"\x0a\x15hypervisor.Hypervisor"
     b"\x12\x07Version"

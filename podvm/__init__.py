@@ -1,0 +1,1 @@
+"""The pod VM image recipe: ``python -m podvm.build`` (``make podvm``); see docs/podvm.md."""
