@@ -73,7 +73,11 @@ async def _no_pending_tasks() -> AsyncIterator[None]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
     for item in items:
+        # the fixture is visible only below this directory (providers/*/tests are collected too)
+        if not item.path.is_relative_to(here):
+            continue
         if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
             # first in the list: set up before, and torn down after, the test's own fixtures
             item.fixturenames.insert(0, "_no_pending_tasks")
