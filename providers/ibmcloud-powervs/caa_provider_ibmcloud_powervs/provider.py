@@ -121,7 +121,7 @@ class PowervsProvider(Provider):
         async with self._launching.hold(request.name):
             instance_id = await self._launch(request, shape)
         try:
-            raw = await self._wait_active(instance_id)
+            raw = await self._wait_active(instance_id, request.deadline)
             ips = await self._addresses(raw)
         except BaseException:
             logger.warning("instance %s did not come up; deleting it", instance_id)
@@ -217,10 +217,12 @@ class PowervsProvider(Provider):
                 await self._gone_wait.sleep(self._gone_wait.interval)
         raise TemporaryProviderError(f"instance {instance_id} of an earlier attempt is still being deleted")
 
-    async def _wait_active(self, instance_id: str) -> Shape:
-        """Poll until ACTIVE within the build timeout; ERROR or the timeout is an error."""
+    async def _wait_active(self, instance_id: str, caller_deadline: float | None) -> Shape:
+        """Poll until ACTIVE within the build timeout and the caller's deadline; ERROR or a timeout fails."""
         client = self._port().client
         deadline = self._clock() + self._config.build_timeout
+        if caller_deadline is not None:
+            deadline = min(deadline, self._clock() + max(0.0, caller_deadline - time.monotonic()))
         delay = self._build_poll
         while True:
             raw = await self._retry.run(lambda: client.get_instance(instance_id))

@@ -211,3 +211,18 @@ def test_both_entry_point_names_load_the_plugin_and_the_go_defaults_hold() -> No
     with pytest.raises(ConfigError) as err:
         load(PowervsConfig, {**env, "POWERVS_PROCESSOR_TYPE": "turbo"})
     assert err.value.key == "POWERVS_PROCESSOR_TYPE"
+
+
+@pytest.mark.asyncio
+async def test_the_build_wait_stops_at_the_callers_deadline_and_deletes(power_world: PowerWorld) -> None:
+    import dataclasses
+    import time
+
+    power_world.power.next_outcome = ["BUILD"]
+    provider = power_world.provider(build_timeout=3600.0)
+    try:
+        with pytest.raises(TemporaryProviderError):
+            await provider.create_instance(dataclasses.replace(request(), deadline=time.monotonic()))
+    finally:
+        await provider.aclose()
+    assert power_world.power.creates == 1 and power_world.power.live_ids() == set()

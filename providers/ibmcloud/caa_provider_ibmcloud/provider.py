@@ -28,6 +28,7 @@ interface reports 0.0.0.0 any more.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 from caa_provider_ibmcloud.config import IbmcloudConfig
@@ -133,7 +134,7 @@ class IbmcloudProvider(Provider):
         tags = [*request_tags(request.tags), *self._go_tags()]
         await self._retry.run(lambda: ports.platform.attach_tags(str(raw["crn"]), tags))
         if not addresses_ready(raw):
-            raw = await self._wait_for_addresses(instance_id)
+            raw = await self._wait_for_addresses(instance_id, request.deadline)
         instance = to_instance(raw, request.tags)
         logger.info("created instance %s (%s) at %s", instance.id, instance.name, instance.ips[0])
         return instance
@@ -323,11 +324,15 @@ class IbmcloudProvider(Provider):
                 await self._gone_wait.sleep(self._gone_wait.interval)
         raise TemporaryProviderError(f"instance {instance_id} of an earlier attempt is still being deleted")
 
-    async def _wait_for_addresses(self, instance_id: str) -> Shape:
-        """Poll the instance (bounded) until every interface has a real address."""
+    async def _wait_for_addresses(self, instance_id: str, deadline: float | None) -> Shape:
+        """Poll (bounded, never past the caller's deadline) until every interface has an address."""
         vpc = self._port().vpc
         wait = self._address_wait
         for poll in range(wait.attempts):
+            if deadline is not None and poll and time.monotonic() >= deadline:
+                raise TemporaryProviderError(
+                    f"instance {instance_id} has no IP address by the StartVM deadline"
+                )
             raw = await self._retry.run(lambda: vpc.get_instance(instance_id))
             status = str(raw.get("status", ""))
             if status in GONE_STATES:

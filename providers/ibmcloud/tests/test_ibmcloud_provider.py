@@ -18,7 +18,7 @@ from caa_provider_ibmcloud.tags import owner_tag, token_tag
 from caa_provider_ibmcloud.testing.iam import CR_TOKEN_GRANT
 from caa_provider_ibmcloud.testing.world import FAST_WAIT, VpcWorld
 
-from cloud_api_adaptor.errors import InvalidInput, PermanentProviderError
+from cloud_api_adaptor.errors import InvalidInput, PermanentProviderError, TemporaryProviderError
 from cloud_api_adaptor.provider import TAG_CLUSTER, TAG_NODE, TAG_SANDBOX, CreateRequest, InstanceSpec
 from cloud_api_adaptor.testing.faultproxy import Fault, FaultProxy
 
@@ -328,3 +328,18 @@ async def test_the_whole_flow_runs_over_https_with_the_test_ca(
     finally:
         await provider.aclose()
         world.close()
+
+
+@pytest.mark.asyncio
+async def test_the_address_wait_stops_at_the_callers_deadline(vpc_world: VpcWorld) -> None:
+    import dataclasses
+    import time
+
+    vpc_world.vpc.pending_reads = 1_000_000
+    provider = vpc_world.provider()
+    req = dataclasses.replace(request(), deadline=time.monotonic())
+    try:
+        with pytest.raises(TemporaryProviderError, match="StartVM deadline"):
+            await provider.create_instance(req)
+    finally:
+        await provider.aclose()
