@@ -14,7 +14,16 @@ import time
 import traceback
 from pathlib import Path
 
-SUITES = ("startup", "ttrpc", "agent_channel", "lifecycle", "tunnel", "aws_calls", "gcp_calls")
+SUITES = (
+    "startup",
+    "ttrpc",
+    "agent_channel",
+    "lifecycle",
+    "tunnel",
+    "aws_calls",
+    "gcp_calls",
+    "ibmcloud_calls",
+)
 
 
 def main(argv: list[str]) -> int:

@@ -39,7 +39,7 @@ from tools.provider_keys import PROVIDER_SETTINGS
 logger = logging.getLogger(__name__)
 
 #: Providers that get a chart section and a kustomize overlay.
-DEPLOY_PROVIDERS: tuple[str, ...] = ("aws", "azure", "gcp", "ibmcloud", "libvirt")
+DEPLOY_PROVIDERS: tuple[str, ...] = ("aws", "azure", "gcp", "ibmcloud", "ibmcloud-powervs", "libvirt")
 
 #: Keys the DaemonSet sets itself (container ``env`` wins over ``envFrom``), so the
 #: values and env files do not offer them: the provider comes from ``provider``,

@@ -2,7 +2,7 @@
 
 ``make deploy-sync`` generates the Helm values, the kustomize env files and
 docs/configuration.md from settings classes.  An installed provider plugin's
-``settings_class`` is the source of truth; for azure and ibmcloud, which are
+``settings_class`` is the source of truth; for azure, which is
 not written yet, these classes stand in so the chart and the overlays already
 carry their keys (the Go version's names and defaults, so an existing
 ``peer-pods-cm`` keeps working).  When a provider's distribution lands, its
@@ -87,95 +87,7 @@ class AzureKeys:
     )
 
 
-@settings
-class IbmcloudKeys:
-    """The ibmcloud provider's keys."""
-
-    api_key: str = text(
-        "api-key",
-        "IBMCLOUD_API_KEY",
-        "IBM Cloud API key (or use a trusted profile).",
-        secret=True,
-        default="",
-    )
-    iam_profile_id: str = text(
-        "iam-profile-id",
-        "IBMCLOUD_IAM_PROFILE_ID",
-        "Trusted profile ID, used with the projected service account token instead of an API key.",
-        secret=True,
-        default="",
-    )
-    iam_service_url: str = text(
-        "iam-service-url",
-        "IBMCLOUD_IAM_ENDPOINT",
-        "IAM token endpoint.",
-        default="https://iam.cloud.ibm.com/identity/token",
-    )
-    vpc_endpoint: str = text(
-        "vpc-endpoint",
-        "IBMCLOUD_VPC_ENDPOINT",
-        "VPC API endpoint (empty: https://<node region>.iaas.cloud.ibm.com/v1).",
-        default="",
-    )
-    resource_group_id: str = text(
-        "resource-group-id", "IBMCLOUD_RESOURCE_GROUP_ID", "Resource group ID.", default=""
-    )
-    profile_name: str = text(
-        "profile-name", "IBMCLOUD_PODVM_INSTANCE_PROFILE_NAME", "Default instance profile.", default=""
-    )
-    profile_list: tuple[str, ...] = text_list(
-        "profile-list",
-        "IBMCLOUD_PODVM_INSTANCE_PROFILE_LIST",
-        "Allowed instance profiles, comma separated.",
-        default=(),
-    )
-    zone_name: str = text(
-        "zone-name", "IBMCLOUD_ZONE", "Zone (on IKS: from the node's zone label).", default=""
-    )
-    primary_subnet_id: str = text(
-        "primary-subnet-id", "IBMCLOUD_VPC_SUBNET_ID", "Subnet ID of the primary NIC.", default=""
-    )
-    key_id: str = text("key-id", "IBMCLOUD_SSH_KEY_ID", "SSH key ID for the pod VMs.", default="")
-    vpc_id: str = text("vpc-id", "IBMCLOUD_VPC_ID", "VPC ID.", default="")
-    ibmcloud_cluster_id: str = text(
-        "ibmcloud-cluster-id",
-        "IBMCLOUD_CLUSTER_ID",
-        "Cluster ID (empty: read from kube-system/cluster-info).",
-        default="",
-    )
-    image_id: tuple[str, ...] = text_list(
-        "image-id",
-        "IBMCLOUD_PODVM_IMAGE_ID",
-        "Pod VM image IDs, comma separated (one per architecture).",
-        required=True,
-        default=(),
-    )
-    security_group_ids: tuple[str, ...] = text_list(
-        "security-group-ids",
-        "IBMCLOUD_SECURITY_GROUP_IDS",
-        "Extra security group IDs (the cluster's kube-<id> group is always added).",
-        default=(),
-    )
-    dedicated_host_ids: tuple[str, ...] = text_list(
-        "dedicated-host-ids", "IBMCLOUD_DEDICATED_HOST_IDS", "Dedicated host IDs.", default=()
-    )
-    dedicated_host_group_ids: tuple[str, ...] = text_list(
-        "dedicated-host-group-ids",
-        "IBMCLOUD_DEDICATED_HOST_GROUP_IDS",
-        "Dedicated host group IDs.",
-        default=(),
-    )
-    secondary_subnet_id: str = text("secondary-subnet-id", None, "Subnet ID of a secondary NIC.", default="")
-    secondary_security_group_id: str = text(
-        "secondary-security-group-id", None, "Security group of the secondary NIC.", default=""
-    )
-    disable_cvm: bool = boolean(
-        "disable-cvm", "DISABLECVM", "Use ordinary VMs instead of confidential VMs.", default=True
-    )
-
-
 #: Stand-in settings classes by provider name; only providers without a distribution here.
 PROVIDER_SETTINGS: Mapping[str, type[Any]] = {
     "azure": AzureKeys,
-    "ibmcloud": IbmcloudKeys,
 }

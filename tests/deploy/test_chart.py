@@ -13,7 +13,7 @@ from .conftest import CHART, NAMESPACE, HelmFailed, Obj, find, kinds, minimal_va
 
 pytestmark = pytest.mark.timeout(900)  # the first test builds helm (minutes, once per machine)
 
-PROVIDERS = ("aws", "azure", "gcp", "ibmcloud", "libvirt")
+PROVIDERS = ("aws", "azure", "gcp", "ibmcloud", "ibmcloud-powervs", "libvirt")
 Render = Callable[[dict[str, Any]], list[Obj]]
 
 
@@ -166,7 +166,8 @@ def test_a_missing_required_key_fails_the_install_naming_it(render: Render) -> N
 
 
 def test_an_unset_or_unknown_provider_fails_listing_the_known_ones(render: Render) -> None:
-    with pytest.raises(HelmFailed, match="set provider to one of: aws, azure, gcp, ibmcloud, libvirt"):
+    known = "aws, azure, gcp, ibmcloud, ibmcloud-powervs, libvirt"
+    with pytest.raises(HelmFailed, match=f"set provider to one of: {known}"):
         render({})
     with pytest.raises(HelmFailed, match='unknown provider "vsphere"'):
         render({"provider": "vsphere"})

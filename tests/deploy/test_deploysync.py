@@ -108,7 +108,6 @@ def test_static_secret_keys_are_the_go_versions_peer_pods_secret_keys() -> None:
     secrets = {name: {o.env for o in options if o.secret} for name, options in PROVIDER_OPTIONS.items()}
     expected = {
         "azure": {"AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_TENANT_ID"},
-        "ibmcloud": {"IBMCLOUD_API_KEY", "IBMCLOUD_IAM_PROFILE_ID"},
     }
     assert secrets == {name: keys for name, keys in expected.items() if name in PROVIDER_OPTIONS}
 
@@ -118,7 +117,6 @@ def test_static_defaults_follow_the_go_version() -> None:
         return next(o.default_text for o in PROVIDER_OPTIONS[provider] if o.env == key)
 
     assert default("azure", "AZURE_INSTANCE_SIZE") == "Standard_DC2as_v5"
-    assert default("ibmcloud", "DISABLECVM") == "true"
     assert default("azure", "DISABLECVM") == "false"
 
 

@@ -14,7 +14,7 @@ from .conftest import NAMESPACE, OVERLAYS, Obj, find, kinds, minimal_values, req
 
 pytestmark = pytest.mark.timeout(900)  # the first test builds the tools (minutes, once per machine)
 
-PROVIDERS = ("aws", "azure", "gcp", "ibmcloud", "libvirt")
+PROVIDERS = ("aws", "azure", "gcp", "ibmcloud", "ibmcloud-powervs", "libvirt")
 Build = Callable[[Path], list[Obj]]
 
 
