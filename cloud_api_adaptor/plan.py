@@ -13,7 +13,7 @@ from typing import Any
 
 from cloud_api_adaptor.daemon import provider_context
 from cloud_api_adaptor.errors import AdaptorError, InvalidInput
-from cloud_api_adaptor.hypervisor.planning import PlanTarget, plan_sandbox
+from cloud_api_adaptor.hypervisor.planning import PlanTarget, plan_sandbox, record_spec
 from cloud_api_adaptor.hypervisor.status_map import to_status
 from cloud_api_adaptor.plugins import load_plugin
 from cloud_api_adaptor.proxy.tls import AgentTls
@@ -29,6 +29,7 @@ async def plan(
         tls = AgentTls.from_settings(settings.tls, state_dir=None)
         try:
             record = plan_sandbox(sandbox_id, annotations, target, tls_fields=tls.apf_tls_fields)
+            await provider.check_spec(record_spec(record))
         except AdaptorError as exc:
             code, message = to_status(exc)
             error: dict[str, Any] = {"code": code.name, "message": message}

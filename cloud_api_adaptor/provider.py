@@ -145,6 +145,13 @@ class Provider(ABC):
         """The catalogue for best-fit selection; empty means 'use the default type'."""
         return ()
 
+    async def check_spec(self, spec: InstanceSpec) -> None:  # noqa: B027 - optional hook
+        """Refuse, at CreateVM, a spec this provider could never create (``InvalidInput`` naming the field).
+
+        Called before anything is recorded; it may consult what the provider read at
+        start-up (its catalogue) but should make no cloud call.  Default: accept.
+        """
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release SDK clients and background resources."""
 

@@ -177,19 +177,30 @@ def plan_sandbox(
     )
 
 
+def instance_spec(request: ValidRequest, choice: InstanceChoice) -> InstanceSpec:
+    """The instance a request asks for, after instance-type selection (what ``check_spec`` sees)."""
+    pod = request.pod
+    return InstanceSpec(choice.instance_type, pod.vcpus, pod.memory_mib, pod.gpus, choice.image)
+
+
+def record_spec(record: SandboxRecord) -> InstanceSpec:
+    """The instance a planned record asks for."""
+    return InstanceSpec(
+        instance_type=record.instance_type,
+        vcpus=record.vcpus,
+        memory_mib=record.memory_mib,
+        gpus=record.gpus,
+        image=record.image,
+    )
+
+
 def create_request(record: SandboxRecord, tags: Mapping[str, str], *, deadline: float) -> CreateRequest:
     """What StartVM asks the provider for: the planned instance, under the attempt's idempotency token."""
     return CreateRequest(
         name=record.instance_name,
         sandbox_id=record.id,
         token=record.token,
-        spec=InstanceSpec(
-            instance_type=record.instance_type,
-            vcpus=record.vcpus,
-            memory_mib=record.memory_mib,
-            gpus=record.gpus,
-            image=record.image,
-        ),
+        spec=record_spec(record),
         userdata=record.userdata,
         tags=dict(tags),
         deadline=deadline,

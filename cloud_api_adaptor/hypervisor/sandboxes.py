@@ -191,6 +191,7 @@ class SandboxManager:
                 return existing.record.agent_socket_path
             raise AlreadyExists(f"adding sandbox: sandbox {sandbox_id} already exists")
         choice = planning.choose_instance(request, self._target)
+        await self._provider.check_spec(planning.instance_spec(request, choice))
         vni: int | None = None
         pod_network: dict[str, Any] | None = None
         if netns_path:

@@ -71,6 +71,7 @@ from cloud_api_adaptor.provider import (
     CheckResult,
     CreateRequest,
     Instance,
+    InstanceSpec,
     InstanceTypeInfo,
     Provider,
 )
@@ -116,6 +117,14 @@ class IbmcloudProvider(Provider):
         return self._ports
 
     # -- Provider ----------------------------------------------------------------------------------------
+
+    async def check_spec(self, spec: InstanceSpec) -> None:
+        """At CreateVM: the profile exists, has TDX when CVM is on, and an image of its architecture is set.
+
+        The profiles and images were read at start-up, so this makes no cloud call.
+        """
+        profile = await self._profile_for(spec.instance_type or self._config.profile_name)
+        await self._image_for(profile, spec.image)
 
     async def create_instance(self, request: CreateRequest) -> Instance:
         """Create (or adopt) the instance named ``request.name`` and return it with its addresses."""

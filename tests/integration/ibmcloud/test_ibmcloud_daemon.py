@@ -111,13 +111,14 @@ async def test_a_profile_whose_architecture_matches_no_image_is_a_clear_error_an
     vpc = fake(vpc_node).vpc
     daemon = vpc_node.daemon(IBMCLOUD_PODVM_IMAGE_ID=vpc.image_of("amd64"))
     sid = new_sandbox_id()
-    await kata.create_vm(daemon.socket, sid, kata.kata_annotations("z", machine_type="bz2e-2x8"))
     with pytest.raises(RpcError) as err:
-        await kata.start_vm(daemon.socket, sid, timeout=60)
+        await kata.create_vm(daemon.socket, sid, kata.kata_annotations("z", machine_type="bz2e-2x8"))
     assert err.value.code == Code.INVALID_ARGUMENT, err.value
     assert "no pod VM image for architecture s390x of instance profile bz2e-2x8" in str(err.value)
     assert vpc.creates == 0
-    await kata.stop_vm(daemon.socket, sid)
+    with pytest.raises(RpcError) as err:
+        await kata.stop_vm(daemon.socket, sid)  # CreateVM recorded nothing
+    assert err.value.code == Code.NOT_FOUND
 
 
 @pytest.mark.asyncio
