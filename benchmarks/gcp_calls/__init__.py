@@ -10,6 +10,9 @@ which records it; calls are counted per API method:
   waits + one get + delete + its waits;
 - 50 concurrent lifecycles (CreateVM, StartVM, Health/Check, StopVM) against one
   lifecycle measured the same way in the same run (target: a ratio close to 1).
+  The same 50 creates and deletes through the provider alone (no daemon) are the
+  floor: the SDK's per-call CPU, the proxy and the fake share two cores, so that
+  floor, not the daemon, sets the wall time (``concurrent_vs_provider_floor``).
   One pod VM stands in for every instance (it owns the range the fake hands out),
   so TLS is off for this part.
 
@@ -116,6 +119,9 @@ async def _in_namespaces() -> dict[str, Any]:
         calls = _diff(counts(proxy), before)
         await asyncio.to_thread(daemon.stop)
         leaked += len(node.cloud.live())
+        # The same 50 creates and deletes through the provider alone, in this process
+        # (SDK, fault proxy and fake sharing one interpreter): the floor the daemon sits on.
+        floor = await _loopback_only()
         return {
             "mode": "daemon in a network namespace, fake Compute Engine over HTTP, counted by the proxy",
             "startup_calls": dict(sorted(startup.items())),
@@ -131,8 +137,10 @@ async def _in_namespaces() -> dict[str, Any]:
             "concurrent_lifecycle_p50_s": round(sorted(walls)[len(walls) // 2], 3),
             "concurrent_calls": calls,
             "concurrent_calls_per_lifecycle": round(sum(calls.values()) / CONCURRENT, 2),
+            "provider_floor_wall_s": floor["concurrent_wall_s"],
+            "concurrent_vs_provider_floor": round(wall / floor["concurrent_wall_s"], 2),
             "instances_created": node.cloud.compute.created_total,
-            "instances_left": leaked,
+            "instances_left": leaked + floor["instances_left"],
         }
     finally:
         if node is not None:
