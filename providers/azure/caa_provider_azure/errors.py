@@ -105,6 +105,12 @@ def classify(
     return PermanentProviderError(text)
 
 
+def _from_token_endpoint(exc: Any) -> bool:
+    request = getattr(getattr(exc, "response", None), "request", None)
+    url = str(getattr(request, "url", "") or "")
+    return not url or "/oauth2/" in url or "Microsoft Entra ID error" in str(exc)
+
+
 def translate(exc: BaseException, what: str) -> AdaptorError:
     """Classify ``exc`` raised by the ARM call ``what``; raise the result ``from exc``."""
     if isinstance(exc, AdaptorError):
@@ -112,7 +118,7 @@ def translate(exc: BaseException, what: str) -> AdaptorError:
     # imported here: the plugin loads without the Azure libraries (they load on first cloud call)
     from azure.core import exceptions as core
 
-    if isinstance(exc, core.ClientAuthenticationError) and getattr(exc, "status_code", None) is None:
+    if isinstance(exc, core.ClientAuthenticationError) and _from_token_endpoint(exc):
         # azure-identity: the token endpoint refused us
         return PermanentProviderError(
             f"azure {what}: credentials rejected: {exc} ({_HINTS['InvalidAuthenticationToken']})"
