@@ -29,12 +29,16 @@ class TestCA:
         self.ca_file = directory / "ca.pem"
         self.ca_file.write_bytes(self._ca.cert_pem)
 
-    def server_pair(self, name: str = "localhost") -> CertKeyPair:
-        return issue_server_cert(self._ca, name, ip_addresses=(LOOPBACK,))
+    def server_pair(
+        self, name: str = "localhost", ip_addresses: tuple[ipaddress.IPv4Address, ...] = ()
+    ) -> CertKeyPair:
+        return issue_server_cert(self._ca, name, ip_addresses=(LOOPBACK, *ip_addresses))
 
-    def server_context(self, name: str = "localhost") -> ssl.SSLContext:
-        """A server context whose certificate is valid for ``name`` and 127.0.0.1."""
-        pair = self.server_pair(name)
+    def server_context(
+        self, name: str = "localhost", ip_addresses: tuple[ipaddress.IPv4Address, ...] = ()
+    ) -> ssl.SSLContext:
+        """A server context whose certificate is valid for ``name``, 127.0.0.1 and ``ip_addresses``."""
+        pair = self.server_pair(name, ip_addresses)
         cert, key = self._directory / f"{name}.crt", self._directory / f"{name}.key"
         cert.write_bytes(pair.cert_pem)
         key.write_bytes(pair.key_pem)

@@ -12,6 +12,7 @@ use the request's ``Host``, so they lead back through whatever proxy the client 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import secrets
@@ -79,7 +80,10 @@ class FakeArm:
 
     def serve(self, host: str = "127.0.0.1") -> str:
         server = _Server((host, 0), _handler(self))
-        server.socket = self._context.wrap_socket(server.socket, server_side=True)
+        context = self._context
+        if host != "127.0.0.1":
+            context = self.ca.server_context(f"arm-{host}", (ipaddress.IPv4Address(host),))
+        server.socket = context.wrap_socket(server.socket, server_side=True)
         thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-arm", daemon=True
         )
