@@ -188,7 +188,7 @@ class AzureArm:
                 return await self._call(f"creating VM {name}", run)
         except TimeoutError:
             raise TemporaryProviderError(
-                f"azure creating VM {name}: not provisioned within the caller's deadline ({timeout:.0f}s)"
+                f"azure creating VM {name}: not provisioned within the caller's deadline ({timeout or 0:.1f}s)"
             ) from None
 
     async def get_vm(self, name: str) -> VmView:

@@ -35,6 +35,7 @@ from caa_provider_azure.tags import decode, matches, tags_for
 from cloud_api_adaptor.aio import KeyedLocks
 from cloud_api_adaptor.errors import (
     AdaptorError,
+    DeadlineExceeded,
     InstanceNotFound,
     InvalidInput,
     PermanentProviderError,
@@ -112,6 +113,11 @@ class AzureProvider(Provider):
                 ips = await self._addresses(arm, vm, deadline)
             except PermanentProviderError:
                 await asyncio.shield(self._discard(arm, request.name))
+                raise
+            except TemporaryProviderError as exc:
+                if time.monotonic() >= deadline:
+                    # the caller's deadline passed: the daemon's teardown finds the VM by its owner tags
+                    raise DeadlineExceeded(f"azure VM {request.name} not ready by the caller's deadline: {exc}") from exc
                 raise
         name = vm.name or request.name
         instance = Instance(name, name, ips, decode(vm.tags), vm.created_at)

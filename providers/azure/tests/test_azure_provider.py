@@ -18,7 +18,7 @@ import pytest
 from azure_testkit import FAST_RETRY, AzureWorld
 
 from caa_provider_azure.retry import RetryPolicy
-from cloud_api_adaptor.errors import InvalidInput, PermanentProviderError, TemporaryProviderError
+from cloud_api_adaptor.errors import DeadlineExceeded, InvalidInput, PermanentProviderError
 from cloud_api_adaptor.provider import TAG_CLUSTER, TAG_NODE, TAG_SANDBOX, CreateRequest, InstanceSpec
 from cloud_api_adaptor.testing.faultproxy import Fault
 
@@ -228,7 +228,7 @@ async def test_the_create_wait_is_bounded_by_the_callers_deadline(world: AzureWo
     provider = world.provider()
     try:
         started = time.monotonic()
-        with pytest.raises(TemporaryProviderError, match="deadline"):
+        with pytest.raises(DeadlineExceeded, match="deadline"):
             await provider.create_instance(request(deadline=time.monotonic() + 0.5))
         assert time.monotonic() - started < 10
         assert len(world.arm.live()) == 1  # left for the daemon's teardown (it lists by owner tags)

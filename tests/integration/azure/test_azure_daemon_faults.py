@@ -72,7 +72,7 @@ async def test_429s_503s_and_a_failed_operation_still_give_one_vm_per_sandbox_an
     """No forwarder answers (StartVM fails fast): only creates and deletes are under test."""
     cloud = azure_node.cloud
     proxy, endpoint = azure_node.fault_proxy()
-    daemon = azure_node.daemon(endpoint, PROXY_TIMEOUT="3s")
+    daemon = azure_node.daemon(endpoint, PROXY_TIMEOUT="20s")
     throttled = {"Retry-After": "1", "Content-Type": "application/json"}
     for method, path, fault, times in [
         ("PUT", VM_PATH, Fault.RESPOND, 2),
