@@ -21,6 +21,7 @@ SUITES = (
     "lifecycle",
     "tunnel",
     "aws_calls",
+    "azure_calls",
     "gcp_calls",
     "ibmcloud_calls",
 )

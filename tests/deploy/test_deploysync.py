@@ -112,9 +112,15 @@ def test_static_secret_keys_are_the_go_versions_peer_pods_secret_keys() -> None:
     assert secrets == {name: keys for name, keys in expected.items() if name in PROVIDER_OPTIONS}
 
 
-def test_static_defaults_follow_the_go_version() -> None:
+def test_azure_keys_follow_the_go_version() -> None:
+    """The azure distribution's keys: Go's defaults, and Go's peer-pods-secret keys as secrets."""
+    options = deploysync.installed_plugin_options("azure")
+    assert options is not None
+
     def default(provider: str, key: str) -> str:
-        return next(o.default_text for o in PROVIDER_OPTIONS[provider] if o.env == key)
+        return next(o.default_text for o in options if o.env == key)
+
+    assert {o.env for o in options if o.secret} == {"AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_TENANT_ID"}
 
     assert default("azure", "AZURE_INSTANCE_SIZE") == "Standard_DC2as_v5"
     assert default("azure", "DISABLECVM") == "false"
@@ -139,7 +145,7 @@ def test_values_offer_every_key_once_in_its_place_with_empty_defaults() -> None:
     assert values["providerConfigs"]["aws"] == {"PODVM_AMI_ID": "", "PODVM_INSTANCE_TYPE": ""}
     assert values["providerSecrets"]["aws"] == {"AWS_ACCESS_KEY_ID": ""}
     assert values["providerConfigs"]["libvirt"] == {}
-    azure = {o.env for o in PROVIDER_OPTIONS["azure"] if o.env and not o.secret}
+    azure = {o.env for o in deploysync.installed_plugin_options("azure") or () if o.env and not o.secret}
     assert set(values["providerConfigs"]["azure"]) == azure
     # The hand-written part survives the splice.
     assert values["secrets"]["mode"] == "create"

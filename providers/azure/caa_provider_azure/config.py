@@ -47,7 +47,7 @@ class AzureConfig:
     resource_group: str = text(
         "resourcegroup", "AZURE_RESOURCE_GROUP", "Resource group of the pod VMs.", required=True, default=""
     )
-    subnet_id: str = text("vxlan-subnet-id", "AZURE_SUBNET_ID", "Subnet ID.", required=True, default="")
+    subnet_id: str = text("subnetid", "AZURE_SUBNET_ID", "Subnet ID.", required=True, default="")
     image_id: str = text(
         "imageid",
         "AZURE_IMAGE_ID",
@@ -65,6 +65,12 @@ class AzureConfig:
         "securitygroupid", "AZURE_NSG_ID", "Network security group ID for the NIC.", default=""
     )
     ssh_username: str = text("ssh-username", "SSH_USERNAME", "Admin user name.", default=DEFAULT_SSH_USERNAME)
+    ssh_key_path: str = text(
+        "ssh-key-path",
+        None,
+        "SSH public key file for the pod VMs (empty: a throw-away key, so nobody can log in).",
+        default="",
+    )
     enable_secure_boot: bool = boolean(
         "enable-secure-boot", "ENABLE_SECURE_BOOT", "UEFI secure boot on the pod VMs.", default=False
     )
@@ -82,7 +88,9 @@ class AzureConfig:
     disable_cvm: bool = boolean(
         "disable-cvm", "DISABLECVM", "Use ordinary VMs instead of confidential VMs.", default=False
     )
-    client_id: str = text("clientid", "AZURE_CLIENT_ID", "Client (application) ID.", default="")
+    client_id: str = text(
+        "clientid", "AZURE_CLIENT_ID", "Client (application) ID.", secret=True, default=""
+    )
     client_secret: str = text(
         "secret",
         "AZURE_CLIENT_SECRET",
@@ -90,7 +98,7 @@ class AzureConfig:
         secret=True,
         default="",
     )
-    tenant_id: str = text("tenantid", "AZURE_TENANT_ID", "Tenant ID.", default="")
+    tenant_id: str = text("tenantid", "AZURE_TENANT_ID", "Tenant ID.", secret=True, default="")
     federated_token_file: str = text(
         "federated-token-file",
         "AZURE_FEDERATED_TOKEN_FILE",

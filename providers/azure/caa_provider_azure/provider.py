@@ -24,13 +24,20 @@ import ipaddress
 import logging
 import re
 import time
+from pathlib import Path
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
 from caa_provider_azure.arm import AzureArm, SkuView, VmView
 from caa_provider_azure.config import AzureConfig
 from caa_provider_azure.retry import RetryPolicy, WaitPolicy
-from caa_provider_azure.shapes import USERDATA_B64_LIMIT, USERDATA_LIMIT, encoded_userdata_size, vm_body
+from caa_provider_azure.shapes import (
+    USERDATA_B64_LIMIT,
+    USERDATA_LIMIT,
+    encoded_userdata_size,
+    throwaway_ssh_key,
+    vm_body,
+)
 from caa_provider_azure.tags import decode, matches, tags_for
 from cloud_api_adaptor.aio import KeyedLocks
 from cloud_api_adaptor.errors import (
@@ -82,6 +89,7 @@ class AzureProvider(Provider):
         self._ready = asyncio.Lock()
         self._creating = KeyedLocks()
         self._skus: dict[str, SkuView] | None = None
+        self._ssh_public_key: str | None = None
         self._sku_lock = asyncio.Lock()
         self.default_instance_type = config.instance_size
         self.instance_types = config.instance_sizes
@@ -97,7 +105,7 @@ class AzureProvider(Provider):
         """PUT (or converge on) the VM for ``request`` and return it with the address the daemon dials."""
         tags = self._check_request(request)
         arm = await self._port()
-        body = vm_body(self._config, request, tags)
+        body = vm_body(self._config, request, tags, await self._ssh_key())
         deadline = (
             request.deadline
             if request.deadline is not None
@@ -204,6 +212,20 @@ class AzureProvider(Provider):
                 if self._arm is None:
                     self._arm = self._arm_factory(self._config)
         return self._arm
+
+    async def _ssh_key(self) -> str:
+        """The admin SSH public key: ``ssh-key-path``'s content, else a throw-away key (made once)."""
+        if self._ssh_public_key is None:
+            if self._config.ssh_key_path:
+                path = Path(self._config.ssh_key_path)
+                try:
+                    text = await asyncio.to_thread(path.read_text)
+                except OSError as exc:
+                    raise PermanentProviderError(f"ssh-key-path {path}: {exc}") from exc
+                self._ssh_public_key = text.strip()
+            else:
+                self._ssh_public_key = await asyncio.to_thread(throwaway_ssh_key)
+        return self._ssh_public_key
 
     async def _sku_table(self) -> dict[str, SkuView]:
         if self._skus is None:

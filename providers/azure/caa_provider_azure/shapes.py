@@ -38,7 +38,22 @@ def image_reference(image_id: str) -> Json:
     return {"id": image_id}
 
 
-def vm_body(config: AzureConfig, request: CreateRequest, tags: dict[str, str]) -> Json:
+def throwaway_ssh_key() -> str:
+    """An OpenSSH RSA public key whose private half is discarded at once.
+
+    Azure refuses a Linux VM with password login disabled and no SSH key; the Go
+    version needs a key file.  Without ``ssh-key-path`` the pod VMs get this key,
+    so nobody can log in.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return public.decode()
+
+
+def vm_body(config: AzureConfig, request: CreateRequest, tags: dict[str, str], ssh_key: str) -> Json:
     """The JSON body of the VM PUT (Azure's wire form, camelCase under ``properties``)."""
     name = request.name
     size = request.spec.instance_type or config.instance_size
@@ -75,7 +90,14 @@ def vm_body(config: AzureConfig, request: CreateRequest, tags: dict[str, str]) -
         "osProfile": {
             "computerName": name,
             "adminUsername": config.ssh_username,
-            "linuxConfiguration": {"disablePasswordAuthentication": True},
+            "linuxConfiguration": {
+                "disablePasswordAuthentication": True,
+                "ssh": {
+                    "publicKeys": [
+                        {"path": f"/home/{config.ssh_username}/.ssh/authorized_keys", "keyData": ssh_key}
+                    ]
+                },
+            },
         },
         "networkProfile": {
             "networkApiVersion": NETWORK_API_VERSION,

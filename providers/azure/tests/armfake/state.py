@@ -245,6 +245,14 @@ class ArmState:
             base64.b64decode(userdata, validate=True)
         except ValueError:
             raise ArmError(400, "InvalidParameter", "The value of parameter userData is not valid base64.") from None
+        linux = (props.get("osProfile") or {}).get("linuxConfiguration") or {}
+        keys = (linux.get("ssh") or {}).get("publicKeys") or []
+        if linux.get("disablePasswordAuthentication") and not keys:
+            raise ArmError(
+                400,
+                "InvalidParameter",
+                "Authentication using either SSH or by user name and password must be enabled in Linux profile.",
+            )
         image = (props.get("storageProfile") or {}).get("imageReference") or {}
         image_id = str(image.get("id") or image.get("communityGalleryImageId") or "")
         if image_id.lower() not in self.images:

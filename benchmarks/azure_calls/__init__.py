@@ -1,0 +1,231 @@
+"""ARM calls per pod lifecycle, and 50 concurrent lifecycles, against the fake Azure Resource Manager.
+
+Every call the daemon makes goes through the fault proxy (no faults injected),
+which records it; calls are counted per API method:
+
+- start-up calls (once per daemon: the first orphan scan, the resource-SKU catalogue);
+- one full lifecycle through the daemon's ttrpc socket with the test playing the
+  pod VM (mutual TLS); a second one gives the steady state.  Target: one PUT plus
+  its operation polls (and the SDK's final GET), one NIC read, one DELETE plus its
+  polls; no list or read storms;
+- 50 concurrent lifecycles (CreateVM, StartVM, Health/Check, StopVM) against one
+  lifecycle measured the same way in the same run (target: a ratio close to 1).
+  One pod VM stands in for every instance (it owns the range the fake hands out),
+  so TLS is off for this part.
+
+The fake keeps each operation InProgress for two polls and asks for 200 ms
+between polls (``retry-after-ms``), a fixed floor per create and delete.  Token
+requests go to the fake's token endpoint directly and are not counted.
+Without root (no namespaces), the fallback measures create and delete through
+the provider alone, on loopback.  Nothing is asserted: the numbers go into the README.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from cloud_api_adaptor import kata_client as kata
+
+ROOT = Path(__file__).resolve().parents[2]
+for extra in (ROOT, ROOT / "providers" / "azure" / "tests"):
+    if str(extra) not in sys.path:
+        sys.path.insert(0, str(extra))
+
+from cloud_api_adaptor.testing.eventually import eventually  # noqa: E402
+from cloud_api_adaptor.testing.faultproxy import FaultProxy, RecordedRequest  # noqa: E402
+from tests.integration.cloudstand.stand import SHARED_VM_RANGE  # noqa: E402
+from tests.integration.daemon_proc import DaemonProcess  # noqa: E402
+from tests.integration.azure.cloud import boot_pod_vm  # noqa: E402
+from tests.integration.azure.harness import AzureNode, new_sandbox_id, orphan_scans  # noqa: E402
+
+CONCURRENT = 50
+BOUND = 600.0  # seconds: every phase is cut off well before this
+
+_METHODS = [
+    ("PUT", re.compile(r"/virtualMachines/[^/]+$"), "virtualMachines.createOrUpdate"),
+    ("GET", re.compile(r"/virtualMachines/[^/]+$"), "virtualMachines.get"),
+    ("DELETE", re.compile(r"/virtualMachines/[^/]+$"), "virtualMachines.delete"),
+    ("GET", re.compile(r"/virtualMachines$"), "virtualMachines.list"),
+    ("GET", re.compile(r"/operations/[^/]+$"), "operations.get"),
+    ("GET", re.compile(r"/networkInterfaces/[^/]+$"), "networkInterfaces.get"),
+    ("GET", re.compile(r"/publicIPAddresses/[^/]+$"), "publicIPAddresses.get"),
+    ("GET", re.compile(r"/skus$"), "resourceSkus.list"),
+]
+
+
+def api_method(request: RecordedRequest) -> str:
+    path = request.path.split("?", 1)[0]
+    for method, pattern, name in _METHODS:
+        if request.method == method and pattern.search(path):
+            return name
+    return f"{request.method} {path}"
+
+
+def counts(proxy: FaultProxy) -> Counter[str]:
+    return Counter(api_method(r) for r in proxy.requests())
+
+
+def _diff(after: Counter[str], before: Counter[str]) -> dict[str, int]:
+    return {k: v for k, v in sorted((after - before).items()) if v}
+
+
+def run() -> dict[str, Any]:
+    if os.geteuid() == 0 and shutil.which("ip"):
+        return asyncio.run(asyncio.wait_for(_in_namespaces(), BOUND))
+    return asyncio.run(asyncio.wait_for(_loopback_only(), BOUND))
+
+
+async def _in_namespaces() -> dict[str, Any]:
+    node: AzureNode | None = None
+    try:
+        node = await asyncio.to_thread(AzureNode)
+        proxy, endpoint = node.fault_proxy()
+        daemon = await asyncio.to_thread(
+            lambda: node.daemon(endpoint, ORPHAN_SCAN_INTERVAL="1h", PROXY_TIMEOUT="60s")
+        )
+        await eventually(lambda: orphan_scans(daemon), "the start-up orphan scan")
+        startup = counts(proxy)
+        first = await _played_lifecycle(node, daemon)
+        after_first = counts(proxy)
+        second = await _played_lifecycle(node, daemon)
+        after_second = counts(proxy)
+        await asyncio.to_thread(daemon.stop)
+        leaked = len(node.cloud.arm.leftovers())
+
+        shared = node.pod_vm()
+        node.stand.answer_on(SHARED_VM_RANGE)
+        await shared.boot_shared()
+        daemon = await asyncio.to_thread(
+            lambda: node.daemon(
+                endpoint, args=["-disable-tls"], ORPHAN_SCAN_INTERVAL="1h", PROXY_TIMEOUT="60s"
+            )
+        )
+        await _lifecycle(daemon, "warm-up")
+        one = await _lifecycle(daemon, "single")
+        before = counts(proxy)
+        started = time.perf_counter()
+        walls = await asyncio.gather(*(_lifecycle(daemon, f"pod-{i}") for i in range(CONCURRENT)))
+        wall = time.perf_counter() - started
+        calls = _diff(counts(proxy), before)
+        await asyncio.to_thread(daemon.stop)
+        leaked += len(node.cloud.arm.leftovers())
+        return {
+            "mode": "daemon in a network namespace, fake ARM over HTTPS, counted by the proxy",
+            "startup_calls": dict(sorted(startup.items())),
+            "first_lifecycle_calls": _diff(after_first, startup),
+            "lifecycle_calls": _diff(after_second, after_first),
+            "lifecycle_calls_total": sum((after_second - after_first).values()),
+            "played_lifecycle_s": [round(first, 3), round(second, 3)],
+            "concurrent": CONCURRENT,
+            "concurrent_tls": False,
+            "single_lifecycle_s": round(one, 3),
+            "concurrent_wall_s": round(wall, 3),
+            "concurrent_vs_single": round(wall / one, 2),
+            "concurrent_lifecycle_p50_s": round(sorted(walls)[len(walls) // 2], 3),
+            "concurrent_calls": calls,
+            "concurrent_calls_per_lifecycle": round(sum(calls.values()) / CONCURRENT, 2),
+            "vms_created": node.cloud.arm.created_total,
+            "resources_left": leaked,
+        }
+    finally:
+        if node is not None:
+            await asyncio.to_thread(node.close)
+
+
+async def _played_lifecycle(node: AzureNode, daemon: DaemonProcess) -> float:
+    """Create, start (the test boots the pod VM the fake holds), health check, stop."""
+    sid = new_sandbox_id()
+    started = time.perf_counter()
+    path = await kata.create_vm(daemon.socket, sid, kata.kata_annotations("bench"))
+    start = asyncio.create_task(kata.start_vm(daemon.socket, sid, timeout=120))
+    vm = node.pod_vm()
+    try:
+        [launched] = await eventually(lambda: node.cloud.of_sandbox(sid), "the pod's VM")
+        await boot_pod_vm(vm, node.cloud, launched)
+        await start
+    except BaseException:
+        start.cancel()
+        raise
+    await _check(path)
+    await kata.stop_vm(daemon.socket, sid)
+    elapsed = time.perf_counter() - started
+    await asyncio.to_thread(vm.shutdown)
+    return elapsed
+
+
+async def _lifecycle(daemon: DaemonProcess, pod: str) -> float:
+    sid = new_sandbox_id()
+    started = time.perf_counter()
+    path = await kata.create_vm(daemon.socket, sid, kata.kata_annotations(pod))
+    await kata.start_vm(daemon.socket, sid, timeout=120)
+    await _check(path)
+    await kata.stop_vm(daemon.socket, sid)
+    return time.perf_counter() - started
+
+
+async def _check(agent_path: str) -> None:
+    agent = await kata.AgentClient.connect(agent_path)
+    try:
+        await agent.check()
+    finally:
+        await agent.aclose()
+
+
+async def _loopback_only() -> dict[str, Any]:
+    """No namespaces: create and delete through the provider, the fake and the fault proxy on loopback."""
+    from azure_testkit import make_world  # type: ignore[import-not-found]
+
+    from cloud_api_adaptor.provider import TAG_SANDBOX, CreateRequest, InstanceSpec
+
+    world = make_world()
+    world.arm.retry_after_ms = 200
+    proxy = world.proxy
+    provider = world.provider()
+    try:
+
+        async def create_delete() -> float:
+            sid = new_sandbox_id()
+            request = CreateRequest(
+                name=f"podvm-bench-{sid[:8]}",
+                sandbox_id=sid,
+                token=f"{sid}-1",
+                spec=InstanceSpec(),
+                userdata="#cloud-config\n",
+                tags={TAG_SANDBOX: sid},
+            )
+            started = time.perf_counter()
+            instance = await provider.create_instance(request)
+            await provider.delete_instance(instance.id)
+            return time.perf_counter() - started
+
+        await create_delete()  # one-time calls (the token)
+        before = counts(proxy)
+        one = await create_delete()
+        per_lifecycle = _diff(counts(proxy), before)
+        before = counts(proxy)
+        started = time.perf_counter()
+        await asyncio.gather(*(create_delete() for _ in range(CONCURRENT)))
+        wall = time.perf_counter() - started
+        calls = _diff(counts(proxy), before)
+        return {
+            "mode": "loopback only (not root): provider create+delete, no daemon",
+            "lifecycle_calls": per_lifecycle,
+            "lifecycle_calls_total": sum(per_lifecycle.values()),
+            "concurrent": CONCURRENT,
+            "single_create_delete_s": round(one, 3),
+            "concurrent_wall_s": round(wall, 3),
+            "concurrent_vs_single": round(wall / one, 2),
+            "concurrent_calls_per_lifecycle": round(sum(calls.values()) / CONCURRENT, 2),
+            "resources_left": len(world.arm.leftovers()),
+        }
+    finally:
+        await provider.aclose()
+        world.close()
