@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -61,12 +61,34 @@ class SkuView:
     capabilities: Mapping[str, str] = field(default_factory=dict)
 
 
-def transport_options(config: AzureConfig) -> dict[str, Any]:
-    """TLS verification for every client: ``REQUESTS_CA_BUNDLE`` when set, else the system's CAs."""
-    return {"connection_verify": config.ca_bundle} if config.ca_bundle else {}
+class SharedSession:
+    """One aiohttp session (one connection pool, one TLS context) under every client and the credential.
+
+    azure-core's own ``connection_verify=<path>`` builds a new SSL context per request,
+    which aiohttp's pool cannot match, so every call would pay a TLS handshake; a
+    session whose connector holds the one context keeps connections alive instead.
+    Built inside the running loop (aiohttp requires it).
+    """
+
+    def __init__(self, config: AzureConfig) -> None:
+        import ssl
+
+        import aiohttp
+
+        context = ssl.create_default_context(cafile=config.ca_bundle or None)
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context, limit=256))
+
+    def transport(self) -> Any:
+        """A transport for one client over the shared session (closing it leaves the session open)."""
+        from azure.core.pipeline.transport import AioHttpTransport
+
+        return AioHttpTransport(session=self.session, session_owner=False)
+
+    async def aclose(self) -> None:
+        await self.session.close()
 
 
-def make_credential(config: AzureConfig) -> Any:
+def make_credential(config: AzureConfig, transport: Any = None) -> Any:
     """azure-identity's standard credentials: client secret, else workload identity, else managed identity."""
     from azure.identity.aio import (
         ClientSecretCredential,
@@ -74,7 +96,7 @@ def make_credential(config: AzureConfig) -> Any:
         WorkloadIdentityCredential,
     )
 
-    options: dict[str, Any] = transport_options(config)
+    options: dict[str, Any] = {"transport": transport} if transport is not None else {}
     if config.authority_host:
         options["authority"] = config.authority_host
         host = config.authority_host.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
@@ -90,7 +112,7 @@ def make_credential(config: AzureConfig) -> Any:
             token_file_path=config.federated_token_file,
             **options,
         )
-    return ManagedIdentityCredential(client_id=config.client_id or None)
+    return ManagedIdentityCredential(client_id=config.client_id or None, **options)
 
 
 def _created_at(value: Any) -> float | None:
@@ -142,11 +164,13 @@ def _sku_view(sku: Any) -> SkuView:
 class AzureArm:
     """Async ARM clients for one subscription and resource group."""
 
-    def __init__(self, config: AzureConfig, credential: Any) -> None:
+    def __init__(self, config: AzureConfig) -> None:
         from azure.mgmt.compute.aio import ComputeManagementClient
         from azure.mgmt.network.aio import NetworkManagementClient
 
         self._config = config
+        self._shared = SharedSession(config)
+        credential = make_credential(config, self._shared.transport())
         self._credential = credential
         endpoint = config.resource_manager_endpoint.rstrip("/")
         self._endpoint = endpoint
@@ -156,10 +180,13 @@ class AzureArm:
             "retry_total": 0,
             "connection_timeout": 30,
             "read_timeout": 120,
-            **transport_options(config),
         }
-        self._compute = ComputeManagementClient(credential, config.subscription_id, **options)
-        self._network = NetworkManagementClient(credential, config.subscription_id, **options)
+        self._compute = ComputeManagementClient(
+            credential, config.subscription_id, transport=self._shared.transport(), **options
+        )
+        self._network = NetworkManagementClient(
+            credential, config.subscription_id, transport=self._shared.transport(), **options
+        )
 
     async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -329,9 +356,9 @@ class AzureArm:
         return await self._call("reading the image", run)
 
     async def aclose(self) -> None:
-        for client in (self._compute, self._network, self._credential):
+        for client in (self._compute, self._network, self._credential, self._shared):
             with contextlib.suppress(Exception):
-                await client.close()
+                await (client.aclose() if isinstance(client, SharedSession) else client.close())
 
 
 def _group_and_name(resource_id: str) -> tuple[str, str]:
@@ -342,13 +369,4 @@ def _group_and_name(resource_id: str) -> tuple[str, str]:
         return "", parts[-1]
 
 
-@contextlib.asynccontextmanager
-async def opened(config: AzureConfig) -> AsyncIterator[AzureArm]:
-    arm = AzureArm(config, make_credential(config))
-    try:
-        yield arm
-    finally:
-        await arm.aclose()
-
-
-__all__: Sequence[str] = ["AzureArm", "NicView", "SkuView", "VmView", "make_credential", "opened"]
+__all__: Sequence[str] = ["AzureArm", "NicView", "SharedSession", "SkuView", "VmView", "make_credential"]

@@ -14,9 +14,7 @@ from cloud_api_adaptor.provider import ProviderContext
 
 def azure_arm(config: AzureConfig) -> AzureArm:
     """The production ARM port: azure-identity's credential, the SDKs' async clients."""
-    from caa_provider_azure.arm import make_credential
-
-    return AzureArm(config, make_credential(config))
+    return AzureArm(config)
 
 
 class AzurePlugin:
