@@ -41,10 +41,10 @@ for extra in (ROOT, ROOT / "providers" / "azure" / "tests"):
 
 from cloud_api_adaptor.testing.eventually import eventually  # noqa: E402
 from cloud_api_adaptor.testing.faultproxy import FaultProxy, RecordedRequest  # noqa: E402
-from tests.integration.cloudstand.stand import SHARED_VM_RANGE  # noqa: E402
-from tests.integration.daemon_proc import DaemonProcess  # noqa: E402
 from tests.integration.azure.cloud import boot_pod_vm  # noqa: E402
 from tests.integration.azure.harness import AzureNode, new_sandbox_id, orphan_scans  # noqa: E402
+from tests.integration.cloudstand.stand import SHARED_VM_RANGE  # noqa: E402
+from tests.integration.daemon_proc import DaemonProcess  # noqa: E402
 
 CONCURRENT = 50
 BOUND = 600.0  # seconds: every phase is cut off well before this

@@ -120,7 +120,11 @@ def test_azure_keys_follow_the_go_version() -> None:
     def default(provider: str, key: str) -> str:
         return next(o.default_text for o in options if o.env == key)
 
-    assert {o.env for o in options if o.secret} == {"AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_TENANT_ID"}
+    assert {o.env for o in options if o.secret} == {
+        "AZURE_CLIENT_ID",
+        "AZURE_CLIENT_SECRET",
+        "AZURE_TENANT_ID",
+    }
 
     assert default("azure", "AZURE_INSTANCE_SIZE") == "Standard_DC2as_v5"
     assert default("azure", "DISABLECVM") == "false"

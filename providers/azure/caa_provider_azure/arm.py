@@ -215,7 +215,8 @@ class AzureArm:
                 return await self._call(f"creating VM {name}", run)
         except TimeoutError:
             raise TemporaryProviderError(
-                f"azure creating VM {name}: not provisioned within the caller's deadline ({timeout or 0:.1f}s)"
+                f"azure creating VM {name}: not provisioned within the caller's deadline "
+                f"({timeout or 0:.1f}s)"
             ) from None
 
     async def get_vm(self, name: str) -> VmView:

@@ -88,9 +88,7 @@ class AzureConfig:
     disable_cvm: bool = boolean(
         "disable-cvm", "DISABLECVM", "Use ordinary VMs instead of confidential VMs.", default=False
     )
-    client_id: str = text(
-        "clientid", "AZURE_CLIENT_ID", "Client (application) ID.", secret=True, default=""
-    )
+    client_id: str = text("clientid", "AZURE_CLIENT_ID", "Client (application) ID.", secret=True, default="")
     client_secret: str = text(
         "secret",
         "AZURE_CLIENT_SECRET",

@@ -13,6 +13,7 @@ from caa_provider_azure.arm import AzureArm, SkuView
 from caa_provider_azure.config import AzureConfig
 from caa_provider_azure.retry import RetryPolicy
 from caa_provider_azure.shapes import USERDATA_LIMIT
+from caa_provider_azure.sizes import size_problem
 from cloud_api_adaptor.errors import AdaptorError, PermanentProviderError
 from cloud_api_adaptor.provider import CheckResult
 
@@ -50,8 +51,6 @@ async def run_checks(config: AzureConfig, arm: AzureArm, retry: RetryPolicy) -> 
         return str(config.image_id)
 
     async def sizes() -> str:
-        from caa_provider_azure.provider import size_problem
-
         skus.update({s.name.lower(): s for s in await retry.run(arm.list_skus)})
         described = []
         for size in config.allowed_sizes:

@@ -24,8 +24,8 @@ import ipaddress
 import logging
 import re
 import time
-from pathlib import Path
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 from caa_provider_azure.arm import AzureArm, SkuView, VmView
@@ -38,6 +38,7 @@ from caa_provider_azure.shapes import (
     throwaway_ssh_key,
     vm_body,
 )
+from caa_provider_azure.sizes import size_problem
 from caa_provider_azure.tags import decode, matches, tags_for
 from cloud_api_adaptor.aio import KeyedLocks
 from cloud_api_adaptor.errors import (
@@ -125,7 +126,9 @@ class AzureProvider(Provider):
             except TemporaryProviderError as exc:
                 if time.monotonic() >= deadline:
                     # the caller's deadline passed: the daemon's teardown finds the VM by its owner tags
-                    raise DeadlineExceeded(f"azure VM {request.name} not ready by the caller's deadline: {exc}") from exc
+                    raise DeadlineExceeded(
+                        f"azure VM {request.name} not ready by the caller's deadline: {exc}"
+                    ) from exc
                 raise
         name = vm.name or request.name
         instance = Instance(name, name, ips, decode(vm.tags), vm.created_at)
@@ -262,21 +265,6 @@ class AzureProvider(Provider):
             pass
         except AdaptorError as exc:
             logger.warning("could not delete VM %s after its failed creation: %s", name, exc)
-
-
-def size_problem(skus: Mapping[str, SkuView], size: str, disable_cvm: bool) -> str:
-    """Why ``size`` cannot run a pod VM here ("" if it can)."""
-    sku = skus.get(size.lower())
-    if sku is None:
-        return f"VM size {size} is not offered in this region"
-    if sku.restricted:
-        return f"VM size {size} is not available to this subscription in this region"
-    if not disable_cvm and not sku.confidential:
-        return (
-            f"VM size {size} cannot run confidential VMs "
-            "(use a DCas_v5 or DCes_v6-style size, or set DISABLECVM)"
-        )
-    return ""
 
 
 def _left(deadline: float) -> float:

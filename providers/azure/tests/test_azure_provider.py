@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 from azure_testkit import FAST_RETRY, AzureWorld
-
 from caa_provider_azure.retry import RetryPolicy
+
 from cloud_api_adaptor.errors import DeadlineExceeded, InvalidInput, PermanentProviderError
 from cloud_api_adaptor.provider import TAG_CLUSTER, TAG_NODE, TAG_SANDBOX, CreateRequest, InstanceSpec
 from cloud_api_adaptor.testing.faultproxy import Fault
@@ -27,8 +27,15 @@ OPERATION = r"/operations/"
 THROTTLED = b'{"error": {"code": "TooManyRequests", "message": "The request is being throttled."}}'
 
 
-def request(token: str | None = None, *, name: str | None = None, userdata: str = "#cloud-config\n",
-            tags: dict[str, str] | None = None, size: str = "", deadline: float | None = None) -> CreateRequest:
+def request(
+    token: str | None = None,
+    *,
+    name: str | None = None,
+    userdata: str = "#cloud-config\n",
+    tags: dict[str, str] | None = None,
+    size: str = "",
+    deadline: float | None = None,
+) -> CreateRequest:
     sid = uuid.uuid4().hex + uuid.uuid4().hex
     return CreateRequest(
         name=name or f"podvm-web-{sid[:8]}",
@@ -150,7 +157,9 @@ async def test_a_lost_put_response_is_retried_and_converges_on_the_same_vm(world
 
 
 @pytest.mark.asyncio
-async def test_429_with_retry_after_and_503_on_every_call_still_give_one_vm_then_none(world: AzureWorld) -> None:
+async def test_429_with_retry_after_and_503_on_every_call_still_give_one_vm_then_none(
+    world: AzureWorld,
+) -> None:
     slept: list[float] = []
 
     async def record(delay: float) -> None:
@@ -166,7 +175,9 @@ async def test_429_with_retry_after_and_503_on_every_call_still_give_one_vm_then
         ("DELETE", VM_PATH, Fault.UNAVAILABLE),
         ("DELETE", VM_PATH, Fault.RESPOND),
     ]:
-        world.proxy.add_rule("*", fault, method=method, path=path, status=429, headers=throttled, body=THROTTLED)
+        world.proxy.add_rule(
+            "*", fault, method=method, path=path, status=429, headers=throttled, body=THROTTLED
+        )
     provider = dataclasses.replace(FAST_RETRY, attempts=8, sleep=record)
     azure = world.provider()
     azure._retry = provider  # the policy under test, recording its sleeps
@@ -184,7 +195,9 @@ async def test_429_with_retry_after_and_503_on_every_call_still_give_one_vm_then
 async def test_an_operation_that_fails_for_good_reaches_the_caller_by_name_and_leaves_nothing(
     world: AzureWorld,
 ) -> None:
-    world.arm.fail_creates.append(("AllocationFailed", "Allocation failed. We do not have sufficient capacity."))
+    world.arm.fail_creates.append(
+        ("AllocationFailed", "Allocation failed. We do not have sufficient capacity.")
+    )
     provider = world.provider()
     try:
         with pytest.raises(PermanentProviderError, match="AllocationFailed") as err:
@@ -279,7 +292,9 @@ async def test_list_reads_every_page_and_filters_by_owner_tags(world: AzureWorld
 
 
 @pytest.mark.asyncio
-async def test_the_catalogue_comes_from_resource_skus_and_a_non_cvm_size_is_refused(world: AzureWorld) -> None:
+async def test_the_catalogue_comes_from_resource_skus_and_a_non_cvm_size_is_refused(
+    world: AzureWorld,
+) -> None:
     provider = world.provider(instance_sizes=("Standard_DC2as_v5", "Standard_D2as_v5"))
     try:
         catalogue = await provider.describe_instance_types()

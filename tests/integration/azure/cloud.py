@@ -37,7 +37,8 @@ class AzureCloud:
 
     def __init__(self) -> None:
         self.directory = Path(tempfile.mkdtemp(prefix="caa-azure-arm-", dir="/tmp"))
-        # the lower half of the stand's VM subnet, far from the node's address at .254 (benchmarks answer on it all)
+        # the lower half of the stand's VM subnet, far from the node's address at .254
+        # (benchmarks make one pod VM answer on all of it)
         self.fake = FakeArm(self.directory, ArmState(subnet_prefix=str(SHARED_VM_RANGE)))
         self.fake.state.retry_after_ms = 200
         self.url = self.fake.serve("127.0.0.1")
@@ -48,7 +49,7 @@ class AzureCloud:
 
     def of_sandbox(self, sandbox_id: str) -> list[dict[str, Any]]:
         """VMs (any state) tagged with this sandbox."""
-        return self.arm.live(**{"caa-sandbox": sandbox_id})
+        return list(self.arm.live(**{"caa-sandbox": sandbox_id}))
 
     def daemon_env(self, endpoint: str, authority: str, node: str, cluster: str) -> dict[str, str]:
         """The Azure provider's keys (the Go version's names) for a daemon using this subscription."""

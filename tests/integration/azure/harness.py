@@ -56,7 +56,9 @@ class AzureNode:
         """A daemon in the node namespace using ``endpoint`` (default: the fake's node-facing listener)."""
         root = self.work / f"d{len(self._daemons)}"
         root.mkdir()
-        base = self.cloud.daemon_env(endpoint or self.node_url, self.node_url, self.node_name, self.cluster_id)
+        base = self.cloud.daemon_env(
+            endpoint or self.node_url, self.node_url, self.node_name, self.cluster_id
+        )
         daemon = DaemonProcess(
             root, {**base, **env}, provider="azure", wrapper=netns_exec(self.stand.node_ns, []), args=args
         )

@@ -85,7 +85,9 @@ async def test_429s_503s_and_a_failed_operation_still_give_one_vm_per_sandbox_an
         ("DELETE", VM_PATH, Fault.RESPOND, 1),
         ("DELETE", VM_PATH, Fault.DROP_RESPONSE, 1),
     ]:
-        proxy.add_rule("*", fault, method=method, path=path, times=times, status=429, headers=throttled, body=THROTTLED)
+        proxy.add_rule(
+            "*", fault, method=method, path=path, times=times, status=429, headers=throttled, body=THROTTLED
+        )
     cloud.arm.fail_creates.append(("InternalExecutionError", "An internal execution error occurred."))
 
     ids = [new_sandbox_id() for _ in range(3)]
@@ -106,7 +108,9 @@ async def test_429s_503s_and_a_failed_operation_still_give_one_vm_per_sandbox_an
 
 
 @pytest.mark.asyncio
-async def test_quota_exhaustion_reaches_kata_naming_the_quota_and_leaves_nothing(azure_node: AzureNode) -> None:
+async def test_quota_exhaustion_reaches_kata_naming_the_quota_and_leaves_nothing(
+    azure_node: AzureNode,
+) -> None:
     cloud = azure_node.cloud
     cloud.arm.quotas["standardDCASv5Family"] = 1
     daemon = azure_node.daemon(PROXY_TIMEOUT="30s")

@@ -1,4 +1,4 @@
-"""A pod VM on the fake Azure through the daemon's ttrpc socket: up over mutual TLS, nothing left after StopVM.
+"""A pod VM on the fake Azure through the daemon's ttrpc socket: up over mutual TLS, nothing left after.
 
 The daemon runs in the stand's node namespace (no route out) and talks to the fake
 ARM with the real azure-mgmt-compute/-network async clients, over HTTPS, with a

@@ -21,12 +21,15 @@ import subprocess
 import sys
 import threading
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 PACKAGE = "azure-mgmt-compute==35.0.0"
 API = "v2024_11_01"
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cloud-api-adaptor" / "azure-arm-schema"
+CACHE = (
+    Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cloud-api-adaptor" / "azure-arm-schema"
+)
 _MODELS = f"azure/mgmt/compute/{API}/models/_models_py3.py"
 _ENUMS = f"azure/mgmt/compute/{API}/models/_compute_management_client_enums.py"
 _LOCK = threading.Lock()
@@ -140,7 +143,9 @@ class Validator:
             node[parts[-1]] = spec
         self._tree(tree, value, where, found, model)
 
-    def _tree(self, tree: dict[str, Any], value: dict[str, Any], where: str, found: list[str], model: str) -> None:
+    def _tree(
+        self, tree: dict[str, Any], value: dict[str, Any], where: str, found: list[str], model: str
+    ) -> None:
         for key, item in value.items():
             if key not in tree:
                 found.append(f"{where}.{key}: not a field of {model}")
@@ -182,7 +187,7 @@ class Validator:
         if kind in self._models:
             self._model(kind, value, where, found)
             return
-        checks = {
+        checks: dict[str, Callable[[Any], bool]] = {
             "str": lambda v: isinstance(v, str),
             "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
             "long": lambda v: isinstance(v, int) and not isinstance(v, bool),

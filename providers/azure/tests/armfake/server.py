@@ -40,7 +40,11 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [
         ("GET", _C + r"/virtualMachines/(?P<name>[^/]+)", "virtualMachines.get"),
         ("DELETE", _C + r"/virtualMachines/(?P<name>[^/]+)", "virtualMachines.delete"),
         ("GET", _C + r"/virtualMachines", "virtualMachines.list"),
-        ("GET", _S + r"/providers/Microsoft\.Compute/locations/(?P<loc>[^/]+)/operations/(?P<op>[^/]+)", "operations.get"),
+        (
+            "GET",
+            _S + r"/providers/Microsoft\.Compute/locations/(?P<loc>[^/]+)/operations/(?P<op>[^/]+)",
+            "operations.get",
+        ),
         ("GET", _S + r"/providers/Microsoft\.Compute/locations/(?P<loc>[^/]+)/usages", "usage.list"),
         ("GET", _S + r"/providers/Microsoft\.Compute/skus", "resourceSkus.list"),
         ("GET", _C + r"/galleries/(?P<rest>.+)", "galleryImages.get"),
@@ -125,10 +129,18 @@ class FakeArm:
                 try:
                     self._authorize(headers)
                     if "api-version" not in query:
-                        raise ArmError(400, "MissingApiVersionParameter", "The api-version query parameter is required")
+                        raise ArmError(
+                            400, "MissingApiVersionParameter", "The api-version query parameter is required"
+                        )
                     if match.group("sub") != self.state.subscription:
-                        raise ArmError(404, "SubscriptionNotFound", f"The subscription '{match['sub']}' could not be found.")
-                    status, answer, extra = getattr(self, "_" + name.replace(".", "_"))(match, query, body, base)
+                        raise ArmError(
+                            404,
+                            "SubscriptionNotFound",
+                            f"The subscription '{match['sub']}' could not be found.",
+                        )
+                    status, answer, extra = getattr(self, "_" + name.replace(".", "_"))(
+                        match, query, body, base
+                    )
                 except ArmError as exc:
                     status, answer, extra = exc.status, exc.body(), {}
                 self._record(name, path, status)
@@ -186,7 +198,11 @@ class FakeArm:
         token = secrets.token_urlsafe(32)
         with self._lock:
             self.tokens.add(token)
-        return 200, {"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": token}, {}
+        return (
+            200,
+            {"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": token},
+            {},
+        )
 
     def _authorize(self, headers: Any) -> None:
         auth = str(headers.get("Authorization", ""))
@@ -217,7 +233,9 @@ class FakeArm:
             headers["Location"] = url + "&monitor=true"
         return headers
 
-    def _virtualMachines_createOrUpdate(self, m: re.Match[str], q: dict[str, str], body: bytes, base: str) -> Any:
+    def _virtualMachines_createOrUpdate(
+        self, m: re.Match[str], q: dict[str, str], body: bytes, base: str
+    ) -> Any:
         try:
             parsed = json.loads(body or b"{}")
         except ValueError:

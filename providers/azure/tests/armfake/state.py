@@ -79,7 +79,11 @@ class ArmState:
         self.images: dict[str, Json] = {}
         self.skus = [self._sku(*row) for row in DEFAULT_SKUS]
         #: quota name -> limit (usage is computed from the live VMs)
-        self.quotas: dict[str, float] = {"cores": 350.0, "standardDCASv5Family": 100.0, "standardDCESv6Family": 100.0}
+        self.quotas: dict[str, float] = {
+            "cores": 350.0,
+            "standardDCASv5Family": 100.0,
+            "standardDCESv6Family": 100.0,
+        }
         self.op_polls = 2
         #: the Retry-After (whole seconds, as ARM sends) of operation answers ...
         self.retry_after = "1"
@@ -106,9 +110,8 @@ class ArmState:
         return f"{self.group_id}/providers/Microsoft.Network/{kind}/{name}"
 
     def add_image(self, gallery: str = "caa-gallery", image: str = "podvm", version: str = "1.0.0") -> str:
-        image_id = (
-            f"{self.group_id}/providers/Microsoft.Compute/galleries/{gallery}/images/{image}/versions/{version}"
-        )
+        gallery_id = f"{self.group_id}/providers/Microsoft.Compute/galleries/{gallery}"
+        image_id = f"{gallery_id}/images/{image}/versions/{version}"
         self.images[image_id.lower()] = {
             "id": image_id,
             "name": version,
@@ -148,7 +151,9 @@ class ArmState:
     def live(self, **tags: str) -> list[Json]:
         """VMs (any state) carrying every ``tags`` name=value."""
         with self.lock:
-            return [dict(vm) for vm in self.vms.values() if all(vm["tags"].get(k) == v for k, v in tags.items())]
+            return [
+                dict(vm) for vm in self.vms.values() if all(vm["tags"].get(k) == v for k, v in tags.items())
+            ]
 
     def leftovers(self) -> dict[str, list[str]]:
         """Everything that exists: what a full cleanup leaves is ``{}``."""
@@ -204,7 +209,9 @@ class ArmState:
         vm["tags"] = dict(body.get("tags") or {})
         if state == "Failed":
             vm["properties"]["provisioningState"] = "Creating"
-        running = [o for o in self.operations.values() if o.vm == vm["name"].lower() and o.status == "InProgress"]
+        running = [
+            o for o in self.operations.values() if o.vm == vm["name"].lower() and o.status == "InProgress"
+        ]
         op = running[0] if running else self._operation("create", vm["name"], polls=0)
         if not running and state == "Succeeded":
             vm["properties"]["provisioningState"] = "Updating"
@@ -226,10 +233,14 @@ class ArmState:
         for key, value in tags.items():
             if TAG_FORBIDDEN.search(key):
                 raise ArmError(
-                    400, "InvalidTagNameCharacters", f"The tag names '{key}' have reserved characters '<,>,%,&,\\,?,/'"
+                    400,
+                    "InvalidTagNameCharacters",
+                    f"The tag names '{key}' have reserved characters '<,>,%,&,\\,?,/'",
                 )
             if len(key) > 512 or len(str(value)) > 256:
-                raise ArmError(400, "InvalidTagNameLength", f"Tag '{key[:40]}' exceeds the name/value length limit")
+                raise ArmError(
+                    400, "InvalidTagNameLength", f"Tag '{key[:40]}' exceeds the name/value length limit"
+                )
             if key.lower().startswith(("microsoft", "azure", "windows")):
                 raise ArmError(400, "InvalidTagName", f"The tag name '{key}' uses a reserved prefix")
         props = body.get("properties") or {}
@@ -238,30 +249,37 @@ class ArmState:
             raise ArmError(
                 400,
                 "InvalidParameter",
-                "The value of parameter userData is too long. Its length after base64 encoding must not exceed "
-                "65536 bytes.",
+                "The value of parameter userData is too long. Its length after base64 encoding "
+                "must not exceed 65536 bytes.",
             )
         try:
             base64.b64decode(userdata, validate=True)
         except ValueError:
-            raise ArmError(400, "InvalidParameter", "The value of parameter userData is not valid base64.") from None
+            raise ArmError(
+                400, "InvalidParameter", "The value of parameter userData is not valid base64."
+            ) from None
         linux = (props.get("osProfile") or {}).get("linuxConfiguration") or {}
         keys = (linux.get("ssh") or {}).get("publicKeys") or []
         if linux.get("disablePasswordAuthentication") and not keys:
             raise ArmError(
                 400,
                 "InvalidParameter",
-                "Authentication using either SSH or by user name and password must be enabled in Linux profile.",
+                "Authentication using either SSH or by user name and password must be enabled "
+                "in Linux profile.",
             )
         image = (props.get("storageProfile") or {}).get("imageReference") or {}
         image_id = str(image.get("id") or image.get("communityGalleryImageId") or "")
         if image_id.lower() not in self.images:
             raise ArmError(
-                404, "GalleryImageNotFound", f"The gallery image {image_id} is not available in {self.location}."
+                404,
+                "GalleryImageNotFound",
+                f"The gallery image {image_id} is not available in {self.location}.",
             )
         subnet = self._subnet_of(props)
         if subnet.lower() != self.subnet_id.lower():
-            raise ArmError(400, "InvalidResourceReference", f"Resource {subnet} referenced by the VM was not found.")
+            raise ArmError(
+                400, "InvalidResourceReference", f"Resource {subnet} referenced by the VM was not found."
+            )
 
     def _subnet_of(self, props: Json) -> str:
         for nic in (props.get("networkProfile") or {}).get("networkInterfaceConfigurations") or []:
@@ -289,10 +307,13 @@ class ArmState:
             raise ArmError(
                 400,
                 "InvalidParameter",
-                f"The VM size '{size}' is not supported for creation of VMs with security type ConfidentialVM.",
+                f"The VM size '{size}' is not supported for creation of VMs with security type "
+                "ConfidentialVM.",
             )
         os_disk = (props.get("storageProfile") or {}).get("osDisk") or {}
-        encryption = ((os_disk.get("managedDisk") or {}).get("securityProfile") or {}).get("securityEncryptionType")
+        encryption = ((os_disk.get("managedDisk") or {}).get("securityProfile") or {}).get(
+            "securityEncryptionType"
+        )
         if security == "ConfidentialVM" and not encryption:
             raise ArmError(
                 400, "InvalidParameter", "securityEncryptionType is required for a ConfidentialVM OS disk."
@@ -307,7 +328,8 @@ class ArmState:
                 raise ArmError(
                     409,
                     "OperationNotAllowed",
-                    f"Operation could not be completed as it results in exceeding approved {quota} Cores quota. "
+                    "Operation could not be completed as it results in exceeding approved "
+                    f"{quota} Cores quota. "
                     f"Additional details - Deployment Model: Resource Manager, Location: {self.location}, "
                     f"Current Limit: {limit:g}, Current Usage: {used}, Additional Required: {needed}, "
                     f"(Minimum) New Limit Required: {used + needed:g}. Submit a request for Quota increase.",
@@ -404,12 +426,17 @@ class ArmState:
             "deleteOption": props.get("deleteOption", "Detach"),
             "properties": {"ipConfigurations": ip_configs, "primary": True, "provisioningState": "Succeeded"},
         }
-        return {"id": nic_id, "properties": {"primary": True, "deleteOption": props.get("deleteOption", "Detach")}}
+        return {
+            "id": nic_id,
+            "properties": {"primary": True, "deleteOption": props.get("deleteOption", "Detach")},
+        }
 
     def _allocate_ip(self) -> str:
         network = ipaddress.ip_network(self.subnet_prefix)
         taken = {
-            c["properties"]["privateIPAddress"] for n in self.nics.values() for c in n["properties"]["ipConfigurations"]
+            c["properties"]["privateIPAddress"]
+            for n in self.nics.values()
+            for c in n["properties"]["ipConfigurations"]
         }
         for i, host in enumerate(network.hosts()):
             if i < 3:  # Azure reserves the first addresses of a subnet
