@@ -1,4 +1,4 @@
-"""Units of the Azure provider: configuration keys, Azure's tag grammar, error classes, the VM body's limits."""
+"""Units of the Azure provider: configuration keys, tag grammar, error classes, the VM body limits."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import dataclasses
 from typing import Any
 
 import pytest
-
 from caa_provider_azure import PLUGIN, USERDATA_LIMIT, AzureConfig
 from caa_provider_azure.errors import classify
 from caa_provider_azure.shapes import encoded_userdata_size, image_reference
 from caa_provider_azure.tags import decode, encode_value, matches, tags_for
+
 from cloud_api_adaptor import plugins
 from cloud_api_adaptor.errors import (
     ConfigError,
