@@ -72,8 +72,8 @@ class AzureWorld:
         )
         return dataclasses.replace(base, **changes)
 
-    def provider(self, **changes: Any) -> AzureProvider:
-        return AzureProvider(self.config(**changes), arm_factory=azure_arm, retry=FAST_RETRY, wait=FAST_WAIT)
+    def provider(self, retry: RetryPolicy = FAST_RETRY, **changes: Any) -> AzureProvider:
+        return AzureProvider(self.config(**changes), arm_factory=azure_arm, retry=retry, wait=FAST_WAIT)
 
     def live_names(self) -> set[str]:
         return {str(vm["name"]) for vm in self.arm.live()}

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 from azure_testkit import FAST_RETRY, AzureWorld
-from caa_provider_azure.retry import RetryPolicy
 
 from cloud_api_adaptor.errors import DeadlineExceeded, InvalidInput, PermanentProviderError
 from cloud_api_adaptor.provider import TAG_CLUSTER, TAG_NODE, TAG_SANDBOX, CreateRequest, InstanceSpec
@@ -178,9 +177,7 @@ async def test_429_with_retry_after_and_503_on_every_call_still_give_one_vm_then
         world.proxy.add_rule(
             "*", fault, method=method, path=path, status=429, headers=throttled, body=THROTTLED
         )
-    provider = dataclasses.replace(FAST_RETRY, attempts=8, sleep=record)
-    azure = world.provider()
-    azure._retry = provider  # the policy under test, recording its sleeps
+    azure = world.provider(retry=dataclasses.replace(FAST_RETRY, attempts=8, sleep=record))
     try:
         instance = await azure.create_instance(request())
         await azure.delete_instance(instance.id)
@@ -357,7 +354,3 @@ async def test_concurrent_creates_with_one_token_make_one_vm(world: AzureWorld) 
         assert first.id == second.id and world.arm.created_total == 1
     finally:
         await provider.aclose()
-
-
-def test_retry_policy_is_bounded(world: AzureWorld) -> None:
-    assert isinstance(FAST_RETRY, RetryPolicy) and FAST_RETRY.attempts > 1
