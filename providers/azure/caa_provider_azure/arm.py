@@ -112,7 +112,7 @@ def make_credential(config: AzureConfig, transport: Any = None) -> Any:
             token_file_path=config.federated_token_file,
             **options,
         )
-    return ManagedIdentityCredential(client_id=config.client_id or None, **options)
+    return ManagedIdentityCredential(client_id=config.client_id or None, transport=transport)
 
 
 def _created_at(value: Any) -> float | None:

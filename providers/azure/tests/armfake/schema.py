@@ -58,7 +58,7 @@ def load() -> Schema:
             models_src = wheel.read(_MODELS).decode()
             enums_src = wheel.read(_ENUMS).decode()
         schema = {"models": _models(models_src), "enums": _enums(enums_src)}
-        tmp = parsed.with_suffix(".tmp")
+        tmp = parsed.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(schema))
         tmp.replace(parsed)
         return schema
