@@ -39,7 +39,7 @@ from caa_provider_azure.shapes import (
     vm_body,
 )
 from caa_provider_azure.sizes import size_problem
-from caa_provider_azure.tags import decode, matches, tags_for
+from caa_provider_azure.tags import TOKEN_TAG, decode, matches, tags_for, token_digest
 from cloud_api_adaptor.aio import KeyedLocks
 from cloud_api_adaptor.errors import (
     AdaptorError,
@@ -121,7 +121,7 @@ class AzureProvider(Provider):
                     raise PermanentProviderError(f"azure VM {request.name} is {vm.state} after its creation")
                 ips = await self._addresses(arm, vm, deadline)
             except PermanentProviderError:
-                await asyncio.shield(self._discard(arm, request.name))
+                await asyncio.shield(self._discard(arm, request.name, request.token))
                 raise
             except TemporaryProviderError as exc:
                 if time.monotonic() >= deadline:
@@ -257,9 +257,16 @@ class AzureProvider(Provider):
             raise TemporaryProviderError(f"azure VM {vm.name} has no private IP yet")
         return tuple(ipaddress.ip_address(ip) for ip in raw)
 
-    async def _discard(self, arm: AzureArm, name: str) -> None:
-        """Delete what a failed create may have left (the VM and, with it, its NIC and disk)."""
+    async def _discard(self, arm: AzureArm, name: str, token: str) -> None:
+        """Delete what a failed create may have left (the VM and, with it, its NIC and disk).
+
+        Only a VM carrying this request's token digest: a VM of the same name that ARM
+        refused to change for us (``PropertyChangeNotAllowed``) is someone else's.
+        """
         try:
+            vm = await self._retry.run(lambda: arm.get_vm(name))
+            if vm.tags.get(TOKEN_TAG) != token_digest(token):
+                return
             await self._retry.run(lambda: arm.delete_vm(name, self._wait.delete_timeout))
         except InstanceNotFound:
             pass

@@ -206,6 +206,23 @@ async def test_an_operation_that_fails_for_good_reaches_the_caller_by_name_and_l
 
 
 @pytest.mark.asyncio
+async def test_a_name_held_by_a_different_vm_is_refused_like_arm_and_that_vm_is_left_alone(
+    world: AzureWorld,
+) -> None:
+    provider = world.provider()
+    other_image = world.arm.add_image(image="other")
+    try:
+        theirs = await provider.create_instance(request(name="podvm-shared-name"))
+        clash = dataclasses.replace(request(name="podvm-shared-name"), spec=InstanceSpec(image=other_image))
+        with pytest.raises(PermanentProviderError, match="PropertyChangeNotAllowed"):
+            await provider.create_instance(clash)
+        assert world.live_names() == {theirs.id}
+        assert world.arm.get_vm(theirs.id)["tags"]["caa-sandbox"] == theirs.tags[TAG_SANDBOX]
+    finally:
+        await provider.aclose()
+
+
+@pytest.mark.asyncio
 async def test_a_retryable_operation_failure_is_retried_on_the_same_vm(world: AzureWorld) -> None:
     world.arm.fail_creates.append(("RetryableError", "A retryable error occurred."))
     provider = world.provider()

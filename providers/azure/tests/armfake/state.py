@@ -46,6 +46,10 @@ DEFAULT_SKUS = [
 ]
 
 
+def _image_of(props: Json) -> Any:
+    return (props.get("storageProfile") or {}).get("imageReference")
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
 
@@ -206,6 +210,17 @@ class ArmState:
                 f"Operation 'PUT' is not allowed on VM '{vm['name']}' since the VM is marked for deletion. "
                 "You can only retry the Delete operation (or wait for an ongoing one to complete).",
             )
+        old, new = vm["properties"], body.get("properties") or {}
+        for what, before, after in [
+            ("imageReference", old["storageProfile"].get("imageReference"), _image_of(new)),
+            (
+                "securityProfile.securityType",
+                (old.get("securityProfile") or {}).get("securityType"),
+                (new.get("securityProfile") or {}).get("securityType"),
+            ),
+        ]:
+            if before != after:
+                raise ArmError(409, "PropertyChangeNotAllowed", f"Changing property '{what}' is not allowed.")
         vm["tags"] = dict(body.get("tags") or {})
         if state == "Failed":
             vm["properties"]["provisioningState"] = "Creating"
