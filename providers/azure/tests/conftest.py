@@ -18,5 +18,6 @@ def world() -> Iterator[AzureWorld]:
     try:
         yield world
         assert world.fake.violations == [], "request bodies that fail the VirtualMachine schema"
+        assert world.fake.answer_violations == [], "the fake's VM answers break the schema"
     finally:
         world.close()

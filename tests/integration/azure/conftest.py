@@ -19,5 +19,6 @@ def azure_node() -> Iterator[AzureNode]:
     try:
         yield node
         assert node.cloud.fake.violations == [], "request bodies that fail the VirtualMachine schema"
+        assert node.cloud.fake.answer_violations == [], "the fake's VM answers break the schema"
     finally:
         node.close()

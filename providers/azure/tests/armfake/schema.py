@@ -123,10 +123,15 @@ class Validator:
     def __init__(self, schema: Schema) -> None:
         self._models: dict[str, Any] = schema["models"]
         self._enums: dict[str, list[str]] = schema["enums"]
+        self._response = False
+        self._lock = threading.Lock()
 
-    def errors(self, model: str, body: Any) -> list[str]:
+    def errors(self, model: str, body: Any, *, response: bool = False) -> list[str]:
+        """What in ``body`` breaks the schema; a ``response`` may carry read-only fields."""
         found: list[str] = []
-        self._model(model, body, "$", found)
+        with self._lock:  # the fake's handler threads share one validator
+            self._response = response
+            self._model(model, body, "$", found)
         return found
 
     def _model(self, model: str, value: Any, where: str, found: list[str]) -> None:
@@ -157,7 +162,7 @@ class Validator:
                 else:
                     self._tree(spec, item, f"{where}.{key}", found, model)
                 continue
-            if spec.get("readonly"):
+            if spec.get("readonly") and not self._response:
                 found.append(f"{where}.{key}: read-only in {model}")
                 continue
             self._value(spec, spec["type"], item, f"{where}.{key}", found)

@@ -73,6 +73,8 @@ class FakeArm:
         self.token_grants: list[str] = []
         self.scopes: list[str] = []
         self.violations: list[str] = []
+        #: schema errors in the fake's own VM answers (a test bug, not the provider's)
+        self.answer_violations: list[str] = []
         self.bodies: list[Json] = []
         self.log: list[tuple[str, str, int]] = []
         self.page_size = 50
@@ -248,10 +250,20 @@ class FakeArm:
                 self.violations.extend(errors)
             raise ArmError(400, "InvalidRequestContent", "; ".join(errors[:5]))
         status, vm, op = self.state.put_vm(m["name"], parsed)
+        self._check_answer(vm)
         return status, vm, self._op_headers(base, op)
 
+    def _check_answer(self, vm: Json) -> None:
+        """The fake's own answers must fit the schema too (read-only fields allowed)."""
+        errors = self._validator.errors("VirtualMachine", vm, response=True)
+        if errors:
+            with self._lock:
+                self.answer_violations.extend(errors)
+
     def _virtualMachines_get(self, m: re.Match[str], q: dict[str, str], body: bytes, base: str) -> Any:
-        return 200, self.state.get_vm(m["name"]), {}
+        vm = self.state.get_vm(m["name"])
+        self._check_answer(vm)
+        return 200, vm, {}
 
     def _virtualMachines_delete(self, m: re.Match[str], q: dict[str, str], body: bytes, base: str) -> Any:
         op = self.state.delete_vm(m["name"])
