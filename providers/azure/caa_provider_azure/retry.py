@@ -1,86 +1,57 @@
-"""The one retry policy for ARM calls, bounded by the caller's deadline.
+"""Azure's retry numbers on the shared policy, bounded by the caller's deadline, and the operation waits.
 
-The SDKs' own retries are off (``arm.py``), so every retry goes through here.  A
-``Retry-After`` the server sent (429, 503) stretches the backoff; no retry starts
-after the caller's deadline.  Sleeps are injectable so tests run at full speed.
+The SDKs' own retries are off (``arm.py``), so every retry goes through the shared
+policy (``cloud_api_adaptor.retry``); a ``Retry-After`` the server sent (429, 503)
+stretches the backoff.  A create also stops retrying once the caller's deadline
+has passed.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential,
-    wait_random,
-)
+from tenacity import RetryCallState, stop_after_attempt
+from tenacity.stop import stop_base
 
-from cloud_api_adaptor.errors import TemporaryProviderError
+from cloud_api_adaptor import retry
+from cloud_api_adaptor.retry import Sleep
 
-logger = logging.getLogger(__name__)
+__all__ = ["RetryPolicy", "Sleep", "WaitPolicy"]
+
 T = TypeVar("T")
-Sleep = Callable[[float], Awaitable[None]]
-
-
-def _log_retry(state: RetryCallState) -> None:
-    outcome = state.outcome
-    error = outcome.exception() if outcome is not None else None
-    delay = state.next_action.sleep if state.next_action is not None else 0.0
-    logger.warning("azure: attempt %d failed (%s); retrying in %.2fs", state.attempt_number, error, delay)
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with jitter for temporary errors, a bounded number of attempts."""
+class RetryPolicy(retry.RetryPolicy):
+    """The shared policy with ARM's numbers; ``run`` optionally stops at a deadline."""
 
+    label: str = "azure"
     attempts: int = 8
-    initial: float = 0.5
     maximum: float = 16.0
-    jitter: float = 0.5
-    #: a server's Retry-After is honoured up to this many seconds
-    max_retry_after: float = 60.0
-    sleep: Sleep = field(default=asyncio.sleep, repr=False)
-
-    def _wait(self, state: RetryCallState) -> float:
-        backoff = (wait_exponential(multiplier=self.initial, max=self.maximum) + wait_random(0, self.jitter))(
-            state
-        )
-        outcome = state.outcome
-        error = outcome.exception() if outcome is not None else None
-        if isinstance(error, TemporaryProviderError) and error.retry_after:
-            return max(backoff, min(error.retry_after, self.max_retry_after))
-        return backoff
 
     async def run(self, call: Callable[[], Awaitable[T]], deadline: float | None = None) -> T:
-        """``call()`` until it succeeds, fails permanently, runs out of attempts or of the deadline.
+        """``call()`` under this policy; with ``deadline`` (``time.monotonic()``) no retry starts after it."""
+        if deadline is None:
+            return await super().run(call)
 
-        ``deadline`` is a ``time.monotonic()`` value: no attempt starts after it.
-        """
-
-        def stop(state: RetryCallState) -> bool:
-            if stop_after_attempt(self.attempts)(state):
-                return True
-            return deadline is not None and time.monotonic() >= deadline
-
-        async for attempt in AsyncRetrying(
-            stop=stop,
-            wait=self._wait,
-            retry=retry_if_exception_type(TemporaryProviderError),
-            sleep=self.sleep,
-            before_sleep=_log_retry,
-            reraise=True,
-        ):
+        controller = self.retrying().copy(stop=stop_after_attempt(self.attempts) | _PastDeadline(deadline))
+        async for attempt in controller:
             with attempt:
                 return await call()
-        raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
+        raise AssertionError("unreachable: tenacity reraises the last error")
+
+
+class _PastDeadline(stop_base):
+    """Stop once ``time.monotonic()`` has reached the deadline."""
+
+    def __init__(self, deadline: float) -> None:
+        self._deadline = deadline
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return time.monotonic() >= self._deadline
 
 
 @dataclass(frozen=True)
