@@ -225,3 +225,8 @@ class Validator:
                 found.append(f"{where}: above {spec['maximum']}")
             if "minimum" in spec and value < spec["minimum"]:
                 found.append(f"{where}: below {spec['minimum']}")
+
+
+if __name__ == "__main__":
+    # `python providers/azure/tests/armfake/schema.py`: fill the cache ahead of the tests (an install step)
+    print(f"{len(load()['models'])} models cached under {CACHE}")
