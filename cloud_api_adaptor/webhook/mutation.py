@@ -170,8 +170,8 @@ def mutate_pod(pod: Mapping[str, Any], config: MutationConfig) -> Mutation:
             patch.append({"op": "add", "path": f"/metadata/annotations/{_pointer(key)}", "value": value})
     vm = {config.extended_resource: "1"}
     for index in range(len(containers)):
-        value: dict[str, Any] = {"requests": dict(vm), "limits": dict(vm)} if index == 0 else {}
-        patch.append({"op": "add", "path": f"/spec/containers/{index}/resources", "value": value})
+        wanted: dict[str, Any] = {"requests": dict(vm), "limits": dict(vm)} if index == 0 else {}
+        patch.append({"op": "add", "path": f"/spec/containers/{index}/resources", "value": wanted})
     for index in range(len(init)):
         patch.append({"op": "add", "path": f"/spec/initContainers/{index}/resources", "value": {}})
     return Mutation(patch, annotations=annotations)
@@ -210,4 +210,4 @@ def _is_pod(request: Mapping[str, Any]) -> bool:
     kind = request.get("kind")
     if not isinstance(kind, Mapping):
         return True  # the configuration only routes pods here
-    return kind.get("kind", "Pod") == "Pod" and kind.get("group", "") == ""
+    return bool(kind.get("kind", "Pod") == "Pod" and kind.get("group", "") == "")
