@@ -8,7 +8,10 @@ instance it created, tagged for the cluster, the node and the sandbox) is set up
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -316,3 +319,30 @@ async def test_one_leader_works_and_a_successor_takes_over(
     finally:
         await first.close()
         await world.admin.delete(Lease, lease, namespace=CONTROLLER_NS)
+
+
+def _run_check(kubeconfig: Path, namespace: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "KUBECONFIG": str(kubeconfig),
+        "CLOUD_PROVIDER": "fake",
+        "PEERPODS_NAMESPACE": namespace,
+        "STATE_DIR": str(kubeconfig.parent / "state"),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "cloud_api_adaptor", "controller", "--check"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_check_names_what_rbac_denies(
+    kube_cluster: KubeCluster, controller_rbac: None, tmp_path: Path
+) -> None:
+    """``controller --check`` as the controller passes; as the daemon's account it names the missing rules."""
+    ok = _run_check(kubeconfig_for(kube_cluster, "controller", tmp_path), CONTROLLER_NS)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "rbac" in ok.stdout and "all allowed" in ok.stdout
+    assert "peerpods awaiting cleanup" in ok.stdout
+    denied = _run_check(kubeconfig_for(kube_cluster, "webhook", tmp_path), CONTROLLER_NS)
+    assert denied.returncode == 1, denied.stdout + denied.stderr
+    assert "denied: list peerpods" in denied.stdout and "list nodes" in denied.stdout
