@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import yaml
 from lightkube import AsyncClient
 from lightkube.generic_resource import create_namespaced_resource
@@ -70,10 +71,14 @@ class SpyingProvider(FakeProvider):
         super().__init__(FakeConfig(fixed_ip=ipaddress.ip_address("127.0.0.1")))
         self._client = client
         self._namespace = namespace
-        self.peerpods_at_create: list[list[dict[str, Any]]] = []
+        #: per create, the PeerPods then (None: the API server did not answer)
+        self.peerpods_at_create: list[list[dict[str, Any]] | None] = []
 
     async def create_instance(self, request: CreateRequest) -> Instance:
-        seen = [as_dict(p) async for p in self._client.list(PeerPod, namespace=self._namespace)]
+        try:
+            seen: list[dict[str, Any]] | None = await peerpods(self._client, self._namespace)
+        except httpx2.HTTPError:
+            seen = None
         self.peerpods_at_create.append(seen)
         return await super().create_instance(request)
 

@@ -74,6 +74,7 @@ async def test_peerpod_precedes_the_vm_and_is_released_after_stop(
 
     # the provider saw the create only after the PeerPod existed, with the token and no instance yet
     [seen] = provider.peerpods_at_create
+    assert seen is not None
     [before] = seen
     assert before["spec"]["sandboxID"] == sid
     assert before["spec"]["instanceID"] == ""
