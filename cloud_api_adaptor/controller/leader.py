@@ -13,6 +13,7 @@ before anyone else may start (renew_deadline < lease_duration).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -77,10 +78,11 @@ class LeaderElector:
         if self._on_change is not None:
             self._on_change(leading)
 
-    async def run(self) -> None:
-        """Acquire and renew until cancelled (then release, so a successor need not wait)."""
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Acquire and renew until ``stop`` is set (or cancelled); then release: no successor waits."""
+        stop = stop or asyncio.Event()
         try:
-            while True:
+            while not stop.is_set():
                 try:
                     renewed = await self.try_acquire_or_renew()
                 except ApiError as exc:
@@ -97,7 +99,8 @@ class LeaderElector:
                     self.holder != self.identity or now - self._last_renew > self._renew_deadline
                 ):
                     self._set(False)
-                await asyncio.sleep(self._retry)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self._retry)
         finally:
             await asyncio.shield(self.release())
 

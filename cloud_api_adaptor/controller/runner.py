@@ -10,6 +10,7 @@ PeerPods and one provider list per period.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -32,6 +33,9 @@ from cloud_api_adaptor.errors import AdaptorError
 from cloud_api_adaptor.provider import Provider
 
 logger = logging.getLogger(__name__)
+
+#: how long close() waits for a pass in progress and the Lease release
+STOP_GRACE = 10.0
 
 
 @dataclass
@@ -64,8 +68,12 @@ class Controller:
             self.client, self.provider, provider_name=s.provider, cluster_id=s.cluster_id
         )
         self.sweeper = NodeOrphanSweeper(self.provider, cluster_id=s.cluster_id, grace=s.orphan_grace_period)
-        self._supervisor = TaskSupervisor("controller", on_failure=lambda *_: None)
+        self._supervisor = TaskSupervisor("controller")
         self._runner: web.AppRunner | None = None
+        self._stopping = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._elector_task: asyncio.Task[None] | None = None
 
     @property
     def is_leader(self) -> bool:
@@ -73,17 +81,35 @@ class Controller:
 
     async def start(self) -> None:
         if self.elector is not None:
-            self._supervisor.keep_running(self.elector.run, name="leader-election")
+            # run() survives API errors itself, and must not be restarted once it released the Lease
+            self._elector_task = self._supervisor.spawn(
+                self.elector.run(self._stopping), name="leader-election"
+            )
         self._supervisor.keep_running(self._loop, name="reconcile")
         if self.settings.health_port >= 0:
             await self._serve_health()
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             if self.elector is not None:
-                await self.elector.wait_leader()
-            await self.reconcile_once()
-            await asyncio.sleep(self.settings.reconcile_period)
+                leading = asyncio.ensure_future(self.elector.wait_leader())
+                stopping = asyncio.ensure_future(self._stopping.wait())
+                try:
+                    await asyncio.wait({leading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    leading.cancel()
+                    stopping.cancel()
+                if self._stopping.is_set():
+                    return
+            self._idle.clear()
+            try:
+                await self.reconcile_once()
+            finally:
+                self._idle.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.settings.reconcile_period)
+        # keep_running restarts a loop that returns: park until close() cancels it
+        await asyncio.Event().wait()
 
     async def reconcile_once(self) -> bool:
         """One pass; errors are logged and counted, the next pass tries again."""
@@ -127,6 +153,16 @@ class Controller:
         self.health_port = int(server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
+        """Let a pass in progress finish and the Lease be released (bounded), then cancel what is left.
+
+        Cancelling a request mid-connect would leave its socket behind, and a pass cut short would
+        only be redone by the next leader; so stopping is cooperative first.
+        """
+        self._stopping.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), STOP_GRACE)
+        if self._elector_task is not None:
+            await asyncio.wait({self._elector_task}, timeout=STOP_GRACE)
         await self._supervisor.aclose()
         if self._runner is not None:
             await self._runner.cleanup()

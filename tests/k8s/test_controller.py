@@ -8,6 +8,7 @@ instance it created, tagged for the cluster, the node and the sandbox) is set up
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import secrets
 import subprocess
@@ -27,13 +28,15 @@ from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.core_v1 import Namespace, Node, Pod
 from lightkube.types import PatchType
 
+from cloud_api_adaptor import kata_client as kata
 from cloud_api_adaptor.controller.peerpods import FINALIZER, PeerPod
 from cloud_api_adaptor.controller.runner import Controller
 from cloud_api_adaptor.controller.settings import ControllerSettings
 from cloud_api_adaptor.options import load
 from cloud_api_adaptor.provider import TAG_CLUSTER, TAG_NODE, TAG_SANDBOX, CreateRequest, InstanceSpec
 from cloud_api_adaptor.testing.eventually import eventually
-from cloud_api_adaptor.testing.fake_provider import FakeProvider
+from cloud_api_adaptor.testing.fake_provider import FakeConfig, FakeProvider
+from tests.k8s import stand
 from tests.k8s.cluster import ROOT, KubeCluster
 from tests.k8s.conftest import kubeconfig_for
 
@@ -346,3 +349,62 @@ def test_check_names_what_rbac_denies(
     denied = _run_check(kubeconfig_for(kube_cluster, "webhook", tmp_path), CONTROLLER_NS)
     assert denied.returncode == 1, denied.stdout + denied.stderr
     assert "denied: list peerpods" in denied.stdout and "list nodes" in denied.stdout
+
+
+@pytest.mark.asyncio
+async def test_daemon_gone_for_good_after_start_vm(
+    kube_cluster: KubeCluster,
+    kube_client: AsyncClient,
+    kube_namespace: str,
+    controller_client: AsyncClient,
+    short_tmp: Path,
+) -> None:
+    """A real daemon creates the PeerPod and the VM through StartVM, then stops for good (its node is
+    deleted, and so is the pod): the controller deletes the VM and the PeerPod within a period."""
+    await stand.apply_daemon_rbac(kube_client)
+    node = f"node-{secrets.token_hex(3)}"
+    await stand.create_node(kube_client, node)
+    provider = FakeProvider(FakeConfig(fixed_ip=ipaddress.ip_address("127.0.0.1")))
+    async with stand.forwarder_stand_in() as port:
+        daemon = await stand.start(stand.daemon_settings(short_tmp, kube_cluster, node, port), provider)
+        try:
+            uid = await stand.create_pod(kube_client, kube_namespace, "web", node)
+            sid = secrets.token_hex(16)
+            await kata.create_vm(
+                daemon.settings.socket, sid, stand.pod_annotations("web", kube_namespace, uid)
+            )
+            await kata.start_vm(daemon.settings.socket, sid, timeout=60)
+            [instance_id] = provider.instances
+
+            async def recorded() -> bool:
+                items = await stand.peerpods(kube_client, kube_namespace)
+                # the outbox is idle once the state is recorded too (closing mid-request leaks a socket)
+                return (
+                    bool(items)
+                    and items[0]["spec"]["instanceID"] == instance_id
+                    and items[0].get("status", {}).get("state") == "running"
+                )
+
+            await stand.eventually_async(recorded, "the PeerPod to carry the instance id")
+        finally:
+            await daemon.aclose()  # no StopVM: the daemon is gone with its node
+    assert instance_id in provider.instances
+
+    controller = Controller(controller_settings(), controller_client, provider)
+    await controller.start()
+    try:
+        await asyncio.wait_for(wait_passes(controller, 1), 30)
+        assert instance_id in provider.instances  # pod and node still there: nothing to do
+        await kube_client.delete(Node, node)
+        await kube_client.delete(Pod, "web", namespace=kube_namespace, grace_period=0)
+        before = passes(controller)
+
+        async def cleaned() -> bool:
+            return instance_id not in provider.instances and not await stand.peerpods(
+                kube_client, kube_namespace
+            )
+
+        await stand.eventually_async(cleaned, "the VM and the PeerPod deleted by the controller")
+        assert passes(controller) - before <= 2
+    finally:
+        await controller.close()
