@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .conftest import NAMESPACE, OVERLAYS, Obj, find, kinds, minimal_values, required_keys
+from .conftest import CHART, NAMESPACE, OVERLAYS, Obj, find, kinds, minimal_values, required_keys
 
 pytestmark = pytest.mark.timeout(900)  # the first test builds the tools (minutes, once per machine)
 
@@ -146,7 +146,7 @@ def test_rbac_and_crd_match_the_charts(
         {"kind": "ServiceAccount", "name": "cloud-api-adaptor", "namespace": NAMESPACE}
     ]
     crd = find(objects, "CustomResourceDefinition")
-    done = helm("template", minimal_values("gcp"), "peerpods", "deploy/charts/peerpods", "--include-crds")
+    done = helm("template", minimal_values("gcp"), "peerpods", str(CHART), "--include-crds")
     chart_crd = find(
         [o for o in yaml.safe_load_all(done.stdout) if o], "CustomResourceDefinition"
     )
