@@ -58,6 +58,8 @@ def test_chart_lints_and_renders_valid_objects_for_every_provider_and_secret_mod
         "ClusterRoleBinding/cloud-api-adaptor",
         "ConfigMap/peer-pods-cm",
         "DaemonSet/cloud-api-adaptor-daemonset",
+        "Role/cloud-api-adaptor",
+        "RoleBinding/cloud-api-adaptor",
         "RuntimeClass/kata-remote",
         "ServiceAccount/cloud-api-adaptor",
     ]
@@ -132,8 +134,8 @@ def test_runtime_class_kata_remote_with_overhead_and_toggle(render: Render) -> N
     assert not [o for o in objects if o["kind"] == "RuntimeClass"]
 
 
-def daemon_rules(objects: list[Obj]) -> list[tuple[str, str, tuple[str, ...]]]:
-    role = find(objects, "ClusterRole", "cloud-api-adaptor")
+def daemon_rules(objects: list[Obj], kind: str = "ClusterRole") -> list[tuple[str, str, tuple[str, ...]]]:
+    role = find(objects, kind, "cloud-api-adaptor")
     return sorted(
         (group, resource, tuple(sorted(rule["verbs"])))
         for rule in role["rules"]
@@ -149,6 +151,8 @@ DAEMON_RULES = [
     ("confidentialcontainers.org", "peerpods", ("create", "delete", "get", "patch")),
     ("confidentialcontainers.org", "peerpods/status", ("patch",)),
 ]
+#: in its own namespace: is this shutdown an uninstall (its DaemonSet gone)?
+DAEMON_NAMESPACE_RULES = [("", "pods", ("get",)), ("apps", "daemonsets", ("get",))]
 
 
 def test_rbac_is_least_privilege_and_the_token_is_mounted(render: Render) -> None:
@@ -166,7 +170,9 @@ def test_rbac_is_least_privilege_and_the_token_is_mounted(render: Render) -> Non
     objects = render(
         minimal_values("azure", serviceAccount={"automountToken": False}, rbac={"create": False})
     )
-    assert not [o for o in objects if o["kind"] in {"ClusterRole", "ClusterRoleBinding"}]
+    assert not [
+        o for o in objects if o["kind"] in {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+    ]
     assert find(objects, "ServiceAccount")["automountServiceAccountToken"] is False
 
 

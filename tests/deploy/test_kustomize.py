@@ -48,6 +48,8 @@ def test_overlay_builds_valid_objects_with_its_configmap_and_secret(
         "CustomResourceDefinition/peerpods.confidentialcontainers.org",
         "DaemonSet/cloud-api-adaptor-daemonset",
         f"Namespace/{NAMESPACE}",
+        "Role/cloud-api-adaptor",
+        "RoleBinding/cloud-api-adaptor",
         "RuntimeClass/kata-remote",
         "Secret/peer-pods-secret",
         "ServiceAccount/cloud-api-adaptor",
@@ -137,18 +139,18 @@ images:
 def test_rbac_and_crd_match_the_charts(
     kustomize_build: Build, helm: Callable[..., Any], render: Callable[[dict[str, Any]], list[Obj]]
 ) -> None:
-    from .test_chart import DAEMON_RULES, daemon_rules
+    from .test_chart import DAEMON_NAMESPACE_RULES, DAEMON_RULES, daemon_rules
 
     objects = kustomize_build(OVERLAYS / "gcp")
     assert daemon_rules(objects) == DAEMON_RULES
+    assert daemon_rules(objects, "Role") == sorted(DAEMON_NAMESPACE_RULES)
+    assert find(objects, "RoleBinding")["subjects"][0]["namespace"] == NAMESPACE
     binding = find(objects, "ClusterRoleBinding", "cloud-api-adaptor")
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "cloud-api-adaptor", "namespace": NAMESPACE}
     ]
     crd = find(objects, "CustomResourceDefinition")
     done = helm("template", minimal_values("gcp"), "peerpods", str(CHART), "--include-crds")
-    chart_crd = find(
-        [o for o in yaml.safe_load_all(done.stdout) if o], "CustomResourceDefinition"
-    )
+    chart_crd = find([o for o in yaml.safe_load_all(done.stdout) if o], "CustomResourceDefinition")
     crd["metadata"].pop("labels", None)  # kustomize labels everything it builds
     assert crd == chart_crd
