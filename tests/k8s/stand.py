@@ -22,6 +22,7 @@ from lightkube.models.core_v1 import Container, PodSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace, Node, Pod
 from lightkube.resources.rbac_authorization_v1 import ClusterRole, ClusterRoleBinding, Role, RoleBinding
+from lightkube.types import PatchType
 
 from cloud_api_adaptor import kata_client as kata
 from cloud_api_adaptor.daemon import Daemon, start_daemon
@@ -63,7 +64,12 @@ async def apply_daemon_rbac(client: AsyncClient) -> None:
 
 
 async def create_node(client: AsyncClient, name: str) -> None:
+    """A Node as a kubelet would register it: capacity, and allocatable derived from it
+    (without a kubelet nothing derives allocatable, which the scheduler reads)."""
     await client.create(Node(metadata=ObjectMeta(name=name)))
+    resources = {"cpu": "8", "memory": "32Gi", "pods": "110"}
+    status = {"status": {"capacity": resources, "allocatable": resources}}
+    await client.patch(Node.Status, name, status, patch_type=PatchType.MERGE)
 
 
 async def create_pod(client: AsyncClient, namespace: str, name: str, node: str) -> str:
