@@ -86,10 +86,11 @@ class Daemon:
     #: the Kubernetes side (PeerPods, node capacity, pod events); None when KUBERNETES_API is off
     kube: KubeIntegration | None = None
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, final: bool = False) -> None:
         """Staged shutdown: listeners, in-flight calls, background work, proxies, provider, lock.
 
-        Idempotent; also what a hand-over runs before the old daemon goes idle.
+        Idempotent; also what a hand-over runs before the old daemon goes idle.  ``final``:
+        no successor took over (the node capacity is withdrawn if this is an uninstall).
         """
         if not self.lock.held:
             return
@@ -100,7 +101,7 @@ class Daemon:
         await self.supervisor.aclose()
         await self.manager.aclose()
         if self.kube is not None:
-            await self.kube.aclose()
+            await self.kube.aclose(final=final)
         await asyncio.to_thread(self.store.close)
         await self.provider.aclose()
         await self.probe.aclose()
@@ -259,7 +260,7 @@ async def serve(settings: Settings, provider_config: Any, stop: asyncio.Event) -
             await stop.wait()
         logger.info("shutting down")
     finally:
-        await asyncio.shield(daemon.aclose())
+        await asyncio.shield(daemon.aclose(final=True))
 
 
 def install_signal_handlers(stop: asyncio.Event, on_second: Callable[[], None] | None = None) -> None:

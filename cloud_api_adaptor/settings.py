@@ -178,6 +178,15 @@ class KubernetesSettings:
         "This daemon pod's UID (downward API): owner of the node capacity it advertises.",
         default="",
     )
+    pod_name: str = text(
+        "pod-name",
+        "POD_NAME",
+        "This daemon pod's name (downward API): at shutdown, is its DaemonSet being uninstalled?",
+        default="",
+    )
+    pod_namespace: str = text(
+        "pod-namespace", "POD_NAMESPACE", "This daemon pod's namespace (downward API).", default=""
+    )
 
 
 @settings

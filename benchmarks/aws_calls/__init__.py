@@ -46,11 +46,12 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # the harness lives with the integration tests
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.cloud_lifecycles import calls_since, lifecycle, played_lifecycle  # noqa: E402
 from cloud_api_adaptor.testing.eventually import eventually  # noqa: E402
 from tests.integration.aws.cloud import AMI, REGION, Vpc, boot_pod_vm, ec2_client, serve_moto  # noqa: E402
-from tests.integration.aws.harness import AwsNode, new_sandbox_id, orphan_scans  # noqa: E402
+from tests.integration.aws.harness import AwsNode, orphan_scans  # noqa: E402
+from tests.integration.cloudstand.podvm import PodVm  # noqa: E402
 from tests.integration.cloudstand.stand import SHARED_VM_RANGE  # noqa: E402
-from tests.integration.daemon_proc import DaemonProcess  # noqa: E402
 
 CONCURRENT = 100
 BOUND = 600.0  # seconds: every phase is cut off well before this
@@ -60,10 +61,6 @@ def run() -> dict[str, Any]:
     if os.geteuid() == 0 and shutil.which("ip"):
         return asyncio.run(asyncio.wait_for(_in_namespaces(), BOUND))
     return asyncio.run(asyncio.wait_for(_loopback_only(), BOUND))
-
-
-def _diff(after: Counter[str], before: Counter[str]) -> dict[str, int]:
-    return {k: v for k, v in sorted((after - before).items()) if v}
 
 
 async def _in_namespaces() -> dict[str, Any]:
@@ -78,9 +75,14 @@ async def _in_namespaces() -> dict[str, Any]:
         )
         await eventually(lambda: orphan_scans(daemon), "the start-up orphan scan")
         startup = Counter(proxy.counts())
-        first = await _played_lifecycle(node, daemon)
+
+        async def boot(vm: PodVm, sid: str) -> None:
+            [launched] = await eventually(lambda: node.vpc.of_sandbox(sid), "the pod's instance")
+            await boot_pod_vm(vm, node.vpc, launched)
+
+        first = await played_lifecycle(node, daemon, boot)
         after_first = Counter(proxy.counts())
-        second = await _played_lifecycle(node, daemon)
+        second = await played_lifecycle(node, daemon, boot)
         after_second = Counter(proxy.counts())
         await asyncio.to_thread(daemon.stop)
         leaked = len(node.vpc.live())
@@ -95,16 +97,18 @@ async def _in_namespaces() -> dict[str, Any]:
                 endpoint, args=["-disable-tls"], ORPHAN_SCAN_INTERVAL="1h", PROXY_TIMEOUT="60s"
             )
         )
-        await _lifecycle(daemon, "warm-up")  # a new daemon: its first lifecycle pays DescribeImages
-        one = await _lifecycle(daemon, "single")
+        # a new daemon: its first lifecycle pays DescribeImages
+        await lifecycle(daemon, kata.kata_annotations("warm-up"))
+        one = await lifecycle(daemon, kata.kata_annotations("single"))
         before = Counter(proxy.counts())
         assert daemon.proc is not None
         cpu = _cpu_seconds(daemon.proc.pid)
         started = time.perf_counter()
-        walls = await asyncio.gather(*(_lifecycle(daemon, f"pod-{i}") for i in range(CONCURRENT)))
+        pods = [kata.kata_annotations(f"pod-{i}") for i in range(CONCURRENT)]
+        walls = await asyncio.gather(*(lifecycle(daemon, pod) for pod in pods))
         wall = time.perf_counter() - started
         cpu = _cpu_seconds(daemon.proc.pid) - cpu
-        calls = _diff(Counter(proxy.counts()), before)
+        calls = calls_since(Counter(proxy.counts()), before)
         await asyncio.to_thread(daemon.stop)
         leaked += len(node.vpc.live())
         await asyncio.to_thread(_fresh_vpc, node, hub)
@@ -112,8 +116,8 @@ async def _in_namespaces() -> dict[str, Any]:
         return {
             "mode": "daemon in a network namespace, moto over HTTP, calls counted by the fault proxy",
             "startup_calls": dict(sorted(startup.items())),
-            "first_lifecycle_calls": _diff(after_first, startup),
-            "lifecycle_calls": _diff(after_second, after_first),
+            "first_lifecycle_calls": calls_since(after_first, startup),
+            "lifecycle_calls": calls_since(after_second, after_first),
             "lifecycle_calls_total": sum((after_second - after_first).values()),
             "lifecycle_calls_target": 3,
             "played_lifecycle_s": [round(first, 3), round(second, 3)],
@@ -187,45 +191,6 @@ def _moto_floor(url: str, vpc: Vpc, count: int, threads: int = 32) -> float:
             ec2.close()
 
 
-async def _played_lifecycle(node: AwsNode, daemon: DaemonProcess) -> float:
-    """Create, start (the test boots the pod VM moto launched), health check, stop."""
-    sid = new_sandbox_id()
-    started = time.perf_counter()
-    path = await kata.create_vm(daemon.socket, sid, kata.kata_annotations("bench"))
-    start = asyncio.create_task(kata.start_vm(daemon.socket, sid, timeout=120))
-    vm = node.pod_vm()
-    try:
-        [launched] = await eventually(lambda: node.vpc.of_sandbox(sid), "the pod's instance")
-        await boot_pod_vm(vm, node.vpc, launched)
-        await start
-    except BaseException:
-        start.cancel()
-        raise
-    await _check(path)
-    await kata.stop_vm(daemon.socket, sid)
-    elapsed = time.perf_counter() - started
-    await asyncio.to_thread(vm.shutdown)
-    return elapsed
-
-
-async def _lifecycle(daemon: DaemonProcess, pod: str) -> float:
-    sid = new_sandbox_id()
-    started = time.perf_counter()
-    path = await kata.create_vm(daemon.socket, sid, kata.kata_annotations(pod))
-    await kata.start_vm(daemon.socket, sid, timeout=120)
-    await _check(path)
-    await kata.stop_vm(daemon.socket, sid)
-    return time.perf_counter() - started
-
-
-async def _check(agent_path: str) -> None:
-    agent = await kata.AgentClient.connect(agent_path)
-    try:
-        await agent.check()
-    finally:
-        await agent.aclose()
-
-
 async def _loopback_only() -> dict[str, Any]:
     """No namespaces: create and delete through the provider, moto and the fault proxy on loopback."""
     from caa_provider_aws.config import AwsConfig
@@ -271,12 +236,12 @@ async def _loopback_only() -> dict[str, Any]:
                 await create_delete()  # one-time calls (DescribeImages)
                 before = Counter(proxy.counts())
                 one = await create_delete()
-                per_lifecycle = _diff(Counter(proxy.counts()), before)
+                per_lifecycle = calls_since(Counter(proxy.counts()), before)
                 before = Counter(proxy.counts())
                 started = time.perf_counter()
                 await asyncio.gather(*(create_delete() for _ in range(CONCURRENT)))
                 wall = time.perf_counter() - started
-                calls = _diff(Counter(proxy.counts()), before)
+                calls = calls_since(Counter(proxy.counts()), before)
             finally:
                 await provider.aclose()
         return {

@@ -39,13 +39,14 @@ from caa_provider_ibmcloud.tags import owner_tag  # noqa: E402
 from caa_provider_ibmcloud.testing.world import VpcWorld  # noqa: E402
 from caa_provider_ibmcloud_powervs.testing.world import PowerWorld  # noqa: E402
 
+from benchmarks.cloud_lifecycles import calls_since, lifecycle, played_lifecycle  # noqa: E402
 from cloud_api_adaptor import kata_client as kata  # noqa: E402
 from cloud_api_adaptor.provider import TAG_SANDBOX  # noqa: E402
 from cloud_api_adaptor.testing.eventually import eventually  # noqa: E402
 from cloud_api_adaptor.testing.faultproxy import FaultProxy  # noqa: E402
+from tests.integration.cloudstand.podvm import PodVm  # noqa: E402
 from tests.integration.cloudstand.stand import SHARED_VM_RANGE  # noqa: E402
-from tests.integration.daemon_proc import DaemonProcess  # noqa: E402
-from tests.integration.ibmcloud.harness import FAKE_SUBNET, IbmNode, new_sandbox_id, orphan_scans  # noqa: E402
+from tests.integration.ibmcloud.harness import FAKE_SUBNET, IbmNode, orphan_scans  # noqa: E402
 
 CONCURRENT = 50
 BOUND = 900.0
@@ -67,10 +68,6 @@ def run() -> dict[str, Any]:
 
 def _calls(proxy: FaultProxy) -> Counter[str]:
     return Counter(f"{r.method} {_ID.sub('/{id}', r.path.split('?')[0])}" for r in proxy.requests())
-
-
-def _diff(after: Counter[str], before: Counter[str]) -> dict[str, int]:
-    return {k: v for k, v in sorted((after - before).items()) if v}
 
 
 def _instances(world: Any, sid: str) -> list[str]:
@@ -99,9 +96,15 @@ async def _measure(world: Any, provider: str) -> dict[str, Any]:
         )
         await eventually(lambda: orphan_scans(daemon), "the start-up orphan scan")
         startup = _calls(proxy)
-        first = await _played(node, world, daemon, machine)
+        annotations = kata.kata_annotations("bench", machine_type=machine)
+
+        async def boot(vm: PodVm, sid: str) -> None:
+            [instance_id] = await eventually(lambda: _instances(world, sid), "the pod's instance")
+            await vm.boot(*_vm_view(world, instance_id))
+
+        first = await played_lifecycle(node, daemon, boot, annotations)
         after_first = _calls(proxy)
-        second = await _played(node, world, daemon, machine)
+        second = await played_lifecycle(node, daemon, boot, annotations)
         after_second = _calls(proxy)
         await asyncio.to_thread(daemon.stop)
 
@@ -113,21 +116,22 @@ async def _measure(world: Any, provider: str) -> dict[str, Any]:
                 endpoint, args=["-disable-tls"], ORPHAN_SCAN_INTERVAL="1h", PROXY_TIMEOUT="60s"
             )
         )
-        await _lifecycle(daemon, "warm-up", machine)
-        one = await _lifecycle(daemon, "single", machine)
+        await lifecycle(daemon, kata.kata_annotations("warm-up", machine_type=machine))
+        one = await lifecycle(daemon, kata.kata_annotations("single", machine_type=machine))
         before = _calls(proxy)
         started = time.perf_counter()
-        walls = await asyncio.gather(*(_lifecycle(daemon, f"pod-{i}", machine) for i in range(CONCURRENT)))
+        pods = [kata.kata_annotations(f"pod-{i}", machine_type=machine) for i in range(CONCURRENT)]
+        walls = await asyncio.gather(*(lifecycle(daemon, pod) for pod in pods))
         wall = time.perf_counter() - started
-        concurrent_calls = _diff(_calls(proxy), before)
+        concurrent_calls = calls_since(_calls(proxy), before)
         await asyncio.to_thread(daemon.stop)
-        lifecycle = _diff(after_second, after_first)
+        per_lifecycle = calls_since(after_second, after_first)
         return {
             "mode": "daemon in a network namespace, fakes over HTTP, calls counted by the fault proxy",
             "startup_calls": dict(sorted(startup.items())),
-            "first_lifecycle_calls": _diff(after_first, startup),
-            "lifecycle_calls": lifecycle,
-            "lifecycle_calls_total": sum(lifecycle.values()),
+            "first_lifecycle_calls": calls_since(after_first, startup),
+            "lifecycle_calls": per_lifecycle,
+            "lifecycle_calls_total": sum(per_lifecycle.values()),
             "played_lifecycle_s": [round(first, 3), round(second, 3)],
             "concurrent": CONCURRENT,
             "single_lifecycle_s": round(one, 3),
@@ -141,41 +145,3 @@ async def _measure(world: Any, provider: str) -> dict[str, Any]:
         if node is not None:
             await asyncio.to_thread(node.close)
         world.close()
-
-
-async def _played(node: IbmNode, world: Any, daemon: DaemonProcess, machine: str) -> float:
-    sid = new_sandbox_id()
-    started = time.perf_counter()
-    path = await kata.create_vm(daemon.socket, sid, kata.kata_annotations("bench", machine_type=machine))
-    start = asyncio.create_task(kata.start_vm(daemon.socket, sid, timeout=120))
-    vm = node.pod_vm()
-    try:
-        [instance_id] = await eventually(lambda: _instances(world, sid), "the pod's instance")
-        await vm.boot(*_vm_view(world, instance_id))
-        await start
-    except BaseException:
-        start.cancel()
-        raise
-    await _check(path)
-    await kata.stop_vm(daemon.socket, sid)
-    elapsed = time.perf_counter() - started
-    await asyncio.to_thread(vm.shutdown)
-    return elapsed
-
-
-async def _lifecycle(daemon: DaemonProcess, pod: str, machine: str) -> float:
-    sid = new_sandbox_id()
-    started = time.perf_counter()
-    path = await kata.create_vm(daemon.socket, sid, kata.kata_annotations(pod, machine_type=machine))
-    await kata.start_vm(daemon.socket, sid, timeout=120)
-    await _check(path)
-    await kata.stop_vm(daemon.socket, sid)
-    return time.perf_counter() - started
-
-
-async def _check(agent_path: str) -> None:
-    agent = await kata.AgentClient.connect(agent_path)
-    try:
-        await agent.check()
-    finally:
-        await agent.aclose()

@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 ADVERTISE_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
 REQUEST_TIMEOUT = 10.0
+SHUTDOWN_CHECK_TIMEOUT = 10.0
 
 
 class KubeIntegration:
@@ -93,9 +94,27 @@ class KubeIntegration:
             self.capacity_advertised.set()
             return
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, final: bool = False) -> None:
+        """Stop the loops; on the final shutdown (not a hand-over) withdraw the capacity if uninstalled."""
         await self._supervisor.aclose()
-        await self.api.aclose()
+        try:
+            if final and self.capacity_advertised.is_set():
+                async with asyncio.timeout(SHUTDOWN_CHECK_TIMEOUT):
+                    await self._withdraw_if_uninstalled()
+        except (KubeError, TimeoutError) as exc:
+            logger.warning("leaving the node capacity in place: %s", exc or "the API server did not answer")
+        finally:
+            await self.api.aclose()
+
+    async def _withdraw_if_uninstalled(self) -> None:
+        kube, node_name = self._settings.kubernetes, self._settings.node_name
+        if not (kube.pod_name and kube.pod_namespace):
+            return
+        if not await node.uninstalling(self.api, kube.pod_namespace, kube.pod_name):
+            logger.info("not uninstalled: %s stays on node %s", node.RESOURCE, node_name)
+            return
+        if await node.withdraw(self.api, node_name, self.owner):
+            logger.info("uninstalled: withdrew %s from node %s", node.RESOURCE, node_name)
 
 
 def build(settings: Settings) -> KubeIntegration | None:

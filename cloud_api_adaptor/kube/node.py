@@ -6,15 +6,17 @@ itself (its pod UID) in the annotation ``kata.peerpods.io/caa-owner`` in the sam
 patch; ``withdraw`` removes the capacity only while the annotation still names the
 caller (a JSON patch ``test``, so atomic), so an old pod shutting down during a rolling
 update or a hand-over can never remove what its successor advertised.  The daemon
-itself never withdraws on shutdown: a restart or hand-over must keep the node
-schedulable.  The kubelet derives ``allocatable`` from ``capacity``.
+withdraws only on uninstall: at its final shutdown, when the DaemonSet that owns its pod
+is gone or being deleted (``uninstalling``); a restart, a deleted pod or a hand-over keep
+the node schedulable.  The kubelet derives ``allocatable`` from ``capacity``.
 """
 
 from __future__ import annotations
 
 import logging
 
-from lightkube.resources.core_v1 import Node
+from lightkube.resources.apps_v1 import DaemonSet
+from lightkube.resources.core_v1 import Node, Pod
 from lightkube.types import PatchType
 
 from cloud_api_adaptor.kube.api import KubeApi, KubeError
@@ -57,3 +59,28 @@ async def withdraw(api: KubeApi, node_name: str, owner: str) -> bool:
             return False
         raise
     return True
+
+
+async def uninstalling(api: KubeApi, namespace: str, pod_name: str) -> bool:
+    """True when the DaemonSet that owns this pod is gone, being deleted, or replaced by a new one.
+
+    Background deletion (kubectl's and helm's default) removes the DaemonSet before its
+    pods get SIGTERM; foreground deletion marks it first.  A pod without a DaemonSet
+    owner (run by hand) is never an uninstall.
+    """
+    pod = await api.get_or_none(
+        f"reading pod {namespace}/{pod_name}", lambda: api.client.get(Pod, pod_name, namespace=namespace)
+    )
+    if pod is None or pod.metadata is None:
+        return False
+    owners = [o for o in pod.metadata.ownerReferences or () if o.kind == "DaemonSet" and o.controller]
+    if not owners:
+        return False
+    owner = owners[0]
+    daemonset = await api.get_or_none(
+        f"reading DaemonSet {namespace}/{owner.name}",
+        lambda: api.client.get(DaemonSet, owner.name, namespace=namespace),
+    )
+    if daemonset is None or daemonset.metadata is None:
+        return True
+    return daemonset.metadata.uid != owner.uid or daemonset.metadata.deletionTimestamp is not None

@@ -83,6 +83,10 @@ def kube_binaries() -> Path:
     return Path(proc.stdout.strip().splitlines()[-1])
 
 
+def binaries_cached() -> bool:
+    return all((_cached_dir() / name).is_file() for name in ("kube-apiserver", "kube-controller-manager"))
+
+
 def _cached_dir() -> Path:
     base = os.environ.get("CAA_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "cloud-api-adaptor"

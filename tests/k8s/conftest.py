@@ -35,9 +35,27 @@ from lightkube.resources.core_v1 import Namespace, Pod
 from lightkube.resources.node_v1 import RuntimeClass
 
 from cloud_api_adaptor.testing.eventually import eventually_sync
-from tests.k8s.cluster import ROOT, KubeCluster, KubeUnavailable, kube_binaries
+from tests.k8s.cluster import (
+    BUILD_TIMEOUT,
+    ROOT,
+    KubeCluster,
+    KubeUnavailable,
+    binaries_cached,
+    kube_binaries,
+)
 
+HERE = Path(__file__).resolve().parent
 CRD_FILES = sorted((ROOT / "deploy" / "kustomize" / "base").glob("*crd*.yaml"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """On a machine without the binaries, the first test's setup builds them (minutes, once):
+    give these tests room for it (``make test`` builds them beforehand, see ``make kube``)."""
+    if binaries_cached():
+        return
+    for item in items:
+        if HERE in item.path.parents:
+            item.add_marker(pytest.mark.timeout(BUILD_TIMEOUT + 300))
 
 
 def crd_documents() -> list[dict[str, object]]:

@@ -16,11 +16,13 @@ from typing import Any
 import httpx2
 import yaml
 from lightkube import AsyncClient
+from lightkube.core.exceptions import ApiError
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.models.core_v1 import Container, PodSpec
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Node, Pod
-from lightkube.resources.rbac_authorization_v1 import ClusterRole, ClusterRoleBinding
+from lightkube.resources.core_v1 import Namespace, Node, Pod
+from lightkube.resources.rbac_authorization_v1 import ClusterRole, ClusterRoleBinding, Role, RoleBinding
+from lightkube.types import PatchType
 
 from cloud_api_adaptor import kata_client as kata
 from cloud_api_adaptor.daemon import Daemon, start_daemon
@@ -35,18 +37,39 @@ PeerPod = create_namespaced_resource("confidentialcontainers.org", "v1alpha1", "
 RBAC_FILE = ROOT / "deploy" / "kustomize" / "base" / "rbac.yaml"
 
 
+DAEMON_NAMESPACE = "confidential-containers-system"
+
+
 async def apply_daemon_rbac(client: AsyncClient) -> None:
-    """The deploy/ ClusterRole and its binding (idempotent across tests)."""
+    """deploy/'s roles and bindings for the daemon (idempotent across tests)."""
+    kinds: dict[str, Any] = {
+        "ClusterRole": ClusterRole,
+        "ClusterRoleBinding": ClusterRoleBinding,
+        "Role": Role,
+        "RoleBinding": RoleBinding,
+    }
+    with contextlib.suppress(ApiError):
+        await client.create(Namespace(metadata=ObjectMeta(name=DAEMON_NAMESPACE)))
     for doc in yaml.safe_load_all(RBAC_FILE.read_text()):
-        kind: Any = {"ClusterRole": ClusterRole, "ClusterRoleBinding": ClusterRoleBinding}[doc["kind"]]
-        obj = kind.from_dict(doc)
-        with contextlib.suppress(Exception):
-            await client.delete(kind, doc["metadata"]["name"])
-        await client.create(obj)
+        kind = kinds[doc["kind"]]
+        namespaced = doc["kind"] in {"Role", "RoleBinding"}
+        if namespaced:
+            doc["metadata"]["namespace"] = DAEMON_NAMESPACE
+        with contextlib.suppress(ApiError):
+            if namespaced:
+                await client.delete(kind, doc["metadata"]["name"], namespace=DAEMON_NAMESPACE)
+            else:
+                await client.delete(kind, doc["metadata"]["name"])
+        await client.create(kind.from_dict(doc))
 
 
 async def create_node(client: AsyncClient, name: str) -> None:
+    """A Node as a kubelet would register it: capacity, and allocatable derived from it
+    (without a kubelet nothing derives allocatable, which the scheduler reads)."""
     await client.create(Node(metadata=ObjectMeta(name=name)))
+    resources = {"cpu": "8", "memory": "32Gi", "pods": "110"}
+    status = {"status": {"capacity": resources, "allocatable": resources}}
+    await client.patch(Node.Status, name, status, patch_type=PatchType.MERGE)
 
 
 async def create_pod(client: AsyncClient, namespace: str, name: str, node: str) -> str:

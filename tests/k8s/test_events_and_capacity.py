@@ -10,7 +10,11 @@ from typing import Any
 
 import pytest
 from lightkube import AsyncClient
-from lightkube.resources.core_v1 import Event, Node
+from lightkube.models.apps_v1 import DaemonSetSpec
+from lightkube.models.core_v1 import Container, PodSpec, PodTemplateSpec
+from lightkube.models.meta_v1 import LabelSelector, ObjectMeta, OwnerReference
+from lightkube.resources.apps_v1 import DaemonSet
+from lightkube.resources.core_v1 import Event, Node, Pod
 
 from cloud_api_adaptor import kata_client as kata
 from cloud_api_adaptor.daemon import Daemon
@@ -129,3 +133,55 @@ async def test_capacity_is_advertised_at_start_and_survives_a_hand_over(
             if new is not None:
                 await new.aclose()
             await old.aclose()
+
+
+async def test_capacity_is_withdrawn_on_uninstall_only(
+    kube_cluster: KubeCluster, kube_client: AsyncClient, short_tmp: Path
+) -> None:
+    await stand.apply_daemon_rbac(kube_client)
+    node = f"node-{uuid.uuid4().hex[:6]}"
+    await stand.create_node(kube_client, node)
+    ns = stand.DAEMON_NAMESPACE
+    ds_name = f"caa-{uuid.uuid4().hex[:6]}"
+    labels = {"app": ds_name}
+    daemonset = await kube_client.create(
+        DaemonSet(
+            metadata=ObjectMeta(name=ds_name, namespace=ns),
+            spec=DaemonSetSpec(
+                selector=LabelSelector(matchLabels=labels),
+                template=PodTemplateSpec(
+                    metadata=ObjectMeta(labels=labels),
+                    spec=PodSpec(containers=[Container(name="caa", image="registry.invalid/caa:1")]),
+                ),
+            ),
+        )
+    )
+    assert daemonset.metadata is not None
+    owner = OwnerReference(
+        apiVersion="apps/v1", kind="DaemonSet", name=ds_name, uid=str(daemonset.metadata.uid), controller=True
+    )
+    pod = await kube_client.create(
+        Pod(
+            metadata=ObjectMeta(name=f"{ds_name}-x", namespace=ns, ownerReferences=[owner], labels=labels),
+            spec=PodSpec(nodeName=node, containers=[Container(name="caa", image="registry.invalid/caa:1")]),
+        )
+    )
+    assert pod.metadata is not None and pod.metadata.name and pod.metadata.uid
+    identity = {"POD_NAME": pod.metadata.name, "POD_NAMESPACE": ns, "POD_UID": pod.metadata.uid}
+    provider = stand.SpyingProvider(kube_client, "default")
+    try:
+        async with stand.forwarder_stand_in() as port:
+            settings = stand.daemon_settings(short_tmp, kube_cluster, node, port, identity)
+            for uninstall in (False, True):
+                daemon = await stand.start(settings, provider)
+                try:
+                    assert daemon.kube is not None
+                    await asyncio.wait_for(daemon.kube.capacity_advertised.wait(), 30)
+                    if uninstall:
+                        await kube_client.delete(DaemonSet, ds_name, namespace=ns)
+                finally:
+                    await daemon.aclose(final=True)
+                expected = (None, None) if uninstall else ("10", pod.metadata.uid)
+                assert await node_state(kube_client, node) == expected, f"uninstall={uninstall}"
+    finally:
+        await kube_client.delete(Pod, pod.metadata.name, namespace=ns, grace_period=0)

@@ -208,14 +208,7 @@ class PowervsProvider(Provider):
 
     async def _wait_gone(self, instance_id: str) -> None:
         client = self._port().client
-        for poll in range(self._gone_wait.attempts):
-            try:
-                await self._retry.run(lambda: client.get_instance(instance_id))
-            except InstanceNotFound:
-                return
-            if poll + 1 < self._gone_wait.attempts:
-                await self._gone_wait.sleep(self._gone_wait.interval)
-        raise TemporaryProviderError(f"instance {instance_id} of an earlier attempt is still being deleted")
+        await self._gone_wait.until_gone(self._retry, lambda: client.get_instance(instance_id), instance_id)
 
     async def _wait_active(self, instance_id: str, caller_deadline: float | None) -> Shape:
         """Poll until ACTIVE within the build timeout and the caller's deadline; ERROR or a timeout fails."""

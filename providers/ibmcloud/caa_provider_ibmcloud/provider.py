@@ -324,14 +324,7 @@ class IbmcloudProvider(Provider):
 
     async def _wait_gone(self, instance_id: str) -> None:
         vpc = self._port().vpc
-        for poll in range(self._gone_wait.attempts):
-            try:
-                await self._retry.run(lambda: vpc.get_instance(instance_id))
-            except InstanceNotFound:
-                return
-            if poll + 1 < self._gone_wait.attempts:
-                await self._gone_wait.sleep(self._gone_wait.interval)
-        raise TemporaryProviderError(f"instance {instance_id} of an earlier attempt is still being deleted")
+        await self._gone_wait.until_gone(self._retry, lambda: vpc.get_instance(instance_id), instance_id)
 
     async def _wait_for_addresses(self, instance_id: str, deadline: float | None) -> Shape:
         """Poll (bounded, never past the caller's deadline) until every interface has an address."""

@@ -5,118 +5,29 @@
 
 from __future__ import annotations
 
-import contextlib
-import re
-import shutil
-import tempfile
-import uuid
-from collections.abc import Sequence
-from pathlib import Path
-
-from cloud_api_adaptor.testing.faultproxy import FaultProxy
-
-from ..cloudstand.podvm import PodVm
-from ..cloudstand.relay import TcpRelay
-from ..cloudstand.stand import NodeStand, netns_exec
-from ..daemon_proc import DaemonProcess
+from ..cloudstand.node import CloudNode, new_sandbox_id, orphan_scans
 from .cloud import GcpCloud
 
-
-def orphan_scans(daemon: DaemonProcess) -> list[str]:
-    text = daemon.log.read_text(errors="replace") if daemon.log.exists() else ""
-    return re.findall(r"orphan scan: \d+ owned instances.*", text)
+__all__ = ["GcpNode", "new_sandbox_id", "orphan_scans"]
 
 
-def new_sandbox_id() -> str:
-    """64 hex characters, as Kata's sandbox ids."""
-    return uuid.uuid4().hex + uuid.uuid4().hex
+class GcpNode(CloudNode):
+    provider = "gcp"
 
-
-class GcpNode:
     def __init__(self) -> None:
-        self.work = Path(tempfile.mkdtemp(prefix="caa-gcp-", dir="/tmp"))
-        self.stand = NodeStand.create()
-        self._daemons: list[DaemonProcess] = []
-        self._vms: list[PodVm] = []
-        self._proxies: list[tuple[FaultProxy, TcpRelay]] = []
-        self._closed = False
-        self.node_name = f"node-{self.stand.tag}"
-        self.cluster_id = f"cluster-{self.stand.tag}"
+        super().__init__("caa-gcp-")
         try:
             self.cloud = GcpCloud()
+            self.upstream_url = self.cloud.url
             # the daemon's view of the same fake, on the root side of the stand's link
-            self.node_url = self.cloud.fake.serve(str(self.stand.root_ip))
+            self.node_url = self.default_endpoint = self.cloud.fake.serve(str(self.stand.root_ip))
         except BaseException:
             self.close()
             raise
 
-    def daemon(
-        self, endpoint: str | None = None, start: bool = True, args: Sequence[str] = (), **env: str
-    ) -> DaemonProcess:
-        """A daemon in the node namespace using ``endpoint`` (default: the fake's node-facing listener)."""
-        root = self.work / f"d{len(self._daemons)}"
-        root.mkdir()
-        base = self.cloud.daemon_env(endpoint or self.node_url, self.node_name, self.cluster_id)
-        daemon = DaemonProcess(
-            root, {**base, **env}, provider="gcp", wrapper=netns_exec(self.stand.node_ns, []), args=args
-        )
-        self._daemons.append(daemon)
-        if start:
-            daemon.start(timeout=60)
-        return daemon
+    def daemon_env(self, endpoint: str) -> dict[str, str]:
+        return self.cloud.daemon_env(endpoint, self.node_name, self.cluster_id)
 
-    def fault_proxy(self) -> tuple[FaultProxy, str]:
-        """A fault proxy in front of the fake, and the URL the node reaches it at (through a relay)."""
-        proxy = FaultProxy(self.cloud.url)
-        proxy.start()
-        relay = TcpRelay(str(self.stand.root_ip), ("127.0.0.1", int(proxy.url.rsplit(":", 1)[1])))
-        try:
-            relay.start()
-        except BaseException:
-            proxy.stop()
-            raise
-        self._proxies.append((proxy, relay))
-        return proxy, relay.url
-
-    def pod_vm(self) -> PodVm:
-        root = self.work / f"vm{len(self._vms)}"
-        root.mkdir()
-        vm = PodVm(self.stand, root)
-        self._vms.append(vm)
-        return vm
-
-    def processes(self) -> list[int]:
-        return self.stand.pids(self.stand.node_ns) + self.stand.pids(self.stand.vm_ns)
-
-    def leftovers(self) -> list[str]:
-        left = self.stand.leftovers()
-        if self.work.exists():
-            left.append(str(self.work))
-        return left
-
-    def logs(self) -> str:
-        parts = []
-        for d in self._daemons:
-            if d.log.exists():
-                parts.append(f"--- {d.log}\n{d.log.read_text(errors='replace')[-6000:]}")
-        for vm in self._vms:
-            parts.append(f"--- {vm.log}\n{vm.log_text()[-3000:]}")
-        return "\n".join(parts)
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        for vm in self._vms:
-            with contextlib.suppress(Exception):
-                vm.shutdown()
-        for d in self._daemons:
-            with contextlib.suppress(Exception):
-                d.stop()
-        for proxy, relay in self._proxies:
-            relay.stop()
-            proxy.stop()
+    def close_cloud(self) -> None:
         if hasattr(self, "cloud"):
             self.cloud.close()
-        self.stand.remove()
-        shutil.rmtree(self.work, ignore_errors=True)
