@@ -62,6 +62,21 @@ def test_chart_lints_and_renders_valid_objects_for_every_provider_and_secret_mod
         "RoleBinding/cloud-api-adaptor",
         "RuntimeClass/kata-remote",
         "ServiceAccount/cloud-api-adaptor",
+        # the cluster controller and the admission webhook (tests/deploy/test_cluster_side.py)
+        "ClusterRole/peerpod-controller",
+        "ClusterRoleBinding/peerpod-controller",
+        "Deployment/peerpod-controller",
+        "Role/peerpod-controller-leader-election",
+        "RoleBinding/peerpod-controller-leader-election",
+        "ServiceAccount/peerpod-controller",
+        "ClusterRole/peerpod-webhook",
+        "ClusterRoleBinding/peerpod-webhook",
+        "Deployment/peerpod-webhook",
+        "MutatingWebhookConfiguration/peer-pods-mutating-webhook",
+        "Role/peerpod-webhook",
+        "RoleBinding/peerpod-webhook",
+        "Service/peer-pods-webhook",
+        "ServiceAccount/peerpod-webhook",
     ]
     if mode == "create":
         expected.append("Secret/peer-pods-secret")
@@ -74,7 +89,12 @@ def test_chart_lints_and_renders_valid_objects_for_every_provider_and_secret_mod
     secret_name = "peer-pods-secret" if mode == "create" else "my-cloud-credentials"
     assert env_from == [{"configMapRef": {"name": "peer-pods-cm"}}, {"secretRef": {"name": secret_name}}]
     for obj in objects:
-        if obj["kind"] not in {"RuntimeClass", "ClusterRole", "ClusterRoleBinding"}:
+        if obj["kind"] not in {
+            "RuntimeClass",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "MutatingWebhookConfiguration",
+        }:
             assert obj["metadata"]["namespace"] == NAMESPACE
 
 
@@ -162,18 +182,24 @@ def test_rbac_is_least_privilege_and_the_token_is_mounted(render: Render) -> Non
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "cloud-api-adaptor", "namespace": NAMESPACE}
     ]
-    assert find(objects, "ServiceAccount")["automountServiceAccountToken"] is True
+    assert find(objects, "ServiceAccount", "cloud-api-adaptor")["automountServiceAccountToken"] is True
     ds = find(objects, "DaemonSet")
     assert ds["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
 
     # without the API: no token, no role (KUBERNETES_API=auto then stays off)
     objects = render(
-        minimal_values("azure", serviceAccount={"automountToken": False}, rbac={"create": False})
+        minimal_values(
+            "azure",
+            serviceAccount={"automountToken": False},
+            rbac={"create": False},
+            controller={"enabled": False},
+            webhook={"enabled": False},
+        )
     )
     assert not [
         o for o in objects if o["kind"] in {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
     ]
-    assert find(objects, "ServiceAccount")["automountServiceAccountToken"] is False
+    assert find(objects, "ServiceAccount", "cloud-api-adaptor")["automountServiceAccountToken"] is False
 
 
 def test_the_chart_ships_the_peerpod_crd_of_the_kustomize_base(helm: Any) -> None:
@@ -323,7 +349,7 @@ def test_image_workload_identity_and_extra_args_are_configurable(render: Render)
     container = _container(objects)
     assert container["image"] == "registry.example/caa:1.2.3"
     assert container["args"] == ["-disable-tls"]
-    sa = find(objects, "ServiceAccount")
+    sa = find(objects, "ServiceAccount", "cloud-api-adaptor")
     assert sa["metadata"]["annotations"] == {"azure.workload.identity/client-id": "abc"}
     labels = find(objects, "DaemonSet")["spec"]["template"]["metadata"]["labels"]
     assert labels["azure.workload.identity/use"] == "true"

@@ -43,16 +43,30 @@ def test_overlay_builds_valid_objects_with_its_configmap_and_secret(
 
     assert kinds(objects) == [
         "ClusterRole/cloud-api-adaptor",
+        "ClusterRole/peerpod-controller",
+        "ClusterRole/peerpod-webhook",
         "ClusterRoleBinding/cloud-api-adaptor",
+        "ClusterRoleBinding/peerpod-controller",
+        "ClusterRoleBinding/peerpod-webhook",
         "ConfigMap/peer-pods-cm",
         "CustomResourceDefinition/peerpods.confidentialcontainers.org",
         "DaemonSet/cloud-api-adaptor-daemonset",
+        "Deployment/peerpod-controller",
+        "Deployment/peerpod-webhook",
+        "MutatingWebhookConfiguration/peer-pods-mutating-webhook",
         f"Namespace/{NAMESPACE}",
         "Role/cloud-api-adaptor",
+        "Role/peerpod-controller-leader-election",
+        "Role/peerpod-webhook",
         "RoleBinding/cloud-api-adaptor",
+        "RoleBinding/peerpod-controller-leader-election",
+        "RoleBinding/peerpod-webhook",
         "RuntimeClass/kata-remote",
         "Secret/peer-pods-secret",
+        "Service/peer-pods-webhook",
         "ServiceAccount/cloud-api-adaptor",
+        "ServiceAccount/peerpod-controller",
+        "ServiceAccount/peerpod-webhook",
     ]
     cluster_scoped = {
         "Namespace",
@@ -60,6 +74,7 @@ def test_overlay_builds_valid_objects_with_its_configmap_and_secret(
         "ClusterRole",
         "ClusterRoleBinding",
         "CustomResourceDefinition",
+        "MutatingWebhookConfiguration",
     }
     for obj in objects:
         if obj["kind"] not in cluster_scoped:
@@ -144,7 +159,7 @@ def test_rbac_and_crd_match_the_charts(
     objects = kustomize_build(OVERLAYS / "gcp")
     assert daemon_rules(objects) == DAEMON_RULES
     assert daemon_rules(objects, "Role") == sorted(DAEMON_NAMESPACE_RULES)
-    assert find(objects, "RoleBinding")["subjects"][0]["namespace"] == NAMESPACE
+    assert find(objects, "RoleBinding", "cloud-api-adaptor")["subjects"][0]["namespace"] == NAMESPACE
     binding = find(objects, "ClusterRoleBinding", "cloud-api-adaptor")
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "cloud-api-adaptor", "namespace": NAMESPACE}
