@@ -14,7 +14,9 @@ from typing import Any, cast
 import aiohttp
 import pytest
 import pytest_asyncio
-from lightkube import AsyncClient
+import yaml
+from lightkube import AsyncClient, KubeConfig
+from lightkube.codecs import from_dict
 from lightkube.core.exceptions import ApiError
 from lightkube.models.admissionregistration_v1 import (
     MutatingWebhook,
@@ -23,13 +25,15 @@ from lightkube.models.admissionregistration_v1 import (
 )
 from lightkube.models.meta_v1 import LabelSelector, ObjectMeta
 from lightkube.resources.admissionregistration_v1 import MutatingWebhookConfiguration
-from lightkube.resources.core_v1 import Pod, Secret
+from lightkube.resources.core_v1 import Namespace, Pod, Secret
 from lightkube.resources.node_v1 import RuntimeClass
 
 from cloud_api_adaptor.options import load
 from cloud_api_adaptor.webhook.mutation import ANNOTATION_VCPUS
 from cloud_api_adaptor.webhook.server import MUTATE_PATH, WebhookServer
 from cloud_api_adaptor.webhook.settings import WebhookSettings
+from tests.k8s.cluster import ROOT, KubeCluster
+from tests.k8s.conftest import kubeconfig_for
 from tests.webhook.cases import CASES, VM, Case, container
 
 
@@ -171,3 +175,61 @@ async def test_replicas_share_one_certificate(kube_client: AsyncClient, kube_nam
     # a certificate that no longer names the Service (renamed) is replaced
     renamed = await certs.shared_chain(kube_client, "shared", kube_namespace, ("other.svc",))
     assert renamed.ca_pem != first.ca_pem
+
+
+WEBHOOK_NS = "confidential-containers-system"
+
+
+@pytest.mark.asyncio
+async def test_deployed_configuration_and_rbac_suffice_for_the_own_certificate(
+    kube_cluster: KubeCluster, kube_client: AsyncClient, tmp_path: Path
+) -> None:
+    """deploy/'s MutatingWebhookConfiguration (accepted by the API server, CEL matchCondition included)
+    and RBAC: the webhook, as its own ServiceAccount, creates its Secret and patches the caBundle."""
+    try:
+        await kube_client.create(Namespace(metadata=ObjectMeta(name=WEBHOOK_NS)))
+    except ApiError as exc:
+        if exc.status.code != 409:
+            raise
+    docs = [d for d in yaml.safe_load_all((ROOT / "deploy/kustomize/base/webhook.yaml").read_text()) if d]
+    applied: list[Any] = []
+    try:
+        for doc in docs:
+            if doc["kind"] in {"Role", "RoleBinding"}:
+                doc["metadata"]["namespace"] = WEBHOOK_NS
+            elif doc["kind"] == "MutatingWebhookConfiguration":
+                # intercept nothing while the test runs: no Service answers here
+                doc["webhooks"][0]["namespaceSelector"] = {"matchLabels": {"no-such-label": "x"}}
+            elif doc["kind"] not in {"ClusterRole", "ClusterRoleBinding"}:
+                continue
+            obj: Any = from_dict(doc)
+            await kube_client.create(obj)
+            applied.append(obj)
+        config = KubeConfig.from_file(kubeconfig_for(kube_cluster, "webhook", tmp_path))
+        client = AsyncClient(config, field_manager="peer-pods-webhook")
+        env = {
+            "WEBHOOK_BIND_ADDRESS": "127.0.0.1",
+            "WEBHOOK_PORT": "0",
+            "WEBHOOK_HEALTH_PORT": "-1",
+            "WEBHOOK_CERT_DIR": str(tmp_path / "none"),
+            "POD_NAMESPACE": WEBHOOK_NS,
+        }
+        server = WebhookServer(load(WebhookSettings, env), client)
+        try:
+            await server.start()
+            await server.refresh_now()  # the second look finds everything in place
+        finally:
+            await server.close()
+            await client.close()
+        stored = await kube_client.get(MutatingWebhookConfiguration, "peer-pods-mutating-webhook")
+        secret = await kube_client.get(Secret, "peer-pods-webhook-cert", namespace=WEBHOOK_NS)
+        assert stored.webhooks and secret.data
+        assert stored.webhooks[0].clientConfig.caBundle == secret.data["ca.crt"]
+    finally:
+        for obj in reversed(applied):
+            await kube_client.delete(type(obj), obj.metadata.name, namespace=obj.metadata.namespace)
+        try:
+            await kube_client.delete(Secret, "peer-pods-webhook-cert", namespace=WEBHOOK_NS)
+        except ApiError as exc:
+            if exc.status.code != 404:
+                raise
