@@ -174,6 +174,9 @@ class World:
         created = await self.admin.create(peerpod)
         return pod_name, created.metadata.name, instance
 
+    async def gone(self, name: str) -> bool:
+        return not await self.peerpod_exists(name)
+
     async def peerpod_exists(self, name: str) -> bool:
         try:
             await self.admin.get(PeerPod, name, namespace=self.namespace)
@@ -226,8 +229,7 @@ def passes(c: Controller) -> int:
 
 async def wait_passes(c: Controller, count: int) -> None:
     target = passes(c) + count
-    while passes(c) < target:
-        await asyncio.sleep(0.05)
+    await eventually(lambda: passes(c) >= target, f"{count} more reconcile passes")
 
 
 @pytest.mark.asyncio
@@ -245,8 +247,7 @@ async def test_gone_node_and_pod_vm_and_peerpod_deleted_within_a_period(
     await world.admin.delete(Pod, dead_pod, namespace=world.namespace, grace_period=0)
     before = passes(controller)
     await eventually(lambda: dead_vm not in world.provider.instances, "the dead node's VM deleted")
-    while await world.peerpod_exists(dead_peerpod):
-        await asyncio.sleep(0.05)
+    await stand.eventually_async(lambda: world.gone(dead_peerpod), "the PeerPod deleted")
     # one pass may have been under way with the old picture; the next one cleaned up
     assert passes(controller) - before <= 2
     assert live_vm in world.provider.instances
@@ -264,8 +265,7 @@ async def test_peerpod_being_deleted_without_instance_id_finds_its_vm_by_tags(
     await world.admin.delete(PeerPod, peerpod, namespace=world.namespace)  # held by the finalizer
     assert await world.peerpod_exists(peerpod)
     await eventually(lambda: vm not in world.provider.instances, "the VM deleted")
-    while await world.peerpod_exists(peerpod):
-        await asyncio.sleep(0.05)
+    await stand.eventually_async(lambda: world.gone(peerpod), "the PeerPod deleted")
 
 
 @pytest.mark.asyncio
