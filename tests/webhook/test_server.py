@@ -85,3 +85,54 @@ def test_chain_fits_names_and_expiry() -> None:
     assert not certs.chain_fits(chain, (*hosts, "10.0.0.1"))
     later = dt.datetime.now(dt.UTC) + certs.VALID_FOR - certs.RENEW_BEFORE + dt.timedelta(days=1)
     assert not certs.chain_fits(chain, hosts, now=later)
+
+
+def test_the_webhook_command_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
+    """``cloud-api-adaptor webhook`` as a process: HTTPS with the mounted certificate; SIGTERM ends it."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    from cloud_api_adaptor.testing.eventually import eventually_sync
+
+    ca = TestCA(tmp_path / "ca")
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "WEBHOOK_BIND_ADDRESS": "127.0.0.1",
+        "WEBHOOK_PORT": str(ports[0]),
+        "WEBHOOK_HEALTH_PORT": str(ports[1]),
+        "WEBHOOK_CERT_DIR": str(_cert_dir(ca, tmp_path / "certs")),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cloud_api_adaptor", "webhook"], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+
+        def answered() -> bytes | None:
+            request = urllib.request.Request(
+                f"https://localhost:{ports[0]}{MUTATE_PATH}",
+                data=json.dumps(admission(CASES[1].pod())).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            try:
+                with urllib.request.urlopen(request, context=ca.client_context(), timeout=5) as response:
+                    return bytes(response.read())
+            except OSError:
+                assert process.poll() is None, process.communicate()
+                return None
+
+        body = eventually_sync(answered, "the webhook to answer over HTTPS")
+        assert json.loads(body)["response"]["patchType"] == "JSONPatch"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
