@@ -131,6 +131,7 @@ def test_the_webhook_command_serves_and_stops_on_sigterm(tmp_path: Path) -> None
                 return None
 
         body = eventually_sync(answered, "the webhook to answer over HTTPS")
+        assert body is not None
         assert json.loads(body)["response"]["patchType"] == "JSONPatch"
     finally:
         process.send_signal(signal.SIGTERM)
