@@ -18,9 +18,10 @@ from lightkube.models.authorization_v1 import ResourceAttributes, SelfSubjectAcc
 from lightkube.resources.authorization_v1 import SelfSubjectAccessReview
 from lightkube.resources.coordination_v1 import Lease
 
-from cloud_api_adaptor.controller.peerpods import PeerPod, PeerPodReconciler, verdict
+from cloud_api_adaptor.controller.peerpods import PeerPodReconciler, verdict
 from cloud_api_adaptor.controller.settings import ControllerSettings
 from cloud_api_adaptor.errors import AdaptorError
+from cloud_api_adaptor.kube.api import KubeApi
 from cloud_api_adaptor.provider import CheckResult, Provider
 
 PP_GROUP = "confidentialcontainers.org"
@@ -83,10 +84,10 @@ async def check(settings: ControllerSettings, client: AsyncClient, provider: Pro
             )
     if not denied:
         reconciler = PeerPodReconciler(
-            client, provider, provider_name=settings.provider, cluster_id=settings.cluster_id
+            KubeApi(client), provider, provider_name=settings.provider, cluster_id=settings.cluster_id
         )
         pods, nodes = await reconciler.live_state()
-        waiting = [p async for p in client.list(PeerPod, namespace="*") if verdict(p, pods, nodes).reason]
+        waiting = [p for p in await reconciler.list_peerpods() if verdict(p, pods, nodes).reason]
         results.append(CheckResult("peerpods awaiting cleanup", True, str(len(waiting))))
     return results
 

@@ -18,14 +18,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx2
-from lightkube import AsyncClient
-from lightkube.core.exceptions import ApiError
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.core_v1 import Node, Pod
 from lightkube.types import PatchType
 
 from cloud_api_adaptor.errors import AdaptorError
+from cloud_api_adaptor.kube.api import KubeApi, KubeError
 from cloud_api_adaptor.provider import TAG_CLUSTER, TAG_SANDBOX, Provider
 
 logger = logging.getLogger(__name__)
@@ -78,27 +76,41 @@ def _owner_uid(metadata: Any) -> str:
 
 
 class PeerPodReconciler:
-    def __init__(
-        self, client: AsyncClient, provider: Provider, *, provider_name: str, cluster_id: str
-    ) -> None:
-        self._client = client
+    """Every API call goes through ``KubeApi``: paced by its rate limit, temporary failures retried."""
+
+    def __init__(self, api: KubeApi, provider: Provider, *, provider_name: str, cluster_id: str) -> None:
+        self._api = api
+        self._client = api.client
         self._provider = provider
         self._provider_name = provider_name
         self._cluster_id = cluster_id or "default"
 
+    async def _list(self, what: str, resource: type[Any], namespaced: bool = True) -> list[Any]:
+        async def fetch() -> list[Any]:
+            if namespaced:
+                return [o async for o in self._client.list(resource, namespace="*")]
+            return [o async for o in self._client.list(resource)]
+
+        return await self._api.call(what, fetch)
+
     async def live_state(self) -> tuple[dict[tuple[str, str], str], set[str]]:
         pods: dict[tuple[str, str], str] = {}
-        async for pod in self._client.list(Pod, namespace="*"):
+        for pod in await self._list("listing pods", Pod):
             if pod.metadata and pod.metadata.name:
                 pods[(pod.metadata.namespace or "", pod.metadata.name)] = pod.metadata.uid or ""
-        nodes = {n.metadata.name async for n in self._client.list(Node) if n.metadata and n.metadata.name}
+        nodes = {
+            n.metadata.name for n in await self._list("listing nodes", Node, namespaced=False) if n.metadata
+        }
         return pods, nodes
+
+    async def list_peerpods(self) -> list[Any]:
+        return await self._list("listing PeerPods", PeerPod)
 
     async def reconcile_all(self) -> dict[str, int]:
         """One pass; returns counts by outcome (kept, cleaned-<reason>, failed, skipped)."""
         pods, nodes = await self.live_state()
         outcomes: dict[str, int] = {}
-        async for peerpod in self._client.list(PeerPod, namespace="*"):
+        for peerpod in await self.list_peerpods():
             outcome = await self.reconcile(peerpod, verdict(peerpod, pods, nodes))
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
         return outcomes
@@ -124,7 +136,7 @@ class PeerPodReconciler:
                     ", ".join(deleted) or "(none found)")  # fmt: skip
         try:
             await self._release(peerpod, delete=peerpod.metadata.deletionTimestamp is None)
-        except (ApiError, httpx2.HTTPError) as exc:
+        except KubeError as exc:
             logger.warning("controller: PeerPod %s/%s: release failed: %s", namespace, name, exc)
             return "failed"
         return f"cleaned-{why.reason}"
@@ -143,19 +155,21 @@ class PeerPodReconciler:
         return [i.id for i in found]
 
     async def _release(self, peerpod: Any, *, delete: bool) -> None:
+        """``status.cleand``, then the finalizer off, then (if nobody deleted it yet) the PeerPod gone."""
         name, namespace = peerpod.metadata.name, peerpod.metadata.namespace
+        where = f"PeerPod {namespace}/{name}"
         try:
-            await self._client.patch(
-                PeerPod.Status,
-                name,
-                {"status": {"cleand": True}},
-                namespace=namespace,
-                patch_type=PatchType.MERGE,
-            )
-        except ApiError as exc:
-            if exc.status.code == 404:
+            await self._api.call(
+                f"marking {where} cleaned",
+                lambda: self._client.patch(
+                    PeerPod.Status, name, {"status": {"cleand": True}}, namespace=namespace,
+                    patch_type=PatchType.MERGE,
+                ),
+            )  # fmt: skip
+        except KubeError as exc:
+            if exc.status == 404:
                 return
-            logger.debug("controller: PeerPod %s/%s status not set: %s", namespace, name, exc)
+            logger.debug("controller: %s status not set: %s", where, exc)
         finalizers = list(peerpod.metadata.finalizers or ())
         if FINALIZER in finalizers:
             index = finalizers.index(FINALIZER)
@@ -163,15 +177,15 @@ class PeerPodReconciler:
                 {"op": "test", "path": f"/metadata/finalizers/{index}", "value": FINALIZER},
                 {"op": "remove", "path": f"/metadata/finalizers/{index}"},
             ]
-            try:
-                await self._client.patch(PeerPod, name, patch, namespace=namespace, patch_type=PatchType.JSON)
-            except ApiError as exc:
-                if exc.status.code == 404:
-                    return
-                raise
+            released = await self._api.get_or_none(
+                f"releasing {where}",
+                lambda: self._client.patch(
+                    PeerPod, name, patch, namespace=namespace, patch_type=PatchType.JSON
+                ),
+            )
+            if released is None:
+                return
         if delete:
-            try:
-                await self._client.delete(PeerPod, name, namespace=namespace)
-            except ApiError as exc:
-                if exc.status.code != 404:
-                    raise
+            await self._api.get_or_none(
+                f"deleting {where}", lambda: self._client.delete(PeerPod, name, namespace=namespace)
+            )

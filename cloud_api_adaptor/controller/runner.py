@@ -30,6 +30,7 @@ from cloud_api_adaptor.controller.orphans import NodeOrphanSweeper
 from cloud_api_adaptor.controller.peerpods import PeerPodReconciler
 from cloud_api_adaptor.controller.settings import ControllerSettings
 from cloud_api_adaptor.errors import AdaptorError
+from cloud_api_adaptor.kube.api import KubeApi
 from cloud_api_adaptor.provider import Provider
 
 logger = logging.getLogger(__name__)
@@ -64,8 +65,9 @@ class Controller:
             )
         else:
             self.metrics.leader.set(1)
+        self.api = KubeApi(self.client, qps=s.kube_qps, burst=s.kube_burst)
         self.peerpods = PeerPodReconciler(
-            self.client, self.provider, provider_name=s.provider, cluster_id=s.cluster_id
+            self.api, self.provider, provider_name=s.provider, cluster_id=s.cluster_id
         )
         self.sweeper = NodeOrphanSweeper(self.provider, cluster_id=s.cluster_id, grace=s.orphan_grace_period)
         self._supervisor = TaskSupervisor("controller")

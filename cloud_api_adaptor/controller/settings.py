@@ -67,6 +67,12 @@ class ControllerSettings:
     retry_period: float = duration(
         "retry-period", "RETRY_PERIOD", "How often the Lease is renewed or tried.", default=2.0, positive=True
     )
+    kube_qps: int = integer(
+        "kube-api-qps", "KUBE_API_QPS", "Steady rate of Kubernetes API requests.", default=20, minimum=1
+    )
+    kube_burst: int = integer(
+        "kube-api-burst", "KUBE_API_BURST", "Burst of Kubernetes API requests.", default=40, minimum=1
+    )
     health_port: int = integer(
         "health-port",
         "CONTROLLER_HEALTH_PORT",
