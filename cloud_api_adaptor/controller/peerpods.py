@@ -43,9 +43,8 @@ def verdict(peerpod: Any, pods: Mapping[tuple[str, str], str], nodes: set[str]) 
     """Pure: the reason to delete ``peerpod``'s VM, given live pods ((ns, name) -> uid) and node names."""
     metadata = peerpod.metadata
     finalizers = list(metadata.finalizers or ())
-    status = dict(peerpod.status or {})
-    if FINALIZER not in finalizers and (metadata.deletionTimestamp is not None or status.get("cleand")):
-        return Verdict()  # released: nothing of ours holds it
+    if metadata.deletionTimestamp is not None and FINALIZER not in finalizers:
+        return Verdict()  # released: the API server finishes the delete
     if metadata.deletionTimestamp is not None:
         return Verdict("deleting")
     spec = dict(peerpod.spec or {})
