@@ -37,6 +37,7 @@ from lightkube.resources.core_v1 import Secret
 from lightkube.types import PatchType
 
 from cloud_api_adaptor.transport.certs import CertKeyPair, new_ca
+from cloud_api_adaptor.transport.tls import TlsProfile
 
 logger = logging.getLogger(__name__)
 
@@ -191,11 +192,9 @@ async def patch_ca_bundle(client: AsyncClient, config_name: str, ca_pem: bytes) 
 class ServerCertificate:
     """An SSL server context whose certificate can be swapped without restarting the server."""
 
-    def __init__(self, min_version: str = "VersionTLS12") -> None:
+    def __init__(self, profile: TlsProfile | None = None) -> None:
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.minimum_version = (
-            ssl.TLSVersion.TLSv1_3 if min_version == "VersionTLS13" else ssl.TLSVersion.TLSv1_2
-        )
+        (profile or TlsProfile()).apply(self.context)  # TLS_MIN_VERSION, TLS_CIPHER_SUITES (Go's rules)
         self._stamp: tuple[float, float] | None = None
 
     def load_pair(self, pair: CertKeyPair) -> None:

@@ -106,7 +106,7 @@ class WebhookServer:
     ca_pem: bytes = b""
 
     def __post_init__(self) -> None:
-        self._certificate = certs.ServerCertificate(self.settings.tls_min_version)
+        self._certificate = certs.ServerCertificate(self.settings.tls_profile())
         self._supervisor = TaskSupervisor("webhook")
         self._runners: list[web.AppRunner] = []
         self._ready = asyncio.Event()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cloud_api_adaptor.options import integer, path, settings, text, text_list
+from cloud_api_adaptor.transport.tls import TlsProfile
 from cloud_api_adaptor.webhook.mutation import (
     DEFAULT_EXTENDED_RESOURCE,
     DEFAULT_RUNTIME_CLASS,
@@ -13,7 +14,6 @@ from cloud_api_adaptor.webhook.mutation import (
 )
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-TLS_VERSIONS = ("VersionTLS12", "VersionTLS13")
 
 
 @settings
@@ -86,11 +86,20 @@ class WebhookSettings:
         "TLS_MIN_VERSION",
         "Lowest TLS version served (VersionTLS12 or VersionTLS13).",
         default="VersionTLS12",
-        choices=TLS_VERSIONS,
+    )
+    tls_cipher_suites: tuple[str, ...] = text_list(
+        "tls-cipher-suites", "TLS_CIPHER_SUITES", "TLS 1.2 cipher suites served (IANA names).", default=()
     )
     log_level: str = text(
         "log-level", "LOG_LEVEL", "debug, info, warning or error.", default="info", choices=LOG_LEVELS
     )
+
+    def __post_init__(self) -> None:
+        self.tls_profile()  # a bad profile is a start-up error naming the key
+
+    def tls_profile(self) -> TlsProfile:
+        profile = TlsProfile.parse(self.tls_min_version, self.tls_cipher_suites)
+        return profile or TlsProfile()
 
     @property
     def mutation(self) -> MutationConfig:

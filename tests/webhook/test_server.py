@@ -137,3 +137,14 @@ def test_the_webhook_command_serves_and_stops_on_sigterm(tmp_path: Path) -> None
         process.send_signal(signal.SIGTERM)
         _out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
+
+
+def test_tls_profile_keys_follow_the_go_rules() -> None:
+    from cloud_api_adaptor.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="TLS_MIN_VERSION"):
+        load(WebhookSettings, {"TLS_MIN_VERSION": "VersionTLS10"})
+    with pytest.raises(ConfigError, match="TLS_CIPHER_SUITES"):
+        load(WebhookSettings, {"TLS_CIPHER_SUITES": "TLS_NOT_A_SUITE"})
+    settings = load(WebhookSettings, {"TLS_CIPHER_SUITES": "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"})
+    assert settings.tls_profile().openssl_ciphers() == ["ECDHE-ECDSA-AES128-GCM-SHA256"]
