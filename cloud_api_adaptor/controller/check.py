@@ -34,6 +34,8 @@ def needed(settings: ControllerSettings) -> list[tuple[str, str, str, str, str]]
         ("list", "", "pods", "", ""),
         ("list", "", "nodes", "", ""),
     ]
+    if settings.watch:
+        rules += [("watch", PP_GROUP, "peerpods", "", ""), ("watch", "", "nodes", "", "")]
     if settings.leader_elect:
         rules += [
             (v, "coordination.k8s.io", "leases", "", settings.namespace) for v in ("get", "create", "update")

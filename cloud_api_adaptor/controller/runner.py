@@ -14,12 +14,15 @@ import contextlib
 import logging
 import socket
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx2
 from aiohttp import web
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
+from lightkube.resources.core_v1 import Node
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -27,7 +30,7 @@ from cloud_api_adaptor.aio import TaskSupervisor
 from cloud_api_adaptor.controller.leader import LeaderElector
 from cloud_api_adaptor.controller.metrics import ControllerMetrics
 from cloud_api_adaptor.controller.orphans import NodeOrphanSweeper
-from cloud_api_adaptor.controller.peerpods import PeerPodReconciler
+from cloud_api_adaptor.controller.peerpods import PeerPod, PeerPodReconciler
 from cloud_api_adaptor.controller.settings import ControllerSettings
 from cloud_api_adaptor.errors import AdaptorError
 from cloud_api_adaptor.kube.api import KubeApi
@@ -75,6 +78,7 @@ class Controller:
         self._stopping = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._wake = asyncio.Event()
         self._elector_task: asyncio.Task[None] | None = None
 
     @property
@@ -88,30 +92,45 @@ class Controller:
                 self.elector.run(self._stopping), name="leader-election"
             )
         self._supervisor.keep_running(self._loop, name="reconcile")
+        if self.settings.watch:
+            self._supervisor.keep_running(self._watch, name="watch")
         if self.settings.health_port >= 0:
             await self._serve_health()
 
     async def _loop(self) -> None:
         while not self._stopping.is_set():
             if self.elector is not None:
-                leading = asyncio.ensure_future(self.elector.wait_leader())
-                stopping = asyncio.ensure_future(self._stopping.wait())
-                try:
-                    await asyncio.wait({leading, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    leading.cancel()
-                    stopping.cancel()
+                await _first_of(self.elector.wait_leader(), self._stopping.wait())
                 if self._stopping.is_set():
-                    return
+                    break
+            self._wake.clear()
             self._idle.clear()
             try:
                 await self.reconcile_once()
             finally:
                 self._idle.set()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.settings.reconcile_period)
+            await _first_of(self._stopping.wait(), self._wake.wait(), timeout=self.settings.reconcile_period)
         # keep_running restarts a loop that returns: park until close() cancels it
         await asyncio.Event().wait()
+
+    async def _watch(self) -> None:
+        """Wake the loop when a PeerPod starts being deleted or a Node goes: no need to wait a period."""
+
+        async def ignore(_: list[Any]) -> None:
+            return None
+
+        async def peerpod_event(kind: str, obj: Any) -> None:
+            if kind == "DELETED" or (obj.metadata and obj.metadata.deletionTimestamp is not None):
+                self._wake.set()
+
+        async def node_event(kind: str, _: Any) -> None:
+            if kind == "DELETED":
+                self._wake.set()
+
+        await asyncio.gather(
+            self.api.list_then_watch(PeerPod, ignore, peerpod_event, namespace="*"),
+            self.api.list_then_watch(Node, ignore, node_event),
+        )
 
     async def reconcile_once(self) -> bool:
         """One pass; errors are logged and counted, the next pass tries again."""
@@ -169,6 +188,17 @@ class Controller:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+async def _first_of(*waits: Coroutine[Any, Any, Any], timeout: float | None = None) -> None:
+    """Return when the first of ``waits`` finishes (or after ``timeout``); cancel the others."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def run_controller(

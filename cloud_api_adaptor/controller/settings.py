@@ -34,6 +34,12 @@ class ControllerSettings:
         default=30.0,
         positive=True,
     )
+    watch: bool = boolean(
+        "watch",
+        "CONTROLLER_WATCH",
+        "Also watch PeerPods and Nodes, to act on a deletion at once instead of at the next period.",
+        default=True,
+    )
     orphan_scan: bool = boolean(
         "orphan-scan",
         "CONTROLLER_ORPHAN_SCAN",

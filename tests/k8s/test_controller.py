@@ -252,7 +252,11 @@ async def test_gone_node_and_pod_vm_and_peerpod_deleted_within_a_period(
     assert passes(controller) - before <= 2
     assert live_vm in world.provider.instances
     assert await world.peerpod_exists(live_peerpod)
-    assert controller.metrics.peerpods.labels("cleaned-pod-gone")._value.get() >= 1
+    cleaned = controller.metrics.peerpods
+    assert (
+        cleaned.labels("cleaned-node-gone")._value.get() + cleaned.labels("cleaned-pod-gone")._value.get()
+        >= 1
+    )
 
 
 @pytest.mark.asyncio
@@ -408,3 +412,21 @@ async def test_daemon_gone_for_good_after_start_vm(
         assert passes(controller) - before <= 2
     finally:
         await controller.close()
+
+
+@pytest.mark.asyncio
+async def test_a_deletion_is_acted_on_at_once_not_at_the_next_period(
+    world: World, controller_client: AsyncClient
+) -> None:
+    """With a one-hour period, the watch wakes the controller when a PeerPod starts being deleted."""
+    c = Controller(controller_settings(CONTROLLER_RECONCILE_PERIOD="1h"), controller_client, world.provider)
+    await c.start()
+    try:
+        await asyncio.wait_for(wait_passes(c, 1), 30)
+        node = await world.node()
+        _, peerpod, vm = await world.peer_pod(node)
+        await world.admin.delete(PeerPod, peerpod, namespace=world.namespace)
+        await eventually(lambda: vm not in world.provider.instances, "the VM deleted on the watch event")
+        await stand.eventually_async(lambda: world.gone(peerpod), "the PeerPod deleted")
+    finally:
+        await c.close()
