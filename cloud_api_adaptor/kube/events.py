@@ -120,7 +120,8 @@ class PodEvents:
                 try:
                     await self._send(event)
                 except KubeError as exc:
-                    if exc.temporary:
+                    # 401/403 may pass too: RBAC applied after the daemon, an authorizer catching up
+                    if exc.temporary or exc.status in (401, 403):
                         logger.info(
                             "pod event for %s/%s not sent yet: %s", event.namespace, event.pod_name, exc
                         )

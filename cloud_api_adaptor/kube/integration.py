@@ -23,7 +23,7 @@ from cloud_api_adaptor.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-ADVERTISE_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
+ADVERTISE_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 REQUEST_TIMEOUT = 10.0
 SHUTDOWN_CHECK_TIMEOUT = 10.0
 
@@ -77,18 +77,18 @@ class KubeIntegration:
         self._supervisor.spawn(self._advertise(kube.limit_per_node), name="node-capacity")
 
     async def _advertise(self, limit: int) -> None:
-        """At start, until it succeeds (an API server that is down at start comes back)."""
+        """At start, until it succeeds: an API server down at start comes back, and a refusal
+        (403 while RBAC is applied after the DaemonSet, or an API server whose authorizer
+        has not caught up after a restart) may pass too."""
         attempt = 0
         while True:
             try:
                 await node.advertise(self.api, self._settings.node_name, limit, self.owner)
             except KubeError as exc:
-                if not exc.temporary:
-                    logger.error("cannot advertise node capacity: %s", exc)
-                    return
                 delay = ADVERTISE_DELAYS[min(attempt, len(ADVERTISE_DELAYS) - 1)]
                 attempt += 1
-                logger.warning("advertising node capacity: %s; again in %.0f s", exc, delay)
+                log = logger.warning if exc.temporary else logger.error
+                log("advertising node capacity: %s; again in %.0f s", exc, delay)
                 await asyncio.sleep(delay)
                 continue
             self.capacity_advertised.set()

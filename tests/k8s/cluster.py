@@ -304,6 +304,9 @@ class KubeCluster:
         )
 
     def start_apiserver(self) -> None:
+        """Start kube-apiserver (again); a no-op while it runs."""
+        if self._apiserver is not None and self._apiserver.proc.poll() is None:
+            return
         tokens = self.dir / "tokens.csv"
         tokens.write_text(
             "".join(

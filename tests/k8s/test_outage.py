@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from lightkube import AsyncClient
+from lightkube.resources.core_v1 import Node
 
 from cloud_api_adaptor import kata_client as kata
 from tests.k8s import stand
@@ -71,3 +72,30 @@ async def test_the_daemon_serves_through_an_outage_and_catches_up_after_a_restar
             await stand.eventually_async(released, "the PeerPod released once the API server is back")
         finally:
             await daemon.aclose()
+
+
+async def test_the_daemon_starts_without_the_api_server_and_advertises_when_it_returns(
+    kube_cluster: KubeCluster, kube_client: AsyncClient, short_tmp: Path
+) -> None:
+    await stand.apply_daemon_rbac(kube_client)
+    node = f"node-{uuid.uuid4().hex[:6]}"
+    await stand.create_node(kube_client, node)
+    provider = stand.SpyingProvider(kube_client, "default")
+    async with stand.forwarder_stand_in() as port:
+        settings = stand.daemon_settings(short_tmp, kube_cluster, node, port)
+        await asyncio.to_thread(kube_cluster.stop_apiserver)
+        try:
+            daemon = await stand.start(settings, provider)
+            try:
+                assert await kata.version(settings.socket)  # serving, with no API server
+                assert daemon.kube is not None and not daemon.kube.capacity_advertised.is_set()
+            finally:
+                await asyncio.to_thread(kube_cluster.start_apiserver)
+            try:
+                await asyncio.wait_for(daemon.kube.capacity_advertised.wait(), 60)
+            finally:
+                await daemon.aclose()
+        finally:
+            await asyncio.to_thread(kube_cluster.start_apiserver)  # a no-op when it runs
+    got = stand.as_dict(await kube_client.get(Node, node))
+    assert got["status"]["capacity"]["kata.peerpods.io/vm"] == "10"
