@@ -88,8 +88,9 @@ async def check(settings: ControllerSettings, client: AsyncClient, provider: Pro
         reconciler = PeerPodReconciler(
             KubeApi(client), provider, provider_name=settings.provider, cluster_id=settings.cluster_id
         )
+        peerpods = await reconciler.list_peerpods()  # before the pods: see PeerPodReconciler.reconcile_all
         pods, nodes = await reconciler.live_state()
-        waiting = [p for p in await reconciler.list_peerpods() if verdict(p, pods, nodes).reason]
+        waiting = [p for p in peerpods if verdict(p, pods, nodes).reason]
         results.append(CheckResult("peerpods awaiting cleanup", True, str(len(waiting))))
     return results
 

@@ -20,6 +20,10 @@ from cloud_api_adaptor.provider import TAG_CLUSTER, TAG_NODE, Provider
 
 logger = logging.getLogger(__name__)
 
+#: the node tag of a daemon started without NODE_NAME: no Node is named so, and such a daemon may well
+#: be alive, so its instances are never taken for a gone node's
+UNNAMED_NODE = "local"
+
 
 class NodeOrphanSweeper:
     def __init__(
@@ -47,7 +51,7 @@ class NodeOrphanSweeper:
         deleted: list[str] = []
         for instance in instances:
             node = instance.tags.get(TAG_NODE, "")
-            if not node or node in existing:
+            if not node or node == UNNAMED_NODE or node in existing:
                 continue
             seen.add(instance.id)
             since = self._missing_since.setdefault(instance.id, now)

@@ -107,9 +107,13 @@ class PeerPodReconciler:
 
     async def reconcile_all(self) -> dict[str, int]:
         """One pass; returns counts by outcome (kept, cleaned-<reason>, failed, skipped)."""
+        # PeerPods first: a pod exists before its PeerPod, so a pod created during the pass is in the
+        # pod list taken after; listing pods first would see its new PeerPod as orphaned and delete a
+        # VM that is just starting.
+        peerpods = await self.list_peerpods()
         pods, nodes = await self.live_state()
         outcomes: dict[str, int] = {}
-        for peerpod in await self.list_peerpods():
+        for peerpod in peerpods:
             outcome = await self.reconcile(peerpod, verdict(peerpod, pods, nodes))
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
         return outcomes

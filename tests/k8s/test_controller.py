@@ -430,3 +430,22 @@ async def test_a_deletion_is_acted_on_at_once_not_at_the_next_period(
         await stand.eventually_async(lambda: world.gone(peerpod), "the PeerPod deleted")
     finally:
         await c.close()
+
+
+@pytest.mark.asyncio
+async def test_a_pod_started_during_a_pass_keeps_its_vm(world: World, controller_client: AsyncClient) -> None:
+    """A pod and its PeerPod created while a pass is under way are never taken for orphans."""
+    c = Controller(controller_settings(CONTROLLER_WATCH="false"), controller_client, world.provider)
+    node = await world.node()
+    started: dict[str, str] = {}
+    list_peerpods = c.peerpods.list_peerpods
+
+    async def racing() -> list[Any]:
+        if not started:  # the pod, its PeerPod and its VM appear just as the pass begins
+            started["vm"] = (await world.peer_pod(node))[2]
+        return await list_peerpods()
+
+    c.peerpods.list_peerpods = racing  # type: ignore[method-assign]
+    assert await c.reconcile_once()
+    assert started["vm"] in world.provider.instances
+    assert c.metrics.peerpods.labels("kept")._value.get() == 1

@@ -81,3 +81,12 @@ async def test_young_instances_wait_even_if_their_node_is_unknown() -> None:
     sweeper_with_grace = NodeOrphanSweeper(provider, cluster_id="c1", grace=60, wall_clock=lambda: 1e6)
     assert await sweeper_with_grace.sweep(set()) == []
     assert len(await sweeper.sweep(set())) == 1
+
+
+@pytest.mark.asyncio
+async def test_instances_of_a_daemon_without_node_name_are_never_swept() -> None:
+    provider = FakeProvider(clock=lambda: 0.0)
+    sweeper = NodeOrphanSweeper(provider, cluster_id="c1", grace=0.0, wall_clock=lambda: 1e6)
+    unnamed = await _instance(provider, "local", "a")
+    assert await sweeper.sweep(set()) == []
+    assert unnamed in provider.instances
