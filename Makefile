@@ -8,7 +8,7 @@ PROVIDER_DIRS := $(sort $(dir $(wildcard providers/*/pyproject.toml)))
 PROVIDER_PKGS := $(sort $(patsubst %/__init__.py,%,$(wildcard providers/*/caa_provider_*/__init__.py)))
 STAMP := $(VENV)/.installed
 
-.PHONY: install deps protos lint test unit demo bench deploy-sync podvm clean
+.PHONY: install deps protos lint test unit demo bench deploy-sync podvm kube clean
 
 $(STAMP): pyproject.toml $(wildcard providers/*/pyproject.toml) scripts/system-deps.sh scripts/apt-packages.txt
 	bash scripts/system-deps.sh
@@ -34,7 +34,7 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(VENV)/bin/pytest -q tests/unit
 
-test: $(STAMP) lint
+test: $(STAMP) lint kube
 	$(VENV)/bin/pytest -q
 
 demo: $(STAMP)
@@ -48,6 +48,11 @@ bench: $(STAMP)
 PODVM_FORMATS ?= qcow2
 podvm: $(STAMP)
 	$(PY) -m podvm.build --formats $(PODVM_FORMATS)
+
+# kube-apiserver + kube-controller-manager for tests/k8s, built from the Go module proxy into
+# ~/.cache/cloud-api-adaptor/k8s/ (cold: 5-10 min on 2 cores; cached: instant).
+kube:
+	nice bash scripts/build-kube.sh
 
 deploy-sync: $(STAMP)
 	$(PY) -m tools.deploysync

@@ -28,7 +28,7 @@ from cloud_api_adaptor.settings import DAEMON_OPTIONS, Settings
 
 logger = logging.getLogger("cloud_api_adaptor")
 
-COMMANDS = ("serve", "demo", "plan", "doctor", "version", "help")
+COMMANDS = ("serve", "demo", "plan", "doctor", "version", "help", "webhook", "controller")
 
 
 def _add_options(parser: argparse.ArgumentParser, options: Sequence[Option[Any]], title: str) -> None:
@@ -96,14 +96,20 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         positional_provider = argv.pop(0)  # Go style: cloud-api-adaptor <provider> [options]
     elif argv and argv[0] in {"-h", "--help", "-help"}:
         command = "help"
+    if command in {"webhook", "controller"}:
+        from cloud_api_adaptor.clustercli import main as cluster_main
+
+        return cluster_main(command, argv, env)
     if command == "help":
         print(
-            "usage: cloud-api-adaptor {serve,demo,plan,doctor,version} [options]\n"
+            "usage: cloud-api-adaptor {serve,demo,plan,doctor,version,webhook,controller} [options]\n"
             "       cloud-api-adaptor <provider> [options]   (same as serve)\n\n"
             "  serve    run the daemon (Kata remote hypervisor service)\n"
             "  demo     run three pod sandboxes end to end on the local provider\n"
             "  plan     dry-run CreateVM for --annotation k=v: instance type, image, userdata size\n"
             "  doctor   check the provider configuration against the real cloud\n"
+            "  webhook  the admission webhook (pod resources become VM-size annotations)\n"
+            "  controller  the cluster controller (no VM outlives its pod or node; --check)\n"
             "  version  print the version\n\n"
             f"installed providers: {', '.join(installed_providers()) or 'none'}\n"
             "Run 'cloud-api-adaptor serve --help' for the options."

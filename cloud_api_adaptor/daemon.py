@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from prometheus_client import CollectorRegistry
@@ -40,6 +40,9 @@ from cloud_api_adaptor.provider import Provider, ProviderContext
 from cloud_api_adaptor.reconciler import OrphanReconciler
 from cloud_api_adaptor.settings import Settings
 from cloud_api_adaptor.ttrpc import Server
+
+if TYPE_CHECKING:
+    from cloud_api_adaptor.kube.integration import KubeIntegration
 
 logger = logging.getLogger(__name__)
 
@@ -80,11 +83,14 @@ class Daemon:
     store: SandboxStore
     lock: StateLock
     handover_requested: asyncio.Event
+    #: the Kubernetes side (PeerPods, node capacity, pod events); None when KUBERNETES_API is off
+    kube: KubeIntegration | None = None
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, final: bool = False) -> None:
         """Staged shutdown: listeners, in-flight calls, background work, proxies, provider, lock.
 
-        Idempotent; also what a hand-over runs before the old daemon goes idle.
+        Idempotent; also what a hand-over runs before the old daemon goes idle.  ``final``:
+        no successor took over (the node capacity is withdrawn if this is an uninstall).
         """
         if not self.lock.held:
             return
@@ -94,6 +100,8 @@ class Daemon:
         await self.ttrpc.wait_closed(DRAIN_SECONDS)
         await self.supervisor.aclose()
         await self.manager.aclose()
+        if self.kube is not None:
+            await self.kube.aclose(final=final)
         await asyncio.to_thread(self.store.close)
         await self.provider.aclose()
         await self.probe.aclose()
@@ -137,7 +145,9 @@ async def _start_locked(
     store = SandboxStore(settings.state_dir)
     grpc_server: grpc.aio.Server | None = None
     manager: SandboxManager | None = None
+    kube: KubeIntegration | None = None
     try:
+        kube = _build_kube(settings)
         catalogue = tuple(await provider.describe_instance_types())
         store.prepare()
         channel = await asyncio.to_thread(build_agent_channel, settings)
@@ -149,7 +159,10 @@ async def _start_locked(
             network or LazyPodNetwork(functools.partial(_build_pod_network, settings, provider)),
             catalogue,
             observer=metrics,
+            hooks=kube,
         )
+        if kube is not None:
+            kube.start()
         records = await asyncio.to_thread(store.load_all)
         metrics.records_quarantined(len(store.quarantined))
         await recover(manager, records, on_failure=metrics.recovery_failed)
@@ -164,6 +177,8 @@ async def _start_locked(
             await grpc_server.stop(0)
         if manager is not None:
             await manager.aclose()
+        if kube is not None:
+            await kube.aclose()
         store.close()
         await provider.aclose()
         await probe.aclose()
@@ -192,7 +207,19 @@ async def _start_locked(
         store,
         lock,
         handover_requested,
+        kube,
     )
+
+
+def _build_kube(settings: Settings) -> KubeIntegration | None:
+    """The Kubernetes side, imported only when used (KUBERNETES_API; docs/kubernetes.md)."""
+    from cloud_api_adaptor.kube.config import wanted
+
+    if not wanted(settings.kubernetes):
+        return None
+    from cloud_api_adaptor.kube.integration import build
+
+    return build(settings)
 
 
 def _build_pod_network(settings: Settings, provider: Provider) -> PodNetworkPort:
@@ -233,7 +260,7 @@ async def serve(settings: Settings, provider_config: Any, stop: asyncio.Event) -
             await stop.wait()
         logger.info("shutting down")
     finally:
-        await asyncio.shield(daemon.aclose())
+        await asyncio.shield(daemon.aclose(final=True))
 
 
 def install_signal_handlers(stop: asyncio.Event, on_second: Callable[[], None] | None = None) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from cloud_api_adaptor import kata_client as kata
 from cloud_api_adaptor.daemon import start_daemon
-from cloud_api_adaptor.settings import Settings
+from cloud_api_adaptor.settings import KubernetesSettings, Settings
 
 STEPS = ("CreateVM", "StartVM", "Health/Check", "GetGuestDetails", "StopVM")
 
@@ -73,6 +73,7 @@ async def run_demo(provider_config: Any, env: Mapping[str, str], pods: int = 3) 
         probe_port=0,
         proxy_timeout=120.0,
         orphan_scan_interval=3600.0,
+        kubernetes=KubernetesSettings(api="off"),  # the demo never touches a cluster
     )
     print(f"demo: daemon on {settings.socket} with the local provider ({pods} pods at once)")
     daemon = await start_daemon(settings, provider_config)

@@ -83,6 +83,18 @@ class PermanentProviderError(ProviderError):
     """Auth, validation, quota errors: retrying the same call will fail again."""
 
 
+class QuotaExceeded(PermanentProviderError):
+    """The account's quota (instances, vCPUs, addresses) does not allow the create."""
+
+
+class ImageNotFound(PermanentProviderError):
+    """The pod VM image does not exist or cannot be used."""
+
+
+class CapacityUnavailable(TemporaryProviderError):
+    """The cloud has no capacity for the instance type right now (another zone or later may work)."""
+
+
 class InstanceNotFound(PermanentProviderError):
     """The instance does not exist (for delete, this counts as deleted)."""
 

@@ -129,6 +129,66 @@ class NetworkSettings:
     )
 
 
+KUBERNETES_API_MODES = ("auto", "on", "off")
+
+
+@settings
+class KubernetesSettings:
+    """The daemon's use of the Kubernetes API (cloud_api_adaptor.kube; docs/kubernetes.md).
+
+    Nothing on the sandbox path waits for the API server beyond ``peerpod_create_wait``:
+    updates go through a durable outbox and catch up when the API server is back.
+    """
+
+    api: str = text(
+        "kubernetes-api",
+        "KUBERNETES_API",
+        "auto (on inside a cluster), on, or off: PeerPod resources, node capacity, pod events.",
+        default="auto",
+        choices=KUBERNETES_API_MODES,
+    )
+    kubeconfig: str = text(
+        "kubeconfig",
+        "KUBECONFIG",
+        "Kubeconfig used when not running in a cluster (KUBERNETES_API=on); default ~/.kube/config.",
+        default="",
+    )
+    qps: int = integer(
+        "kube-api-qps", "KUBE_API_QPS", "Steady rate of Kubernetes API requests.", default=20, minimum=1
+    )
+    burst: int = integer(
+        "kube-api-burst", "KUBE_API_BURST", "Burst of Kubernetes API requests.", default=40, minimum=1
+    )
+    peerpod_create_wait: float = duration(
+        "peerpod-create-wait",
+        "PEERPOD_CREATE_WAIT",
+        "How long StartVM waits for its PeerPod before the cloud create while the API server answers.",
+        default=5.0,
+    )
+    limit_per_node: int = integer(
+        "peerpods-limit-per-node",
+        "PEERPODS_LIMIT_PER_NODE",
+        "Pod VMs this node advertises as the extended resource kata.peerpods.io/vm (-1: none).",
+        default=10,
+        minimum=-1,
+    )
+    pod_uid: str = text(
+        "pod-uid",
+        "POD_UID",
+        "This daemon pod's UID (downward API): owner of the node capacity it advertises.",
+        default="",
+    )
+    pod_name: str = text(
+        "pod-name",
+        "POD_NAME",
+        "This daemon pod's name (downward API): at shutdown, is its DaemonSet being uninstalled?",
+        default="",
+    )
+    pod_namespace: str = text(
+        "pod-namespace", "POD_NAMESPACE", "This daemon pod's namespace (downward API).", default=""
+    )
+
+
 @settings
 class Settings:
     """Everything the daemon needs, validated once and passed down."""
@@ -215,6 +275,7 @@ class Settings:
     log_level: str = text(
         "log-level", "LOG_LEVEL", "debug, info, warning or error.", default="info", choices=LOG_LEVELS
     )
+    kubernetes: KubernetesSettings = nested(default_factory=KubernetesSettings)
 
 
 #: the daemon's options, for the CLI and the deployment files

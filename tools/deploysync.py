@@ -48,6 +48,9 @@ DEPLOY_PROVIDERS: tuple[str, ...] = ("aws", "azure", "gcp", "ibmcloud", "ibmclou
 MANAGED_KEYS: Mapping[str, str] = {
     "CLOUD_PROVIDER": "set from the chart value `provider` / the overlay's env file",
     "NODE_NAME": "set from the downward API (spec.nodeName)",
+    "POD_UID": "set from the downward API (metadata.uid)",
+    "POD_NAME": "set from the downward API (metadata.name)",
+    "POD_NAMESPACE": "set from the downward API (metadata.namespace)",
     "PROBE_PORT": "set from the chart value `startupProbe.port` (8000)",
     "STATE_DIR": "set to the hostPath-backed /var/lib/cloud-api-adaptor",
 }

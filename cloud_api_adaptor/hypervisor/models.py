@@ -79,6 +79,8 @@ class SandboxRecord:
     created_at: float = 0.0
     updated_at: float = 0.0
     last_error: str = ""
+    #: the pod's UID (CreateVM annotation io.kubernetes.cri.sandbox-uid): owner of its PeerPod
+    pod_uid: str = ""
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -244,6 +246,7 @@ _DECODERS: dict[str, Callable[[str, dict[str, Any]], Any]] = {
     "created_at": _number,
     "updated_at": _number,
     "last_error": _STR,
+    "pod_uid": _STR,
     "schema_version": _COUNT,
 }
 #: fields every record of this schema carries; the rest have defaults

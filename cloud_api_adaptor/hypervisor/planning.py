@@ -132,6 +132,7 @@ def render_record(
         id=request.sandbox_id,
         pod_name=pod.pod_name,
         pod_namespace=pod.pod_namespace,
+        pod_uid=pod.pod_uid,
         request_digest=request.digest,
         agent_socket_path=request.agent_socket_path,
         instance_name=choice.instance_name,

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from cloud_api_adaptor.hypervisor.models import SandboxRecord
 
 
 class AgentProxyPort(Protocol):
@@ -88,3 +91,46 @@ class LazyPodNetwork:
 
     async def teardown(self, netns_path: str, pod_network: Mapping[str, Any]) -> None:
         await self._get().teardown(netns_path, pod_network)
+
+
+class SandboxHooks(Protocol):
+    """What the lifecycle tells the cluster (cloud_api_adaptor.kube implements it).
+
+    Every method returns promptly whatever the API server does: the lifecycle never
+    depends on the cluster, only informs it.  ``changed`` sees every committed record
+    (the record is the durable outbox: its state says what the cluster should show).
+    """
+
+    def changed(self, record: SandboxRecord) -> None:
+        """A record was committed (or adopted after a restart)."""
+
+    async def before_create(self, record: SandboxRecord) -> None:
+        """StartVM is about to create the instance; may wait, boundedly, for the cluster to know."""
+
+    def started(self, record: SandboxRecord, seconds: float) -> None:
+        """StartVM succeeded after ``seconds``."""
+
+    def start_failed(self, record: SandboxRecord, error: BaseException, seconds: float) -> None:
+        """StartVM failed with ``error`` after ``seconds`` (its instance already undone)."""
+
+    def can_forget(self, record: SandboxRecord) -> bool:
+        """A stopped record may be dropped: the cluster has seen the stop."""
+
+
+class NoHooks:
+    """No cluster: ``KUBERNETES_API=off``, the demo, most tests."""
+
+    def changed(self, record: SandboxRecord) -> None:
+        return None
+
+    async def before_create(self, record: SandboxRecord) -> None:
+        return None
+
+    def started(self, record: SandboxRecord, seconds: float) -> None:
+        return None
+
+    def start_failed(self, record: SandboxRecord, error: BaseException, seconds: float) -> None:
+        return None
+
+    def can_forget(self, record: SandboxRecord) -> bool:
+        return True

@@ -38,7 +38,13 @@ from cloud_api_adaptor.errors import (
 from cloud_api_adaptor.hypervisor import planning
 from cloud_api_adaptor.hypervisor import requests as rq
 from cloud_api_adaptor.hypervisor.models import SandboxRecord, SandboxState
-from cloud_api_adaptor.hypervisor.ports import AgentChannelPort, AgentProxyPort, PodNetworkPort
+from cloud_api_adaptor.hypervisor.ports import (
+    AgentChannelPort,
+    AgentProxyPort,
+    NoHooks,
+    PodNetworkPort,
+    SandboxHooks,
+)
 from cloud_api_adaptor.hypervisor.store import SandboxStore
 from cloud_api_adaptor.hypervisor.teardown import SandboxTeardown
 from cloud_api_adaptor.metrics import LifecycleObserver, NullObserver
@@ -81,8 +87,10 @@ class SandboxManager:
         clock: Callable[[], float] = time.time,
         observer: LifecycleObserver | None = None,
         delete_retry_delays: tuple[float, ...] = DELETE_RETRY_DELAYS,
+        hooks: SandboxHooks | None = None,
     ) -> None:
         self._delete_retry_delays = delete_retry_delays
+        self._hooks: SandboxHooks = hooks or NoHooks()
         self._settings = settings
         self._observer: LifecycleObserver = observer or NullObserver()
         self._observer.track_states(self._state_counts)
@@ -165,6 +173,7 @@ class SandboxManager:
             live.unsaved = True
             raise
         live.unsaved = False
+        self._hooks.changed(record)
         return record
 
     async def _note(
@@ -264,14 +273,18 @@ class SandboxManager:
             if record.state in {SandboxState.STOPPING, SandboxState.STOPPED}:
                 raise NotFound(f"getting sandbox: sandbox {sandbox_id} does not exist")
             attempt = record.attempt + 1 if record.state is SandboxState.FAILED else max(record.attempt, 1)
+            started = time.monotonic()
             record = await self._commit(
                 live, record.transition(SandboxState.STARTING, attempt=attempt, last_error="")
             )
             try:
+                await self._hooks.before_create(record)
                 await self._start_instance(live, deadline)
             except BaseException as exc:
                 await shielded(self._undo_start(live, exc))
+                self._hooks.start_failed(live.record, exc, time.monotonic() - started)
                 raise
+            self._hooks.started(live.record, time.monotonic() - started)
 
     async def _start_instance(self, live: LiveSandbox, deadline: float | None) -> None:
         record = live.record
@@ -431,6 +444,7 @@ class SandboxManager:
         """Register a record loaded from disk."""
         live = LiveSandbox(record, asyncio.Lock())
         self._sandboxes[record.id] = live
+        self._hooks.changed(record)
         return live
 
     async def undo_start(self, live: LiveSandbox, cause: BaseException) -> None:
@@ -465,6 +479,8 @@ class SandboxManager:
         async with live.lock:
             record = live.record
             if record.state is not SandboxState.STOPPED or self._sandboxes.get(record.id) is not live:
+                return False
+            if not self._hooks.can_forget(record):
                 return False
             del self._sandboxes[record.id]
             await self._store.remove(record.id)

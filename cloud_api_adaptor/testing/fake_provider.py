@@ -120,10 +120,17 @@ class FakeProvider(Provider):
 
     # -- scripted faults ---------------------------------------------------------------------------------
 
-    def fail_next_creates(self, count: int = 1, *, permanent: bool = False, message: str = "") -> None:
-        """Make the next ``count`` creates raise before creating anything."""
+    def fail_next_creates(
+        self,
+        count: int = 1,
+        *,
+        permanent: bool = False,
+        message: str = "",
+        error: ProviderError | None = None,
+    ) -> None:
+        """Make the next ``count`` creates raise before creating anything (``error``, if given)."""
         for _ in range(count):
-            self._faults.creates.append(_fault(permanent, message or "scripted create failure"))
+            self._faults.creates.append(error or _fault(permanent, message or "scripted create failure"))
 
     def fail_next_deletes(self, count: int = 1, *, permanent: bool = False, message: str = "") -> None:
         """Make the next ``count`` deletes raise without deleting."""

@@ -8,8 +8,21 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import yaml
 
-from .conftest import CHART, NAMESPACE, HelmFailed, Obj, find, kinds, minimal_values, required_keys
+from .conftest import (
+    CHART,
+    NAMESPACE,
+    REPO,
+    HelmFailed,
+    Obj,
+    find,
+    kinds,
+    load_objects,
+    minimal_values,
+    required_keys,
+    validate_objects,
+)
 
 pytestmark = pytest.mark.timeout(900)  # the first test builds helm (minutes, once per machine)
 
@@ -41,10 +54,29 @@ def test_chart_lints_and_renders_valid_objects_for_every_provider_and_secret_mod
     objects = render(values)
 
     expected = [
+        "ClusterRole/cloud-api-adaptor",
+        "ClusterRoleBinding/cloud-api-adaptor",
         "ConfigMap/peer-pods-cm",
         "DaemonSet/cloud-api-adaptor-daemonset",
+        "Role/cloud-api-adaptor",
+        "RoleBinding/cloud-api-adaptor",
         "RuntimeClass/kata-remote",
         "ServiceAccount/cloud-api-adaptor",
+        # the cluster controller and the admission webhook (tests/deploy/test_cluster_side.py)
+        "ClusterRole/peerpod-controller",
+        "ClusterRoleBinding/peerpod-controller",
+        "Deployment/peerpod-controller",
+        "Role/peerpod-controller-leader-election",
+        "RoleBinding/peerpod-controller-leader-election",
+        "ServiceAccount/peerpod-controller",
+        "ClusterRole/peerpod-webhook",
+        "ClusterRoleBinding/peerpod-webhook",
+        "Deployment/peerpod-webhook",
+        "MutatingWebhookConfiguration/peer-pods-mutating-webhook",
+        "Role/peerpod-webhook",
+        "RoleBinding/peerpod-webhook",
+        "Service/peer-pods-webhook",
+        "ServiceAccount/peerpod-webhook",
     ]
     if mode == "create":
         expected.append("Secret/peer-pods-secret")
@@ -57,7 +89,12 @@ def test_chart_lints_and_renders_valid_objects_for_every_provider_and_secret_mod
     secret_name = "peer-pods-secret" if mode == "create" else "my-cloud-credentials"
     assert env_from == [{"configMapRef": {"name": "peer-pods-cm"}}, {"secretRef": {"name": secret_name}}]
     for obj in objects:
-        if obj["kind"] != "RuntimeClass":
+        if obj["kind"] not in {
+            "RuntimeClass",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "MutatingWebhookConfiguration",
+        }:
             assert obj["metadata"]["namespace"] == NAMESPACE
 
 
@@ -117,14 +154,69 @@ def test_runtime_class_kata_remote_with_overhead_and_toggle(render: Render) -> N
     assert not [o for o in objects if o["kind"] == "RuntimeClass"]
 
 
-def test_rbac_is_nothing_and_no_token_is_mounted(render: Render) -> None:
+def daemon_rules(objects: list[Obj], kind: str = "ClusterRole") -> list[tuple[str, str, tuple[str, ...]]]:
+    role = find(objects, kind, "cloud-api-adaptor")
+    return sorted(
+        (group, resource, tuple(sorted(rule["verbs"])))
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    )
+
+
+#: the daemon's whole Kubernetes footprint (docs/kubernetes.md): nothing else, no wildcards
+DAEMON_RULES = [
+    ("", "events", ("create",)),
+    ("", "nodes/status", ("patch",)),
+    ("confidentialcontainers.org", "peerpods", ("create", "delete", "get", "patch")),
+    ("confidentialcontainers.org", "peerpods/status", ("patch",)),
+]
+#: in its own namespace: is this shutdown an uninstall (its DaemonSet gone)?
+DAEMON_NAMESPACE_RULES = [("", "pods", ("get",)), ("apps", "daemonsets", ("get",))]
+
+
+def test_rbac_is_least_privilege_and_the_token_is_mounted(render: Render) -> None:
     objects = render(minimal_values("azure"))
-    assert not [
-        o for o in objects if o["kind"] in {"Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"}
+    assert daemon_rules(objects) == DAEMON_RULES
+    binding = find(objects, "ClusterRoleBinding", "cloud-api-adaptor")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "cloud-api-adaptor", "namespace": NAMESPACE}
     ]
-    assert find(objects, "ServiceAccount")["automountServiceAccountToken"] is False
+    assert find(objects, "ServiceAccount", "cloud-api-adaptor")["automountServiceAccountToken"] is True
     ds = find(objects, "DaemonSet")
-    assert ds["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    assert ds["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
+
+    # without the API: no token, no role (KUBERNETES_API=auto then stays off)
+    objects = render(
+        minimal_values(
+            "azure",
+            serviceAccount={"automountToken": False},
+            rbac={"create": False},
+            controller={"enabled": False},
+            webhook={"enabled": False},
+        )
+    )
+    assert not [
+        o for o in objects if o["kind"] in {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+    ]
+    assert find(objects, "ServiceAccount", "cloud-api-adaptor")["automountServiceAccountToken"] is False
+
+
+def test_the_chart_ships_the_peerpod_crd_of_the_kustomize_base(helm: Any) -> None:
+    done = helm(
+        "template", minimal_values("gcp"), "peerpods", str(CHART), "--namespace", NAMESPACE, "--include-crds"
+    )
+    assert done.returncode == 0, done.stderr
+    objects = load_objects(done.stdout)
+    validate_objects(objects)
+    crd = find(objects, "CustomResourceDefinition", "peerpods.confidentialcontainers.org")
+    base = yaml.safe_load((REPO / "deploy/kustomize/base/peerpod-crd.yaml").read_text())
+    assert crd == base
+    [version] = crd["spec"]["versions"]
+    assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
+    spec_fields = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    assert {"cloudProvider", "instanceID"} <= set(spec_fields)  # the Go CRD's fields
+    assert "cleand" in version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
 
 
 def test_config_values_land_in_the_configmap_as_strings_and_empty_ones_are_left_out(render: Render) -> None:
@@ -257,7 +349,7 @@ def test_image_workload_identity_and_extra_args_are_configurable(render: Render)
     container = _container(objects)
     assert container["image"] == "registry.example/caa:1.2.3"
     assert container["args"] == ["-disable-tls"]
-    sa = find(objects, "ServiceAccount")
+    sa = find(objects, "ServiceAccount", "cloud-api-adaptor")
     assert sa["metadata"]["annotations"] == {"azure.workload.identity/client-id": "abc"}
     labels = find(objects, "DaemonSet")["spec"]["template"]["metadata"]["labels"]
     assert labels["azure.workload.identity/use"] == "true"

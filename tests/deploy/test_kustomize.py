@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from .conftest import NAMESPACE, OVERLAYS, Obj, find, kinds, minimal_values, required_keys
+from .conftest import CHART, NAMESPACE, OVERLAYS, Obj, find, kinds, minimal_values, required_keys
 
 pytestmark = pytest.mark.timeout(900)  # the first test builds the tools (minutes, once per machine)
 
@@ -41,15 +42,42 @@ def test_overlay_builds_valid_objects_with_its_configmap_and_secret(
     objects = kustomize_build(OVERLAYS / provider)
 
     assert kinds(objects) == [
+        "ClusterRole/cloud-api-adaptor",
+        "ClusterRole/peerpod-controller",
+        "ClusterRole/peerpod-webhook",
+        "ClusterRoleBinding/cloud-api-adaptor",
+        "ClusterRoleBinding/peerpod-controller",
+        "ClusterRoleBinding/peerpod-webhook",
         "ConfigMap/peer-pods-cm",
+        "CustomResourceDefinition/peerpods.confidentialcontainers.org",
         "DaemonSet/cloud-api-adaptor-daemonset",
+        "Deployment/peerpod-controller",
+        "Deployment/peerpod-webhook",
+        "MutatingWebhookConfiguration/peer-pods-mutating-webhook",
         f"Namespace/{NAMESPACE}",
+        "Role/cloud-api-adaptor",
+        "Role/peerpod-controller-leader-election",
+        "Role/peerpod-webhook",
+        "RoleBinding/cloud-api-adaptor",
+        "RoleBinding/peerpod-controller-leader-election",
+        "RoleBinding/peerpod-webhook",
         "RuntimeClass/kata-remote",
         "Secret/peer-pods-secret",
+        "Service/peer-pods-webhook",
         "ServiceAccount/cloud-api-adaptor",
+        "ServiceAccount/peerpod-controller",
+        "ServiceAccount/peerpod-webhook",
     ]
+    cluster_scoped = {
+        "Namespace",
+        "RuntimeClass",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "CustomResourceDefinition",
+        "MutatingWebhookConfiguration",
+    }
     for obj in objects:
-        if obj["kind"] not in {"Namespace", "RuntimeClass"}:
+        if obj["kind"] not in cluster_scoped:
             assert obj["metadata"]["namespace"] == NAMESPACE, obj["kind"]
     data = find(objects, "ConfigMap")["data"]
     assert data["CLOUD_PROVIDER"] == provider
@@ -121,3 +149,23 @@ images:
     assert find(objects, "ConfigMap")["data"]["PODVM_AMI_ID"] == "ami-0123456789abcdef0"
     container = find(objects, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "registry.example/cloud-api-adaptor:1.0"
+
+
+def test_rbac_and_crd_match_the_charts(
+    kustomize_build: Build, helm: Callable[..., Any], render: Callable[[dict[str, Any]], list[Obj]]
+) -> None:
+    from .test_chart import DAEMON_NAMESPACE_RULES, DAEMON_RULES, daemon_rules
+
+    objects = kustomize_build(OVERLAYS / "gcp")
+    assert daemon_rules(objects) == DAEMON_RULES
+    assert daemon_rules(objects, "Role") == sorted(DAEMON_NAMESPACE_RULES)
+    assert find(objects, "RoleBinding", "cloud-api-adaptor")["subjects"][0]["namespace"] == NAMESPACE
+    binding = find(objects, "ClusterRoleBinding", "cloud-api-adaptor")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "cloud-api-adaptor", "namespace": NAMESPACE}
+    ]
+    crd = find(objects, "CustomResourceDefinition")
+    done = helm("template", minimal_values("gcp"), "peerpods", str(CHART), "--include-crds")
+    chart_crd = find([o for o in yaml.safe_load_all(done.stdout) if o], "CustomResourceDefinition")
+    crd["metadata"].pop("labels", None)  # kustomize labels everything it builds
+    assert crd == chart_crd

@@ -114,7 +114,7 @@ def test_an_existing_peer_pods_cm_configures_the_daemon() -> None:
         "TAGS": "team=a,env=prod",
         "VXLAN_PORT": "4790",
         "LOG_LEVEL": "DEBUG",
-        "PEERPODS_LIMIT_PER_NODE": "10",
+        "PEERPODS_LIMIT_PER_NODE": "12",
     }
     settings_ = load(Settings, env)
     assert settings_.socket == Path("/run/peerpod/hypervisor.sock")
@@ -124,6 +124,7 @@ def test_an_existing_peer_pods_cm_configures_the_daemon() -> None:
     assert dict(settings_.tags) == {"team": "a", "env": "prod"}
     assert settings_.network.vxlan_port == 4790
     assert settings_.log_level == "debug"
+    assert settings_.kubernetes.limit_per_node == 12
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import json, sys
 import cloud_api_adaptor.cli, cloud_api_adaptor.daemon
 from cloud_api_adaptor.plugins import load_plugin
 load_plugin(sys.argv[1])
-heavy = {"boto3", "botocore", "libvirt", "moto", "pycdlib", "kubernetes", "pyroute2"}
+heavy = {"boto3", "botocore", "libvirt", "moto", "pycdlib", "kubernetes", "pyroute2", "lightkube", "httpx2"}
 print(json.dumps(sorted({m.split(".")[0] for m in sys.modules} & heavy)))
 """
 

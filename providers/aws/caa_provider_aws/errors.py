@@ -28,9 +28,12 @@ from botocore.parsers import ResponseParserError
 
 from cloud_api_adaptor.errors import (
     AdaptorError,
+    CapacityUnavailable,
+    ImageNotFound,
     InstanceNotFound,
     InvalidInput,
     PermanentProviderError,
+    QuotaExceeded,
     TemporaryProviderError,
 )
 
@@ -56,6 +59,15 @@ TEMPORARY_CODES = frozenset(
         "PriorRequestNotComplete",
     }
 )
+
+#: account limits: permanent until the limit is raised (a typed reason on the pod's event)
+QUOTA_CODES = frozenset({"InstanceLimitExceeded", "VcpuLimitExceeded", "AddressLimitExceeded"})
+#: EC2 has no capacity for the type in the zone now: temporary
+CAPACITY_CODES = frozenset(
+    {"InsufficientInstanceCapacity", "InsufficientAddressCapacity", "InsufficientCapacity"}
+)
+#: the pod VM image does not exist or is not usable
+IMAGE_CODES = frozenset({"InvalidAMIID.NotFound", "InvalidAMIID.Unavailable"})
 
 #: codes meaning the instance does not exist (a delete treats these as done)
 NOT_FOUND_CODES = frozenset({"InvalidInstanceID.NotFound"})
@@ -91,6 +103,12 @@ def translate(exc: Exception, operation: str) -> AdaptorError:
             return AddressNotFound(text)
         if code in MALFORMED_ID_CODES:
             return InvalidInput("instance_id", text)
+        if code in QUOTA_CODES:
+            return QuotaExceeded(text)
+        if code in CAPACITY_CODES:
+            return CapacityUnavailable(text)
+        if code in IMAGE_CODES:
+            return ImageNotFound(text)
         if code in TEMPORARY_CODES or status >= 500:
             return TemporaryProviderError(text)
         return PermanentProviderError(text)

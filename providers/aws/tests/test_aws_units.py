@@ -29,10 +29,13 @@ from caa_provider_aws.shapes import (
 )
 
 from cloud_api_adaptor.errors import (
+    CapacityUnavailable,
     ConfigError,
+    ImageNotFound,
     InstanceNotFound,
     InvalidInput,
     PermanentProviderError,
+    QuotaExceeded,
     TemporaryProviderError,
 )
 from cloud_api_adaptor.options import load, options_of
@@ -130,7 +133,10 @@ def _client_error(code: str, status: int = 400) -> ClientError:
     [
         (_client_error("RequestLimitExceeded", 503), TemporaryProviderError),
         (_client_error("Throttling"), TemporaryProviderError),
-        (_client_error("InsufficientInstanceCapacity", 500), TemporaryProviderError),
+        (_client_error("InsufficientInstanceCapacity", 500), CapacityUnavailable),
+        (_client_error("VcpuLimitExceeded"), QuotaExceeded),
+        (_client_error("InstanceLimitExceeded"), QuotaExceeded),
+        (_client_error("InvalidAMIID.NotFound"), ImageNotFound),
         (_client_error("SomethingNew", 502), TemporaryProviderError),
         (_client_error("InvalidInstanceID.NotFound"), InstanceNotFound),
         (_client_error("InvalidInstanceID.Malformed"), InvalidInput),

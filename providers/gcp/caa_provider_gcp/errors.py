@@ -21,6 +21,7 @@ from cloud_api_adaptor.errors import (
     AdaptorError,
     InstanceNotFound,
     PermanentProviderError,
+    QuotaExceeded,
     TemporaryProviderError,
 )
 
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 RATE_LIMIT_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded"})
 #: operation error codes that a later retry of the same request may get past
 TEMPORARY_OPERATION_CODES = frozenset({"INTERNAL_ERROR", "SERVICE_UNAVAILABLE", "OPERATION_CANCELED"})
+#: codes of an exceeded quota (permanent, with its own reason on the pod's event)
+QUOTA_CODES = frozenset({"QUOTA_EXCEEDED", "quotaExceeded"})
 #: operation error codes for an instance that is not there (a delete counts it as done)
 NOT_FOUND_OPERATION_CODES = frozenset({"RESOURCE_NOT_FOUND"})
 _HINTS = {
@@ -105,6 +108,8 @@ def _from_api_error(exc: api_exceptions.GoogleAPICallError, operation: str) -> A
         return TemporaryProviderError(text, retry_after=_retry_after(exc))
     if status == 403 and not reasons:
         reasons = ["forbidden"]
+    if QUOTA_CODES.intersection(reasons):
+        return QuotaExceeded(_with_hint(text, reasons))
     return PermanentProviderError(_with_hint(text, reasons))
 
 
@@ -129,4 +134,6 @@ def operation_error(operation: Mapping[str, Any], what: str) -> AdaptorError:
         return InstanceNotFound(text)
     if TEMPORARY_OPERATION_CODES.intersection(codes):
         return TemporaryProviderError(text)
+    if QUOTA_CODES.intersection(codes):
+        return QuotaExceeded(_with_hint(text, codes))
     return PermanentProviderError(_with_hint(text, codes))

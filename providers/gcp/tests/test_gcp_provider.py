@@ -18,7 +18,7 @@ from caa_provider_gcp.provider import GcpProvider
 from caa_provider_gcp.shapes import insert_request_id
 from gcp_testkit import IMAGE_GIB, GcpWorld
 
-from cloud_api_adaptor.errors import InvalidInput, PermanentProviderError
+from cloud_api_adaptor.errors import InvalidInput, PermanentProviderError, QuotaExceeded
 from cloud_api_adaptor.provider import TAG_CLUSTER, TAG_NODE, TAG_SANDBOX, CreateRequest, InstanceSpec
 from cloud_api_adaptor.testing.faultproxy import Fault
 
@@ -183,7 +183,7 @@ async def test_quota_exhaustion_is_permanent_named_and_leaves_nothing(
     world: GcpWorld, provider: GcpProvider
 ) -> None:
     world.compute.quotas["N2D_CPUS"]["limit"] = 1.0
-    with pytest.raises(PermanentProviderError, match=r"QUOTA_EXCEEDED: Quota 'N2D_CPUS' exceeded") as info:
+    with pytest.raises(QuotaExceeded, match=r"QUOTA_EXCEEDED: Quota 'N2D_CPUS' exceeded") as info:
         await provider.create_instance(request())
     assert "raise the quota" in str(info.value)
     assert world.compute.live() == []
