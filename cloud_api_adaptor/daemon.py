@@ -14,6 +14,7 @@ import contextlib
 import functools
 import logging
 import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,15 @@ from prometheus_client import CollectorRegistry
 from cloud_api_adaptor.aio import TaskSupervisor
 from cloud_api_adaptor.channel import build_agent_channel
 from cloud_api_adaptor.fsutil import make_private_dirs
-from cloud_api_adaptor.handover import HANDOVER_SERVICE, StateLock, handover_service, take_over
+from cloud_api_adaptor.handover import (
+    HANDOVER_SERVICE,
+    HandoverListener,
+    StateLock,
+    detach_proxies,
+    handover_service,
+    pass_sockets,
+    take_over,
+)
 from cloud_api_adaptor.hypervisor.planning import validate_global_initdata
 from cloud_api_adaptor.hypervisor.ports import LazyPodNetwork, PodNetworkPort
 from cloud_api_adaptor.hypervisor.recovery import recover
@@ -39,6 +48,8 @@ from cloud_api_adaptor.probe import ProbeServer
 from cloud_api_adaptor.provider import Provider, ProviderContext
 from cloud_api_adaptor.reconciler import OrphanReconciler
 from cloud_api_adaptor.settings import Settings
+from cloud_api_adaptor.transport.custody import SocketCustody, open_keeper
+from cloud_api_adaptor.transport.fdpass import bind_unix_listener
 from cloud_api_adaptor.ttrpc import Server
 
 logger = logging.getLogger(__name__)
@@ -80,11 +91,23 @@ class Daemon:
     store: SandboxStore
     lock: StateLock
     handover_requested: asyncio.Event
+    custody: SocketCustody
+    handover_listener: HandoverListener
+    #: the successor's hand-over connection, once one asked
+    successor: socket.socket | None = None
+
+    def _successor_asked(self, peer: socket.socket) -> None:
+        logger.warning("a new cloud-api-adaptor asked for this node's sockets: handing over")
+        self.successor = peer
+        self.handover_requested.set()
 
     async def aclose(self) -> None:
         """Staged shutdown: listeners, in-flight calls, background work, proxies, provider, lock.
 
         Idempotent; also what a hand-over runs before the old daemon goes idle.
+        With a successor (hand-over) or a keeper, the shim-facing sockets are
+        passed on or left to the keeper: no socket file disappears, no shim
+        connection sees EOF (docs/survival.md).
         """
         if not self.lock.held:
             return
@@ -93,12 +116,31 @@ class Daemon:
             await self.grpc_server.stop(DRAIN_SECONDS)
         await self.ttrpc.wait_closed(DRAIN_SECONDS)
         await self.supervisor.aclose()
+        self.handover_listener.close()
+        successor, self.successor = self.successor, None
+        keep = successor is not None or self.custody.retains
+        if keep:
+            handed = await detach_proxies(self.manager)
+            try:
+                if successor is not None:
+                    await asyncio.to_thread(pass_sockets, successor, self.custody, handed)
+                    self.custody.forget_keeper()  # the successor keeps them with its own keeper
+            except OSError as exc:
+                logger.error("passing the sockets to the new daemon failed: %s", exc)
+            finally:
+                for conn in handed:
+                    conn.sock.close()
+                if successor is not None:
+                    successor.close()
         await self.manager.aclose()
         await asyncio.to_thread(self.store.close)
         await self.provider.aclose()
         await self.probe.aclose()
-        with contextlib.suppress(FileNotFoundError):
-            self.settings.socket.unlink()
+        if not keep:
+            self.custody.release_listener(self.settings.socket)
+            with contextlib.suppress(FileNotFoundError):
+                self.settings.socket.unlink()
+        self.custody.close()
         self.lock.release()
 
 
@@ -112,10 +154,14 @@ async def start_daemon(
     """Build and start everything; the hypervisor socket accepts when this returns."""
     validate_global_initdata(settings.initdata)
     lock = StateLock(settings.state_dir)
-    await take_over(lock, settings.socket, HANDOVER_TIMEOUT)
+    inventory = await take_over(lock, settings.socket, HANDOVER_TIMEOUT)
+    keeper, kept = await asyncio.to_thread(open_keeper, settings.fd_keeper_socket)
+    inventory.merge(kept)
+    custody = SocketCustody(inventory, keeper)
     try:
-        return await _start_locked(settings, provider_config, lock, network, provider)
+        return await _start_locked(settings, provider_config, lock, network, provider, custody)
     except BaseException:
+        custody.close()
         lock.release()
         raise
 
@@ -126,6 +172,7 @@ async def _start_locked(
     lock: StateLock,
     network: PodNetworkPort | None,
     provider: Provider | None,
+    custody: SocketCustody,
 ) -> Daemon:
     registry = CollectorRegistry()
     metrics = Metrics(registry)
@@ -140,7 +187,7 @@ async def _start_locked(
     try:
         catalogue = tuple(await provider.describe_instance_types())
         store.prepare()
-        channel = await asyncio.to_thread(build_agent_channel, settings)
+        channel = await asyncio.to_thread(build_agent_channel, settings, custody)
         manager = SandboxManager(
             settings,
             provider,
@@ -158,7 +205,11 @@ async def _start_locked(
         for name, methods in ttrpc_services(HypervisorService(manager)).items():
             server.add_service(name, methods)
         server.add_service(HANDOVER_SERVICE, handover_service(handover_requested.set))
-        await server.start_unix(settings.socket, mode=0o600)
+        listener = custody.take_listener(settings.socket) or bind_unix_listener(settings.socket, 0o600)
+        custody.keep_listener(settings.socket, listener)
+        custody.discard_unclaimed()  # passed sockets of sandboxes stopped meanwhile
+        await server.start_on(listener)
+        logger.info("ttrpc server listening on %s", settings.socket)
     except BaseException:
         if grpc_server is not None:
             await grpc_server.stop(0)
@@ -170,6 +221,7 @@ async def _start_locked(
         raise
     probe.set_ready()
     supervisor = TaskSupervisor("daemon", on_failure=metrics.task_failed)
+    handover_listener = HandoverListener(settings.state_dir, lambda _peer: None)
     reconciler = OrphanReconciler(provider, manager, settings.orphan_grace_period)
     supervisor.keep_running(
         functools.partial(reconciler.run, settings.orphan_scan_interval), name="housekeeping"
@@ -180,7 +232,7 @@ async def _start_locked(
         settings.provider,
         len(manager.records()),
     )
-    return Daemon(
+    daemon = Daemon(
         settings,
         provider,
         manager,
@@ -192,7 +244,12 @@ async def _start_locked(
         store,
         lock,
         handover_requested,
+        custody,
+        handover_listener,
     )
+    handover_listener.on_request = daemon._successor_asked
+    handover_listener.start(supervisor)
+    return daemon
 
 
 def _build_pod_network(settings: Settings, provider: Provider) -> PodNetworkPort:

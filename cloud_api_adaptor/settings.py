@@ -150,6 +150,13 @@ class Settings:
         max_bytes=MAX_UNIX_PATH,
         default=None,
     )
+    fd_keeper_socket: Path | None = optional_path(
+        "fd-keeper-socket",
+        "FD_KEEPER_SOCKET",
+        "Unix socket of caa-fd-keeper, which holds the shim's sockets across daemon crashes (new).",
+        max_bytes=MAX_UNIX_PATH,
+        default=None,
+    )
     pods_dir: Path = path(
         "pods-dir", "PODS_DIR", "Directory for per-sandbox agent sockets.", default=DEFAULT_PODS_DIR
     )

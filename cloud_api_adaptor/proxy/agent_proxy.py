@@ -25,6 +25,12 @@ How it dials and reconnects:
 - every shim connection gets its own upstream connection, so after the VM
   connection drops a new shim connection reconnects;
 - ``restore`` re-creates the listener after a daemon restart without waiting.
+
+Sockets that outlive the daemon (``transport.custody``): with a custody, the
+listener and each accepted shim connection are registered with the fd-keeper,
+a listener and connections passed by a previous daemon are taken over instead
+of binding anew, and ``detach`` lets the daemon go away without the shim seeing
+it (no unlink, no EOF): see docs/survival.md.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from cloud_api_adaptor.aio import TaskSupervisor
 from cloud_api_adaptor.errors import DeadlineExceeded, FailedPrecondition
 from cloud_api_adaptor.proxy.dialer import DialFailed, Handshake, StaggeredDialer
 from cloud_api_adaptor.proxy.tls import AgentTls
+from cloud_api_adaptor.transport.custody import InheritedConnection, SocketCustody
 from cloud_api_adaptor.transport.pump import Pipe, PumpStats, close_pipes, link
 
 logger = logging.getLogger(__name__)
@@ -89,8 +96,14 @@ class AgentProxy:
         connect_attempt_timeout: float = 0.5,
         handshake_timeout: float = 10.0,
         max_attempts_in_flight: int = 10,
+        custody: SocketCustody | None = None,
     ) -> None:
         self.socket_path = socket_path
+        self._custody = custody
+        #: the keeper key of each accepted shim connection
+        self._keys: dict[Pipe, str] = {}
+        self._downs: set[Pipe] = set()
+        self._detaching = False
         self._ssl = ssl_context
         self._server_hostname = server_hostname if ssl_context is not None else None
         self._dial_timeout = dial_timeout
@@ -164,6 +177,51 @@ class AgentProxy:
         await self._tasks.aclose()
         await close_pipes(self._pipes)
 
+    async def detach(self, grace: float = 2.0) -> list[InheritedConnection]:
+        """Go away without the shim noticing: stop accepting, keep the socket file, no EOF.
+
+        Reading from the shim stops, what was already read is flushed to the
+        forwarder and what came back is flushed to the shim (within ``grace``),
+        then each shim connection is returned as a duplicate descriptor with
+        anything still held for it, for the next daemon (the listener itself
+        is in the custody's hands).  Answers the forwarder sends after this are
+        lost unless the agent channel resumes its session (a plain relay
+        cannot: the next daemon opens a new upstream connection).
+        """
+        if self._closed:
+            return []
+        self._closed = True
+        self._detaching = True
+        server, self._server = self._server, None
+        self._listening = False
+        if server is not None:
+            server.close()
+        downs = list(self._downs)
+        for down in downs:
+            if down.transport is not None and not down.transport.is_closing():
+                down.transport.pause_reading()
+        await _flushed(self._pipes, grace)
+        handed: list[InheritedConnection] = []
+        for down in downs:
+            t = down.transport
+            sock = t.get_extra_info("socket") if t is not None else None
+            if t is None or t.is_closing() or sock is None or down.closed.done():
+                continue
+            key = self._keys.get(down) or f"C:{id(down):x}"
+            dup = socket.socket(fileno=os.dup(sock.fileno()))
+            handed.append(
+                InheritedConnection(key, os.fspath(self.socket_path), dup, bytearray(down.take_held()))
+            )
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.close()
+        await self._tasks.aclose()
+        for pipe in list(self._pipes):
+            pipe.abort()
+        if server is not None:
+            await server.wait_closed()
+        return handed
+
     # -- listening -------------------------------------------------------------
 
     async def _listen(self, host: str, port: int) -> None:
@@ -173,10 +231,20 @@ class AgentProxy:
             raise FailedPrecondition(f"agent proxy {self.socket_path} is already listening")
         self._addr = (host, port)
         path = self.socket_path
+        loop = asyncio.get_running_loop()
+        inherited = self._custody.take_listener(path) if self._custody is not None else None
+        if inherited is not None:
+            # Passed by the previous daemon (or the keeper): the file never went away.
+            inherited.setblocking(False)
+            self._server = await loop.create_unix_server(self._accept, sock=inherited)
+            self._listening = True
+            self._custody.keep_listener(path, inherited)  # type: ignore[union-attr]
+            for conn in self._custody.take_connections(path):  # type: ignore[union-attr]
+                await self._adopt(conn)
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # a stale socket from an earlier run
-        loop = asyncio.get_running_loop()
         # Bind, restrict, then listen: no peer can connect while the socket still has
         # umask permissions, and the process-wide umask is never touched (threads and
         # other tasks create files meanwhile).
@@ -193,12 +261,16 @@ class AgentProxy:
                 path.unlink()
             raise
         self._listening = True
+        if self._custody is not None:
+            self._custody.keep_listener(path, sock)
 
     async def _stop_listening(self) -> None:
         server, self._server = self._server, None
         self._listening = False
         if server is not None:
             server.close()
+        if self._custody is not None:
+            self._custody.release_listener(self.socket_path)
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             self.socket_path.unlink()
         if server is not None:
@@ -206,11 +278,7 @@ class AgentProxy:
 
     def _accept(self) -> Pipe:
         """Protocol factory for shim connections (runs inside the event loop)."""
-        down = Pipe(self.stats, downstream=True)
-        self.stats.connections_total += 1
-        self.stats.connections_active += 1
-        self._pipes.add(down)
-        down.closed.add_done_callback(lambda _f: self._forget(down, counted=True))
+        down = self._new_downstream()
         spare, self._spare = self._spare, None
         if spare is not None and spare.is_alive:
             # connection_made has not run yet; link once it has.
@@ -221,11 +289,50 @@ class AgentProxy:
             self._tasks.spawn(self._connect_upstream(down), name=f"agent-proxy-dial {self.socket_path}")
         return down
 
+    def _new_downstream(self, key: str | None = None) -> Pipe:
+        down = Pipe(self.stats, downstream=True)
+        self.stats.connections_total += 1
+        self.stats.connections_active += 1
+        self._pipes.add(down)
+        self._downs.add(down)
+        down.closed.add_done_callback(lambda _f: self._forget(down, counted=True))
+        if self._custody is not None:
+            down.connected.add_done_callback(lambda _f: self._keep(down, key))
+        return down
+
+    def _keep(self, down: Pipe, key: str | None) -> None:
+        """Register a shim connection with the keeper as soon as it exists."""
+        if self._custody is None or down.connected.cancelled() or down.connected.exception() is not None:
+            return
+        sock = down.transport.get_extra_info("socket") if down.transport is not None else None
+        if sock is None or down.closed.done():
+            return
+        self._keys[down] = self._custody.keep_connection(self.socket_path, sock.fileno(), key)
+
+    async def _adopt(self, conn: InheritedConnection) -> None:
+        """Serve a shim connection accepted by a previous daemon: the shim never noticed the change."""
+        down = self._new_downstream(conn.key)
+        down.hold(bytes(conn.prefix))
+        conn.sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.connect_accepted_socket(lambda: down, conn.sock)
+        except BaseException:
+            conn.sock.close()
+            down.close()
+            raise
+        logger.info("agent proxy %s: took over a shim connection (%s)", self.socket_path, conn.key)
+        self._tasks.spawn(self._connect_upstream(down), name=f"agent-proxy-dial {self.socket_path}")
+
     def _forget(self, pipe: Pipe, *, counted: bool = False) -> None:
         if pipe in self._pipes:
             self._pipes.discard(pipe)
             if counted:
                 self.stats.connections_active -= 1
+        self._downs.discard(pipe)
+        key = self._keys.pop(pipe, None)
+        if key is not None and self._custody is not None and not self._detaching:
+            self._custody.release_connection(key)
 
     def _join(self, down: Pipe, up: Pipe) -> None:
         if down.connected.cancelled() or down.connected.exception() is not None:
@@ -319,12 +426,26 @@ class AgentProxy:
         return up
 
 
+async def _flushed(pipes: set[Pipe], grace: float) -> None:
+    """Wait (bounded) until no transport of ``pipes`` has bytes left in its write buffer."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while loop.time() < deadline:
+        busy = [p for p in pipes if p.transport is not None and not p.transport.is_closing()]
+        if not any(p.transport.get_write_buffer_size() for p in busy if p.transport is not None):
+            return
+        await asyncio.sleep(0.01)
+
+
 class AgentChannel:
     """Builds per-sandbox proxies and apf.json TLS fields from one ``AgentTls`` (the daemon's port)."""
 
-    def __init__(self, tls: AgentTls, *, dial_timeout: float = 300.0) -> None:
+    def __init__(
+        self, tls: AgentTls, *, dial_timeout: float = 300.0, custody: SocketCustody | None = None
+    ) -> None:
         self._tls = tls
         self._dial_timeout = dial_timeout
+        self.custody = custody
 
     def apf_tls_fields(self, instance_name: str) -> dict[str, Any]:
         return self._tls.apf_tls_fields(instance_name)
@@ -335,4 +456,5 @@ class AgentChannel:
             self._tls.client_context(),
             self._tls.server_hostname(instance_name),
             dial_timeout=self._dial_timeout,
+            custody=self.custody,
         )

@@ -1,0 +1,225 @@
+"""Running pods survive the daemon: a hand-over, a kill -9 and a SIGTERM restart, as a shim sees them.
+
+The "shim" here is a client that holds one agent-socket connection for the
+whole test (as Kata's shim does for a pod's life) against the development
+agent in a local VM: any EOF on it would be pod death.  What must hold:
+- the hypervisor socket path exists at every instant of a hand-over;
+- a StopVM sent while the hand-over is in progress succeeds;
+- the agent connection keeps working across a hand-over, and across a kill -9
+  and a SIGTERM restart with the fd-keeper, including a call sent while no
+  daemon was running at all;
+- nothing is left behind: no pod directory, no VM process, nothing in the keeper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cloud_api_adaptor import kata_client as kata
+from cloud_api_adaptor.testing.eventually import eventually, eventually_sync
+from cloud_api_adaptor.transport.custody import KeeperLink
+
+from .daemon_proc import DaemonProcess
+from .test_lifecycle_local import vm_processes
+
+KEEPER_BIN = Path(sys.executable).parent / "caa-fd-keeper"
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class PathWatcher:
+    """Polls a path from a thread as fast as it can; records every moment it is not a socket."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.polls = 0
+        self.gaps: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if not stat.S_ISSOCK(os.lstat(self.path).st_mode):
+                    self.gaps.append("not a socket")
+            except FileNotFoundError:
+                self.gaps.append("missing")
+            self.polls += 1
+
+    def __enter__(self) -> PathWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def successor(old: DaemonProcess, name: str, extra_env: dict[str, str] | None = None) -> DaemonProcess:
+    """A second daemon on the same node: same socket, probe port, state directory (hostPath)."""
+    new = DaemonProcess(old.root)
+    new.env = {**old.env, **(extra_env or {})}
+    new.probe_port = old.probe_port
+    new.log = old.root / f"daemon-{name}.log"
+    return new
+
+
+@pytest.fixture
+def keeper(short_tmp: Path) -> Iterator[Path]:
+    path = short_tmp / "keeper.sock"
+    log = (short_tmp / "keeper.log").open("ab")
+    proc = subprocess.Popen(
+        [str(KEEPER_BIN), "--socket", str(path), "--log-level", "debug"], stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        eventually_sync(lambda: path.exists() or proc.poll() is not None, "the fd-keeper to listen")
+        assert proc.poll() is None, (short_tmp / "keeper.log").read_text()
+        yield path
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(10) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+            log.close()
+    assert not path.exists()
+
+
+def keeper_holds(path: Path) -> set[str]:
+    """What the keeper holds, as a daemon would get it back (the descriptors are closed again)."""
+    link = KeeperLink(path)
+    try:
+        inventory = link.fetch()
+    finally:
+        link.close()
+    held = set(inventory.listeners) | {
+        f"conn {c.listener}" for conns in inventory.connections.values() for c in conns
+    }
+    inventory.close()
+    return held
+
+
+@pytest.mark.asyncio
+async def test_a_hand_over_leaves_no_gap_and_the_shim_connection_open(short_tmp: Path) -> None:
+    old = DaemonProcess(short_tmp)
+    old.start()
+    new: DaemonProcess | None = None
+    agent: kata.AgentClient | None = None
+    try:
+        running, stopping = new_id(), new_id()
+        path = await kata.create_vm(old.socket, running, kata.kata_annotations("survivor"))
+        await kata.create_vm(old.socket, stopping, kata.kata_annotations("leaver"))
+        await asyncio.gather(
+            kata.start_vm(old.socket, running, timeout=60), kata.start_vm(old.socket, stopping, timeout=60)
+        )
+        agent = await kata.AgentClient.connect(path)
+        assert await agent.check() == 1
+
+        new = successor(old, "new")
+        with PathWatcher(old.socket) as watcher:
+            starting = asyncio.ensure_future(asyncio.to_thread(new.start))
+            try:
+                await eventually(
+                    lambda: "asked for this node's sockets" in old.log.read_text(), "the hand-over to begin"
+                )
+                in_progress = "cloud-api-adaptor serving on" not in new.log.read_text()
+                await kata.stop_vm(old.socket, stopping)  # the shim's StopVM, mid-hand-over
+            finally:
+                await starting
+            assert await agent.check() == 1  # the same connection, served through the new daemon
+        assert in_progress, "the StopVM was sent after the hand-over had finished"
+        assert watcher.polls > 100 and watcher.gaps == [], watcher.gaps[:5]
+        # the hypervisor socket, the agent sockets (the StopVM may have reached either daemon), the shim
+        assert re.search(r"received [23] listener\(s\) and 1 shim connection\(s\)", new.log.read_text())
+        assert not (short_tmp / "pods" / stopping).exists()
+
+        await agent.aclose()
+        agent = None
+        await kata.stop_vm(new.socket, running)
+        assert list(new.pods_dir.iterdir()) == []
+        assert old.stop() == 0
+        assert new.stop() == 0
+        new = None
+        assert not old.socket.exists()
+        assert not (old.state_dir / "handover.sock").exists()
+        assert vm_processes(short_tmp) == []
+    finally:
+        if agent is not None:
+            await agent.aclose()
+        if new is not None:
+            new.stop()
+        old.stop()
+
+
+@pytest.mark.asyncio
+async def test_the_shim_connection_survives_kill_9_and_restart_with_the_keeper(
+    short_tmp: Path, keeper: Path
+) -> None:
+    env = {"FD_KEEPER_SOCKET": str(keeper)}
+    first = DaemonProcess(short_tmp, extra_env=env)
+    first.start()
+    daemons = [first]
+    agent: kata.AgentClient | None = None
+    try:
+        sid = new_id()
+        path = await kata.create_vm(first.socket, sid, kata.kata_annotations("crash"))
+        await kata.start_vm(first.socket, sid, timeout=60)
+        agent = await kata.AgentClient.connect(path)
+        assert await agent.check() == 1
+        assert keeper_holds(keeper) == {str(first.socket), path, f"conn {path}"}
+
+        first.kill9()
+        assert stat.S_ISSOCK(os.lstat(first.socket).st_mode) and stat.S_ISSOCK(os.lstat(path).st_mode)
+        # A call made while no daemon runs waits in the kernel and is answered after the restart.
+        waiting = asyncio.ensure_future(agent.check())
+        try:
+            second = successor(first, "second")
+            daemons.append(second)
+            await asyncio.to_thread(second.start)
+        finally:
+            assert await waiting == 1
+        assert "took over a shim connection" in second.log.read_text()
+
+        # A graceful restart (SIGTERM) with the keeper also leaves the shim's sockets alone.
+        assert second.stop() == 0
+        assert stat.S_ISSOCK(os.lstat(path).st_mode)
+        third = successor(first, "third")
+        daemons.append(third)
+        third.start()
+        assert await agent.check() == 1
+
+        await agent.aclose()
+        agent = None
+        await kata.stop_vm(third.socket, sid)
+        assert list(third.pods_dir.iterdir()) == []
+        await eventually(lambda: keeper_holds(keeper) == {str(third.socket)}, "the keeper to drop the sandbox")
+        assert third.stop() == 0
+        assert [pid for pid in vm_processes(short_tmp) if b"caa-fd-keeper" not in cmdline(pid)] == []
+    finally:
+        if agent is not None:
+            await agent.aclose()
+        for daemon in daemons:
+            daemon.stop()
