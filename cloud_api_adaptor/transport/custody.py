@@ -22,6 +22,7 @@ import base64
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -285,15 +286,28 @@ class SocketCustody:
         self.forget_keeper()
 
 
-def open_keeper(path: Path | None) -> tuple[KeeperLink | None, Inventory]:
-    """Connect to the keeper (if configured) and fetch what it holds."""
+def open_keeper(path: Path | None, wait: float = 10.0) -> tuple[KeeperLink | None, Inventory]:
+    """Connect to the keeper (if configured, waiting up to ``wait`` for it to listen); fetch what it holds.
+
+    Blocking: run it in a thread.  Without a keeper the daemon still runs; its
+    pods survive hand-overs but not its crash (logged as an error).
+    """
     if path is None:
         return None, Inventory()
-    try:
-        keeper = KeeperLink(path)
-    except OSError as exc:
-        logger.error("no fd-keeper at %s (%s): pods will not survive a crash of this daemon", path, exc)
-        return None, Inventory()
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            keeper = KeeperLink(path)
+            break
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            if time.monotonic() < deadline:  # the keeper container is starting next to us
+                time.sleep(0.1)
+                continue
+            logger.error("no fd-keeper at %s (%s): pods will not survive a crash of this daemon", path, exc)
+            return None, Inventory()
+        except OSError as exc:
+            logger.error("no fd-keeper at %s (%s): pods will not survive a crash of this daemon", path, exc)
+            return None, Inventory()
     try:
         inventory = keeper.fetch()
     except (OSError, FdPassError) as exc:

@@ -215,7 +215,9 @@ async def test_the_shim_connection_survives_kill_9_and_restart_with_the_keeper(
         agent = None
         await kata.stop_vm(third.socket, sid)
         assert list(third.pods_dir.iterdir()) == []
-        await eventually(lambda: keeper_holds(keeper) == {str(third.socket)}, "the keeper to drop the sandbox")
+        await eventually(
+            lambda: keeper_holds(keeper) == {str(third.socket)}, "the keeper to drop the sandbox"
+        )
         assert third.stop() == 0
         assert [pid for pid in vm_processes(short_tmp) if b"caa-fd-keeper" not in cmdline(pid)] == []
     finally:
