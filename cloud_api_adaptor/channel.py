@@ -10,4 +10,4 @@ from cloud_api_adaptor.settings import Settings
 def build_agent_channel(settings: Settings) -> AgentChannel:
     """TLS material is loaded or created under STATE_DIR, so running VMs keep trusting us after a restart."""
     tls = AgentTls.from_settings(settings.tls, settings.state_dir)
-    return AgentChannel(tls, dial_timeout=settings.proxy_timeout)
+    return AgentChannel(tls, dial_timeout=settings.proxy_timeout, resume_window=settings.agent_resume_window)

@@ -25,6 +25,14 @@ How it dials and reconnects:
 - every shim connection gets its own upstream connection, so after the VM
   connection drops a new shim connection reconnects;
 - ``restore`` re-creates the listener after a daemon restart without waiting.
+
+Resumable channel (``resume_window`` > 0, TLS on): when the forwarder agrees by
+ALPN, a shim connection is a ``transport.resumable.ResumableRelay`` instead of
+a plain pump.  A dropped link is redialled with the same staggered dialer and
+the session resumed, for up to ``resume_window`` seconds from the drop; beyond
+that the shim connection is closed as without resumability.  A forwarder that
+does not offer it (the Go forwarder, ours with resume off) gets the plain relay:
+the bytes the shim sent meanwhile go first.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import logging
 import os
 import socket
 import ssl
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +53,8 @@ from cloud_api_adaptor.errors import DeadlineExceeded, FailedPrecondition
 from cloud_api_adaptor.proxy.dialer import DialFailed, Handshake, StaggeredDialer
 from cloud_api_adaptor.proxy.tls import AgentTls
 from cloud_api_adaptor.transport.pump import Pipe, PumpStats, close_pipes, link
+from cloud_api_adaptor.transport.resumable import ResumableRelay
+from cloud_api_adaptor.transport.resume import ALPN, Session, new_session_id
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +72,8 @@ class ProxyStats(PumpStats):
     """Upstream connections established (the readiness dial included)."""
     upstream_failures: int = 0
     """Failed upstream connect attempts."""
+    resumes: int = 0
+    """Resumable sessions continued on a new link."""
 
 
 def _describe(exc: BaseException) -> str:
@@ -89,9 +102,17 @@ class AgentProxy:
         connect_attempt_timeout: float = 0.5,
         handshake_timeout: float = 10.0,
         max_attempts_in_flight: int = 10,
+        resume_window: float = 0.0,
+        resume_keepalive: float = 1.0,
+        resume_dead_after: float = 5.0,
     ) -> None:
         self.socket_path = socket_path
         self._ssl = ssl_context
+        self._resume_window = resume_window if ssl_context is not None else 0.0
+        self._resume_keepalive = resume_keepalive
+        self._resume_dead_after = resume_dead_after
+        if self._resume_window > 0 and ssl_context is not None:
+            ssl_context.set_alpn_protocols([ALPN])
         self._server_hostname = server_hostname if ssl_context is not None else None
         self._dial_timeout = dial_timeout
         self._attempt_timeout = connect_attempt_timeout
@@ -110,6 +131,8 @@ class AgentProxy:
         self._addr: tuple[str, int] | None = None
         self._spare: Pipe | None = None
         self._pipes: set[Pipe] = set()
+        self.relays: set[ResumableRelay] = set()
+        """The live resumable sessions (one per shim connection)."""
         self._tasks = TaskSupervisor(f"agent-proxy {socket_path}")
         self._closed = False
         self._listening = False
@@ -161,6 +184,8 @@ class AgentProxy:
         spare, self._spare = self._spare, None
         if spare is not None:
             spare.close()
+        for relay in list(self.relays):
+            relay.end("agent proxy closing")
         await self._tasks.aclose()
         await close_pipes(self._pipes)
 
@@ -204,8 +229,11 @@ class AgentProxy:
         if server is not None:
             await server.wait_closed()
 
-    def _accept(self) -> Pipe:
+    def _accept(self) -> asyncio.BaseProtocol:
         """Protocol factory for shim connections (runs inside the event loop)."""
+        spare = self._spare
+        if self._resume_window > 0 and (spare is None or _resumes(spare)):
+            return self._accept_resumable()
         down = Pipe(self.stats, downstream=True)
         self.stats.connections_total += 1
         self.stats.connections_active += 1
@@ -256,9 +284,97 @@ class AgentProxy:
             raise
         self._join(down, up)
 
+    # -- resumable sessions ---------------------------------------------------------
+
+    def _accept_resumable(self) -> asyncio.BaseProtocol:
+        relay = ResumableRelay(
+            Session(new_session_id()),
+            client=True,
+            stats=self.stats,
+            keepalive=self._resume_keepalive,
+            dead_after=self._resume_dead_after,
+        )
+        self.stats.connections_total += 1
+        self.stats.connections_active += 1
+        self.relays.add(relay)
+
+        def forget(_f: object) -> None:
+            self.relays.discard(relay)
+            self.stats.connections_active -= 1
+
+        relay.ended.add_done_callback(forget)
+        spare, self._spare = self._spare, None
+        self._tasks.spawn(self._keep_linked(relay, spare), name=f"agent-proxy-session {relay.name}")
+        return relay.local
+
+    async def _keep_linked(self, relay: ResumableRelay, first: Pipe | None) -> None:
+        """Give the session a link, and a new one after every drop, until it ends."""
+        loop = asyncio.get_running_loop()
+        ended = relay.ended
+        opened = False
+        try:
+            while not ended.done():
+                await _first_of(relay.link_lost.wait(), ended)
+                if ended.done():
+                    return
+                deadline = loop.time() + (self._resume_window if opened else self._dial_timeout)
+                if opened:
+                    logger.info("agent proxy %s: resuming session %s", self.socket_path, relay.name)
+                while not relay.link_up.is_set() and not ended.done():
+                    if first is not None and first.is_alive:
+                        up, first = first, None
+                    else:
+                        if first is not None:
+                            first.close()
+                            first = None
+                        try:
+                            up = await self._dial(deadline, stop=ended)
+                        except DialFailed as exc:
+                            relay.end(
+                                f"cannot reach the forwarder at {self._addr}: "
+                                f"{_describe(exc.last) if exc.last else 'timeout'}"
+                                + (f" (resume window {self._resume_window:g} s passed)" if opened else "")
+                            )
+                            return
+                    assert up.transport is not None
+                    if not _resumes(up):
+                        if opened:
+                            up.close()
+                            relay.end("the forwarder no longer offers a resumable channel")
+                        else:
+                            self._fall_back(relay, up)
+                        return
+                    link_ = relay.attach_client(up.transport)
+                    if await link_.settled:
+                        if opened:
+                            self.stats.resumes += 1
+                            logger.info("agent proxy %s: session %s resumed", self.socket_path, relay.name)
+                        opened = True
+        finally:
+            if first is not None:
+                first.close()
+
+    def _fall_back(self, relay: ResumableRelay, up: Pipe) -> None:
+        """The forwarder does not offer resumability: relay this shim connection plainly."""
+        lt, sent, eof = relay.release_local()
+        if lt is None or lt.is_closing():
+            up.close()
+            return
+        down = Pipe(self.stats, downstream=True)
+        lt.set_protocol(down)
+        down.connection_made(lt)
+        self.stats.connections_active += 1  # the relay's forget() counted this connection out
+        self._pipes.add(down)
+        down.closed.add_done_callback(lambda _f: self._forget(down, counted=True))
+        if sent and up.transport is not None:
+            up.transport.write(sent)
+        if eof:
+            down.eof_received()
+        self._join(down, up)
+
     # -- dialling ----------------------------------------------------------------
 
-    async def _dial(self, deadline: float, stop: asyncio.Future[None] | None = None) -> Pipe:
+    async def _dial(self, deadline: float, stop: asyncio.Future[Any] | None = None) -> Pipe:
         """Connect (and handshake) until ``deadline``; see ``StaggeredDialer``."""
         pipe = await self._dialer.dial(deadline, stop=stop, should_stop=lambda: self._closed)
         self.stats.upstream_dials += 1
@@ -319,12 +435,30 @@ class AgentProxy:
         return up
 
 
+def _resumes(pipe: Pipe) -> bool:
+    """The dialled connection agreed on the resumable channel (ALPN)."""
+    t = pipe.transport
+    ssl_object = None if t is None else t.get_extra_info("ssl_object")
+    return ssl_object is not None and ssl_object.selected_alpn_protocol() == ALPN
+
+
+async def _first_of(wait: Coroutine[Any, Any, Any], future: asyncio.Future[Any]) -> None:
+    task = asyncio.ensure_future(wait)
+    try:
+        await asyncio.wait([task, future], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 class AgentChannel:
     """Builds per-sandbox proxies and apf.json TLS fields from one ``AgentTls`` (the daemon's port)."""
 
-    def __init__(self, tls: AgentTls, *, dial_timeout: float = 300.0) -> None:
+    def __init__(self, tls: AgentTls, *, dial_timeout: float = 300.0, resume_window: float = 0.0) -> None:
         self._tls = tls
         self._dial_timeout = dial_timeout
+        self._resume_window = resume_window
 
     def apf_tls_fields(self, instance_name: str) -> dict[str, Any]:
         return self._tls.apf_tls_fields(instance_name)
@@ -332,7 +466,8 @@ class AgentChannel:
     def new_proxy(self, socket_path: Path, instance_name: str) -> AgentProxy:
         return AgentProxy(
             socket_path,
-            self._tls.client_context(),
+            self._tls.client_context(resumable=self._resume_window > 0),
             self._tls.server_hostname(instance_name),
             dial_timeout=self._dial_timeout,
+            resume_window=self._resume_window,
         )
