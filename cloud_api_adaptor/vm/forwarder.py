@@ -331,8 +331,12 @@ async def run_forwarder(
     *,
     network_setup: NetworkSetup | None = None,
     apf: ApfConfig | None = None,
+    restart: asyncio.Event | None = None,
 ) -> None:
     """Run until ``stop`` is set; ``ready`` gets the bound address once listening.
+
+    ``restart`` (SIGHUP in the CLI) closes and re-opens the listener, dropping
+    every resumable link (their sessions wait to be resumed).
 
     ``network_setup`` (provided by the pod-network code) runs before listening
     when apf.json carries a ``pod-network``; None skips it.
@@ -348,7 +352,20 @@ async def run_forwarder(
         sd_notify("READY=1", config.notify_socket)
         if ready is not None:
             ready(address)
-        await stop.wait()
+        while True:
+            if restart is None:
+                await stop.wait()
+                break
+            stopping = asyncio.ensure_future(stop.wait())
+            restarting = asyncio.ensure_future(restart.wait())
+            await asyncio.wait([stopping, restarting], return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            restarting.cancel()
+            if stop.is_set():
+                break
+            restart.clear()
+            logger.info("restarting the listener")
+            await forwarder.restart_listener()
         logger.info("stopping")
     finally:
         sd_notify("STOPPING=1", config.notify_socket)

@@ -128,10 +128,12 @@ async def _serve(settings: ForwarderSettings) -> None:
     signals = (signal.SIGTERM, signal.SIGINT)
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
+    restart = asyncio.Event()
+    loop.add_signal_handler(signal.SIGHUP, restart.set)
     try:
-        await run_forwarder(settings, stop, network_setup=build_network_setup(settings))
+        await run_forwarder(settings, stop, network_setup=build_network_setup(settings), restart=restart)
     finally:
-        for sig in signals:
+        for sig in (*signals, signal.SIGHUP):
             loop.remove_signal_handler(sig)
 
 
