@@ -11,4 +11,6 @@ from cloud_api_adaptor.transport.custody import SocketCustody
 def build_agent_channel(settings: Settings, custody: SocketCustody | None = None) -> AgentChannel:
     """TLS material is loaded or created under STATE_DIR, so running VMs keep trusting us after a restart."""
     tls = AgentTls.from_settings(settings.tls, settings.state_dir)
-    return AgentChannel(tls, dial_timeout=settings.proxy_timeout, custody=custody)
+    return AgentChannel(
+        tls, dial_timeout=settings.proxy_timeout, resume_window=settings.agent_resume_window, custody=custody
+    )

@@ -206,7 +206,7 @@ def pass_sockets(
         inline = conn.prefix if len(conn.prefix) <= 16 << 10 else b""
         send_message(
             peer,
-            {"op": "socket", **connection_meta(conn.key, conn.listener, bytes(inline))},
+            {"op": "socket", **connection_meta(conn.key, conn.listener, bytes(inline), conn.session)},
             [conn.sock.fileno()],
         )
         if not inline:

@@ -178,6 +178,13 @@ class Settings:
         default=300.0,
         positive=True,
     )
+    agent_resume_window: float = duration(
+        "agent-resume-window",
+        "AGENT_RESUME_WINDOW",
+        "How long a dropped link to a pod VM is redialled and resumed before the shim's agent "
+        "connection is closed (0: no resumable agent channel).",
+        default=120.0,
+    )
     tls: TlsSettings = nested(default_factory=TlsSettings)
     initdata: str = text(
         "initdata",

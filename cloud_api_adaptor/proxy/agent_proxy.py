@@ -31,6 +31,14 @@ listener and each accepted shim connection are registered with the fd-keeper,
 a listener and connections passed by a previous daemon are taken over instead
 of binding anew, and ``detach`` lets the daemon go away without the shim seeing
 it (no unlink, no EOF): see docs/survival.md.
+
+Resumable channel (``resume_window`` > 0, TLS on): when the forwarder agrees by
+ALPN, a shim connection is a ``transport.resumable.ResumableRelay`` instead of
+a plain pump.  A dropped link is redialled with the same staggered dialer and
+the session resumed, for up to ``resume_window`` seconds from the drop; beyond
+that the shim connection is closed as without resumability.  A forwarder that
+does not offer it (the Go forwarder, ours with resume off) gets the plain relay:
+the bytes the shim sent meanwhile go first.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ import logging
 import os
 import socket
 import ssl
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,8 +58,15 @@ from cloud_api_adaptor.aio import TaskSupervisor
 from cloud_api_adaptor.errors import DeadlineExceeded, FailedPrecondition
 from cloud_api_adaptor.proxy.dialer import DialFailed, Handshake, StaggeredDialer
 from cloud_api_adaptor.proxy.tls import AgentTls
-from cloud_api_adaptor.transport.custody import InheritedConnection, SocketCustody
+from cloud_api_adaptor.transport.custody import (
+    InheritedConnection,
+    SocketCustody,
+    session_meta,
+    session_state,
+)
 from cloud_api_adaptor.transport.pump import Pipe, PumpStats, close_pipes, link
+from cloud_api_adaptor.transport.resumable import ResumableRelay
+from cloud_api_adaptor.transport.resume import ALPN, Session, new_session_id
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +84,8 @@ class ProxyStats(PumpStats):
     """Upstream connections established (the readiness dial included)."""
     upstream_failures: int = 0
     """Failed upstream connect attempts."""
+    resumes: int = 0
+    """Resumable sessions continued on a new link."""
 
 
 def _describe(exc: BaseException) -> str:
@@ -96,15 +114,23 @@ class AgentProxy:
         connect_attempt_timeout: float = 0.5,
         handshake_timeout: float = 10.0,
         max_attempts_in_flight: int = 10,
+        resume_window: float = 0.0,
+        resume_keepalive: float = 1.0,
+        resume_dead_after: float = 5.0,
         custody: SocketCustody | None = None,
     ) -> None:
         self.socket_path = socket_path
         self._custody = custody
         #: the keeper key of each accepted shim connection
-        self._keys: dict[Pipe, str] = {}
+        self._keys: dict[Pipe | ResumableRelay, str] = {}
         self._downs: set[Pipe] = set()
         self._detaching = False
         self._ssl = ssl_context
+        self._resume_window = resume_window if ssl_context is not None else 0.0
+        self._resume_keepalive = resume_keepalive
+        self._resume_dead_after = resume_dead_after
+        if self._resume_window > 0 and ssl_context is not None:
+            ssl_context.set_alpn_protocols([ALPN])
         self._server_hostname = server_hostname if ssl_context is not None else None
         self._dial_timeout = dial_timeout
         self._attempt_timeout = connect_attempt_timeout
@@ -123,6 +149,8 @@ class AgentProxy:
         self._addr: tuple[str, int] | None = None
         self._spare: Pipe | None = None
         self._pipes: set[Pipe] = set()
+        self.relays: set[ResumableRelay] = set()
+        """The live resumable sessions (one per shim connection)."""
         self._tasks = TaskSupervisor(f"agent-proxy {socket_path}")
         self._closed = False
         self._listening = False
@@ -174,6 +202,8 @@ class AgentProxy:
         spare, self._spare = self._spare, None
         if spare is not None:
             spare.close()
+        for relay in list(self.relays):
+            relay.end("agent proxy closing")
         await self._tasks.aclose()
         await close_pipes(self._pipes)
 
@@ -196,12 +226,14 @@ class AgentProxy:
         self._listening = False
         if server is not None:
             server.close()
+        detached = [d for d in map(self._detach_relay, list(self.relays)) if d is not None]
+        handed = [conn for conn, _ in detached]
         downs = list(self._downs)
         for down in downs:
             if down.transport is not None and not down.transport.is_closing():
                 down.transport.pause_reading()
         await _flushed(self._pipes, grace)
-        handed: list[InheritedConnection] = []
+        await _flushed_transports([t for _, t in detached], grace)
         for down in downs:
             t = down.transport
             sock = t.get_extra_info("socket") if t is not None else None
@@ -218,9 +250,40 @@ class AgentProxy:
         await self._tasks.aclose()
         for pipe in list(self._pipes):
             pipe.abort()
+        for _, transport in detached:
+            transport.abort()  # our descriptor only: the duplicate keeps the connection
         if server is not None:
             await server.wait_closed()
         return handed
+
+    def _detach_relay(self, relay: ResumableRelay) -> tuple[InheritedConnection, asyncio.Transport] | None:
+        """Stop a resumable session at a consistent point and describe it for the next daemon.
+
+        Synchronous on purpose (no callback runs in between): the link is cut
+        first, so nothing more arrives from the VM; the shim is no longer read,
+        so nothing more enters the session; the session's counters then say
+        exactly what the VM acknowledged and what the shim was given.  The
+        forwarder keeps its half and its agent connection for the resume window.
+        """
+        key = self._keys.get(relay) or f"C:{relay.name}"
+        link = relay.link
+        if link is not None and link.transport is not None:
+            link.transport.abort()
+        lt = relay.local.transport
+        relay.local.transport = None  # the relay may no longer write to or close the shim's connection
+        sock = lt.get_extra_info("socket") if lt is not None and not lt.is_closing() else None
+        if lt is None or sock is None:
+            relay.end("handed over (no connection)")
+            return None
+        lt.pause_reading()
+        relay.session.detach()
+        state = relay.session.snapshot()
+        relay.end("handed over to the next daemon")
+        dup = socket.socket(fileno=os.dup(sock.fileno()))
+        conn = InheritedConnection(
+            key, os.fspath(self.socket_path), dup, bytearray(state.unacked), session=session_meta(state)
+        )
+        return conn, lt
 
     # -- listening -------------------------------------------------------------
 
@@ -276,8 +339,11 @@ class AgentProxy:
         if server is not None:
             await server.wait_closed()
 
-    def _accept(self) -> Pipe:
+    def _accept(self) -> asyncio.BaseProtocol:
         """Protocol factory for shim connections (runs inside the event loop)."""
+        spare = self._spare
+        if self._resume_window > 0 and (spare is None or _resumes(spare)):
+            return self._accept_resumable()
         down = self._new_downstream()
         spare, self._spare = self._spare, None
         if spare is not None and spare.is_alive:
@@ -311,6 +377,29 @@ class AgentProxy:
 
     async def _adopt(self, conn: InheritedConnection) -> None:
         """Serve a shim connection accepted by a previous daemon: the shim never noticed the change."""
+        if self._resume_window > 0:
+            # A passed-on session is resumed; a connection the keeper kept through a crash has none
+            # left (its state died with the daemon): it starts a new session (docs/survival.md).
+            if conn.session is not None:
+                session = Session.restore(session_state(conn.session, bytes(conn.prefix)))
+            else:
+                session = Session(new_session_id())
+                if conn.prefix:
+                    session.send(bytes(conn.prefix))
+            conn.sock.setblocking(False)
+            protocol = self._accept_resumable(session, conn.key, resuming=conn.session is not None)
+            try:
+                await asyncio.get_running_loop().connect_accepted_socket(lambda: protocol, conn.sock)
+            except BaseException:
+                conn.sock.close()
+                raise
+            logger.info(
+                "agent proxy %s: took over a shim connection (%s, %s)",
+                self.socket_path,
+                conn.key,
+                "session resumed" if conn.session is not None else "new session",
+            )
+            return
         down = self._new_downstream(conn.key)
         down.hold(bytes(conn.prefix))
         conn.sock.setblocking(False)
@@ -363,9 +452,122 @@ class AgentProxy:
             raise
         self._join(down, up)
 
+    # -- resumable sessions ---------------------------------------------------------
+
+    def _accept_resumable(
+        self, session: Session | None = None, key: str | None = None, resuming: bool = False
+    ) -> asyncio.BaseProtocol:
+        """A shim connection on a resumable session: a new one, or one a previous daemon passed on."""
+        relay = ResumableRelay(
+            session or Session(new_session_id()),
+            client=True,
+            stats=self.stats,
+            keepalive=self._resume_keepalive,
+            dead_after=self._resume_dead_after,
+        )
+        if resuming:
+            relay._hello_sent = True  # a passed-on session: the next link resumes it
+        self.stats.connections_total += 1
+        self.stats.connections_active += 1
+        self.relays.add(relay)
+
+        def forget(_f: object) -> None:
+            self.relays.discard(relay)
+            self.stats.connections_active -= 1
+            relay_key = self._keys.pop(relay, None)
+            if relay_key is not None and self._custody is not None and not self._detaching:
+                self._custody.release_connection(relay_key)
+
+        relay.ended.add_done_callback(forget)
+        spare, self._spare = self._spare, None
+        if self._custody is not None:
+            self._tasks.spawn(self._keep_relay(relay, key), name=f"agent-proxy-keep {relay.name}")
+        self._tasks.spawn(
+            self._keep_linked(relay, spare, resuming=resuming),
+            name=f"agent-proxy-session {relay.name}",
+        )
+        return relay.local
+
+    async def _keep_relay(self, relay: ResumableRelay, key: str | None) -> None:
+        """Register a resumable shim connection with the keeper once its transport exists."""
+        for _ in range(100):
+            if relay.local.transport is not None or relay.ended.done():
+                break
+            await asyncio.sleep(0)
+        t = relay.local.transport
+        sock = t.get_extra_info("socket") if t is not None else None
+        if sock is None or relay.ended.done() or self._custody is None:
+            return
+        self._keys[relay] = self._custody.keep_connection(self.socket_path, sock.fileno(), key)
+
+    async def _keep_linked(self, relay: ResumableRelay, first: Pipe | None, resuming: bool = False) -> None:
+        """Give the session a link, and a new one after every drop, until it ends."""
+        loop = asyncio.get_running_loop()
+        ended = relay.ended
+        opened = resuming
+        try:
+            while not ended.done():
+                await _first_of(relay.link_lost.wait(), ended)
+                if ended.done():
+                    return
+                deadline = loop.time() + (self._resume_window if opened else self._dial_timeout)
+                if opened:
+                    logger.info("agent proxy %s: resuming session %s", self.socket_path, relay.name)
+                while not relay.link_up.is_set() and not ended.done():
+                    if first is not None and first.is_alive:
+                        up, first = first, None
+                    else:
+                        if first is not None:
+                            first.close()
+                            first = None
+                        try:
+                            up = await self._dial(deadline, stop=ended)
+                        except DialFailed as exc:
+                            relay.end(
+                                f"cannot reach the forwarder at {self._addr}: "
+                                f"{_describe(exc.last) if exc.last else 'timeout'}"
+                                + (f" (resume window {self._resume_window:g} s passed)" if opened else "")
+                            )
+                            return
+                    assert up.transport is not None
+                    if not _resumes(up):
+                        if opened:
+                            up.close()
+                            relay.end("the forwarder no longer offers a resumable channel")
+                        else:
+                            self._fall_back(relay, up)
+                        return
+                    link_ = relay.attach_client(up.transport)
+                    if await link_.settled:
+                        if opened:
+                            self.stats.resumes += 1
+                            logger.info("agent proxy %s: session %s resumed", self.socket_path, relay.name)
+                        opened = True
+        finally:
+            if first is not None:
+                first.close()
+
+    def _fall_back(self, relay: ResumableRelay, up: Pipe) -> None:
+        """The forwarder does not offer resumability: relay this shim connection plainly."""
+        lt, sent, eof = relay.release_local()
+        if lt is None or lt.is_closing():
+            up.close()
+            return
+        down = Pipe(self.stats, downstream=True)
+        lt.set_protocol(down)
+        down.connection_made(lt)
+        self.stats.connections_active += 1  # the relay's forget() counted this connection out
+        self._pipes.add(down)
+        down.closed.add_done_callback(lambda _f: self._forget(down, counted=True))
+        if sent and up.transport is not None:
+            up.transport.write(sent)
+        if eof:
+            down.eof_received()
+        self._join(down, up)
+
     # -- dialling ----------------------------------------------------------------
 
-    async def _dial(self, deadline: float, stop: asyncio.Future[None] | None = None) -> Pipe:
+    async def _dial(self, deadline: float, stop: asyncio.Future[Any] | None = None) -> Pipe:
         """Connect (and handshake) until ``deadline``; see ``StaggeredDialer``."""
         pipe = await self._dialer.dial(deadline, stop=stop, should_stop=lambda: self._closed)
         self.stats.upstream_dials += 1
@@ -426,6 +628,16 @@ class AgentProxy:
         return up
 
 
+async def _flushed_transports(transports: list[asyncio.Transport], grace: float) -> None:
+    """Wait (bounded) until these transports wrote what they buffered."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while loop.time() < deadline and any(
+        not t.is_closing() and t.get_write_buffer_size() for t in transports
+    ):
+        await asyncio.sleep(0.01)
+
+
 async def _flushed(pipes: set[Pipe], grace: float) -> None:
     """Wait (bounded) until no transport of ``pipes`` has bytes left in its write buffer."""
     loop = asyncio.get_running_loop()
@@ -437,14 +649,37 @@ async def _flushed(pipes: set[Pipe], grace: float) -> None:
         await asyncio.sleep(0.01)
 
 
+def _resumes(pipe: Pipe) -> bool:
+    """The dialled connection agreed on the resumable channel (ALPN)."""
+    t = pipe.transport
+    ssl_object = None if t is None else t.get_extra_info("ssl_object")
+    return ssl_object is not None and ssl_object.selected_alpn_protocol() == ALPN
+
+
+async def _first_of(wait: Coroutine[Any, Any, Any], future: asyncio.Future[Any]) -> None:
+    task = asyncio.ensure_future(wait)
+    try:
+        await asyncio.wait([task, future], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 class AgentChannel:
     """Builds per-sandbox proxies and apf.json TLS fields from one ``AgentTls`` (the daemon's port)."""
 
     def __init__(
-        self, tls: AgentTls, *, dial_timeout: float = 300.0, custody: SocketCustody | None = None
+        self,
+        tls: AgentTls,
+        *,
+        dial_timeout: float = 300.0,
+        resume_window: float = 0.0,
+        custody: SocketCustody | None = None,
     ) -> None:
         self._tls = tls
         self._dial_timeout = dial_timeout
+        self._resume_window = resume_window
         self.custody = custody
 
     def apf_tls_fields(self, instance_name: str) -> dict[str, Any]:
@@ -453,8 +688,9 @@ class AgentChannel:
     def new_proxy(self, socket_path: Path, instance_name: str) -> AgentProxy:
         return AgentProxy(
             socket_path,
-            self._tls.client_context(),
+            self._tls.client_context(resumable=self._resume_window > 0),
             self._tls.server_hostname(instance_name),
             dial_timeout=self._dial_timeout,
+            resume_window=self._resume_window,
             custody=self.custody,
         )

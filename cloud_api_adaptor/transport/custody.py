@@ -36,6 +36,7 @@ from cloud_api_adaptor.transport.fdpass import (
     send_message,
     seqpacket_connect,
 )
+from cloud_api_adaptor.transport.resume import SessionState
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +53,11 @@ class InheritedConnection:
     key: str
     listener: str
     sock: socket.socket
-    #: bytes the previous daemon had already read from it: the next reader sees them first
+    #: bytes read from the shim not known to have reached the VM: a plain relay sends them first;
+    #: with a resumable ``session`` they are its un-acknowledged bytes
     prefix: bytearray = field(default_factory=bytearray)
+    #: a resumable agent session's state (``session_meta``), to be resumed on a new link
+    session: dict[str, Any] | None = None
 
 
 @dataclass
@@ -79,7 +83,10 @@ class Inventory:
                 conns.remove(existing)
                 existing.sock.close()
             prefix = bytearray(base64.b64decode(str(meta.get("prefix", ""))))
-            conns.append(InheritedConnection(key, path, sock, prefix))
+            session = meta.get("session")
+            conns.append(
+                InheritedConnection(key, path, sock, prefix, session if isinstance(session, dict) else None)
+            )
         else:
             logger.warning("ignoring a passed descriptor with unknown metadata %r", meta)
             sock.close()
@@ -122,11 +129,41 @@ def listener_meta(path: str) -> dict[str, Any]:
     return {"kind": LISTENER, "key": f"L:{path}", "listener": path}
 
 
-def connection_meta(key: str, listener: str, prefix: bytes = b"") -> dict[str, Any]:
+def connection_meta(
+    key: str, listener: str, prefix: bytes = b"", session: dict[str, Any] | None = None
+) -> dict[str, Any]:
     meta: dict[str, Any] = {"kind": CONNECTION, "key": key, "listener": listener}
     if prefix:
         meta["prefix"] = base64.b64encode(prefix).decode()
+    if session is not None:
+        meta["session"] = session
     return meta
+
+
+def session_meta(state: SessionState) -> dict[str, Any]:
+    """A resumable session's state as JSON (its un-acknowledged bytes travel as the prefix)."""
+    return {
+        "id": state.session_id.hex(),
+        "sent": state.sent,
+        "acked": state.acked,
+        "received": state.received,
+        "fin_sent": state.fin_sent,
+        "fin_received": state.fin_received,
+        "replay_limit": state.replay_limit,
+    }
+
+
+def session_state(meta: dict[str, Any], unacked: bytes) -> SessionState:
+    return SessionState(
+        session_id=bytes.fromhex(str(meta["id"])),
+        sent=int(meta["sent"]),
+        acked=int(meta["acked"]),
+        received=int(meta["received"]),
+        unacked=unacked,
+        fin_sent=bool(meta["fin_sent"]),
+        fin_received=bool(meta["fin_received"]),
+        replay_limit=int(meta["replay_limit"]),
+    )
 
 
 def prefix_chunks(key: str, prefix: bytes) -> Iterator[dict[str, Any]]:

@@ -155,6 +155,9 @@ async def test_a_hand_over_leaves_no_gap_and_the_shim_connection_open(short_tmp:
         # the hypervisor socket, the agent sockets (the StopVM may have reached either daemon), the shim
         assert re.search(r"received [23] listener\(s\) and 1 shim connection\(s\)", new.log.read_text())
         assert not (short_tmp / "pods" / stopping).exists()
+        # the shim's agent session continued where the old daemon left it (transport.resume)
+        assert "took over a shim connection" in new.log.read_text()
+        assert "session resumed" in new.log.read_text(), new.log.read_text()[-3000:]
 
         await agent.aclose()
         agent = None

@@ -1,0 +1,460 @@
+"""The resumable agent channel's protocol, sans I/O: bytes in, frames out.
+
+Why: the shim keeps one agent connection for a pod's whole life and counts any
+EOF as pod death, and the real kata-agent lets the forwarder open exactly one
+connection to it.  So the node<->VM link (proxy <-> forwarder) must be able to
+drop and come back while the shim's and the agent's connections stay open and
+neither byte stream loses or repeats a byte.  Each end keeps a ``Session``:
+
+- a 16-byte session id (one per shim connection, i.e. per sandbox);
+- byte sequence numbers in both directions: ``sent`` (bytes of our stream
+  produced so far), ``acked`` (bytes the peer confirmed) and ``received``
+  (bytes of the peer's stream delivered to our local side);
+- a bounded replay buffer holding ``[acked, sent)``: the I/O layer pauses reading
+  its local side while ``window_full`` and the session refuses to grow past
+  ``replay_limit`` (``ReplayOverflow``), so memory per sandbox is bounded;
+- acks: ``ack_due`` says an ACK frame is owed (a quarter of the window
+  received since the last one); the I/O layer also sends one as a keep-alive;
+- a resume handshake: the client sends ``hello`` (session id, new/resume, its
+  ``received``), the server answers ``welcome`` (status, its ``received``), and
+  each side calls ``resume(peer_received)``, which returns the frames that
+  continue its stream exactly where the peer stopped receiving.
+
+Resumability is negotiated by ALPN (``ALPN``) in the TLS handshake, so a peer
+that does not offer it gets the plain byte relay.
+
+Wire format (all integers big-endian)::
+
+    hello   = "CAAR" version:u8 kind:u8 session:16 received:u64      (client -> server, once)
+    welcome = "CAAR" version:u8 status:u8 received:u64               (server -> client, once)
+    DATA    = 0x01 length:u32 payload
+    ACK     = 0x02 received:u64
+    FIN     = 0x03                        (the sender's stream ends after what it sent)
+
+A FIN is re-sent after a resume until the peer has acked everything before it;
+the receiver reports it once.  Partial DATA frames are delivered as they arrive
+(``received`` counts payload bytes), so a link dropped mid-frame loses nothing:
+the sender resumes from the byte the receiver last delivered.
+
+Hand-over support: ``Session.snapshot()``/``Session.restore()`` carry a session's
+whole state (counters, flags, un-acked bytes) between processes; the new owner
+then resumes on a fresh link.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections import deque
+from dataclasses import dataclass
+from enum import IntEnum
+
+ALPN = "caa-agent-resume/1"
+"""The ALPN protocol id both ends offer when resumability is on."""
+
+MAGIC = b"CAAR"
+VERSION = 1
+SESSION_ID_LEN = 16
+HELLO_LEN = 4 + 1 + 1 + SESSION_ID_LEN + 8
+WELCOME_LEN = 4 + 1 + 1 + 8
+MAX_FRAME = 1 << 20
+"""Largest DATA payload; ``send`` splits larger writes, the parser refuses larger frames."""
+DEFAULT_REPLAY_LIMIT = 8 << 20
+
+_DATA, _ACK, _FIN = 1, 2, 3
+_DATA_HEADER = struct.Struct(">BI")
+_ACK_FRAME = struct.Struct(">BQ")
+_FIN_FRAME = bytes([_FIN])
+_HELLO = struct.Struct(f">4sBB{SESSION_ID_LEN}sQ")
+_WELCOME = struct.Struct(">4sBBQ")
+
+
+class ResumeError(Exception):
+    """Base class: the session cannot continue; the I/O layer ends it (closing the local side)."""
+
+
+class HandshakeError(ResumeError):
+    """A malformed or unexpected hello/welcome (the peer is not speaking this protocol or version)."""
+
+
+class ResumeRejected(ResumeError):
+    """The peer cannot continue this session (unknown session, or bytes it needs are gone)."""
+
+    def __init__(self, message: str, status: Status | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ProtocolError(ResumeError):
+    """A malformed frame, or an ACK/resume point outside what was sent."""
+
+
+class ReplayOverflow(ResumeError):
+    """More un-acknowledged bytes than ``replay_limit``: the I/O layer did not pause its reader."""
+
+
+class Kind(IntEnum):
+    NEW = 0
+    RESUME = 1
+
+
+class Status(IntEnum):
+    OK = 0
+    UNKNOWN_SESSION = 1
+    """The server has no such session (it expired, or the forwarder restarted)."""
+    CANNOT_RESUME = 2
+    """The resume point is outside the server's replay window."""
+    BAD_HELLO = 3
+    BUSY = 4
+    """A new session with an id already in use."""
+
+
+@dataclass(frozen=True)
+class Hello:
+    kind: Kind
+    session_id: bytes
+    received: int
+
+
+@dataclass(frozen=True)
+class Welcome:
+    status: Status
+    received: int
+
+
+def new_session_id() -> bytes:
+    return os.urandom(SESSION_ID_LEN)
+
+
+def encode_hello(hello: Hello) -> bytes:
+    if len(hello.session_id) != SESSION_ID_LEN:
+        raise ValueError(f"session id must be {SESSION_ID_LEN} bytes")
+    return _HELLO.pack(MAGIC, VERSION, hello.kind, hello.session_id, hello.received)
+
+
+def encode_welcome(welcome: Welcome) -> bytes:
+    return _WELCOME.pack(MAGIC, VERSION, welcome.status, welcome.received)
+
+
+class _Fixed:
+    """Accumulates a fixed-size handshake message; ``feed`` returns (message, rest) once complete."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._buf = bytearray()
+
+    def take(self, data: bytes | bytearray | memoryview) -> tuple[bytes, bytes] | None:
+        self._buf += data
+        if len(self._buf) < self._size:
+            return None
+        whole = bytes(self._buf)
+        return whole[: self._size], whole[self._size :]
+
+
+class HelloReader(_Fixed):
+    """The server's first read: ``feed`` returns ``(Hello, leftover bytes)`` once whole."""
+
+    def __init__(self) -> None:
+        super().__init__(HELLO_LEN)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> tuple[Hello, bytes] | None:
+        got = self.take(data)
+        if got is None:
+            if len(self._buf) >= 4 and bytes(self._buf[:4]) != MAGIC:
+                raise HandshakeError("not a resume hello (bad magic)")
+            return None
+        raw, rest = got
+        magic, version, kind, session_id, received = _HELLO.unpack(raw)
+        if magic != MAGIC:
+            raise HandshakeError("not a resume hello (bad magic)")
+        if version != VERSION:
+            raise HandshakeError(f"unsupported resume protocol version {version}")
+        if kind not in (Kind.NEW, Kind.RESUME):
+            raise HandshakeError(f"unknown hello kind {kind}")
+        if kind == Kind.NEW and received != 0:
+            raise HandshakeError("a new session cannot have received bytes")
+        return Hello(Kind(kind), session_id, received), rest
+
+
+class WelcomeReader(_Fixed):
+    """The client's first read: ``feed`` returns ``(Welcome, leftover bytes)`` once whole."""
+
+    def __init__(self) -> None:
+        super().__init__(WELCOME_LEN)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> tuple[Welcome, bytes] | None:
+        got = self.take(data)
+        if got is None:
+            if len(self._buf) >= 4 and bytes(self._buf[:4]) != MAGIC:
+                raise HandshakeError("not a resume welcome (bad magic)")
+            return None
+        raw, rest = got
+        magic, version, status, received = _WELCOME.unpack(raw)
+        if magic != MAGIC:
+            raise HandshakeError("not a resume welcome (bad magic)")
+        if version != VERSION:
+            raise HandshakeError(f"unsupported resume protocol version {version}")
+        try:
+            st = Status(status)
+        except ValueError:
+            raise HandshakeError(f"unknown welcome status {status}") from None
+        return Welcome(st, received), rest
+
+
+@dataclass(frozen=True)
+class SessionState:
+    """Everything a ``Session`` is, for a hand-over to another process (``snapshot``/``restore``)."""
+
+    session_id: bytes
+    sent: int
+    acked: int
+    received: int
+    unacked: bytes
+    """Our stream's bytes ``[acked, sent)``."""
+    fin_sent: bool
+    fin_received: bool
+    replay_limit: int
+
+
+class Session:
+    """One end of a resumable byte-stream pair; the same class serves client and server.
+
+    Sending: ``send(data)`` returns the frames to write on the current link (write
+    them only while attached and past the handshake: they are kept for replay
+    either way).  Receiving: ``feed(chunk)`` returns the payload pieces to deliver
+    to the local side, in order; pieces may be views of ``chunk`` (valid only
+    during the call).  After a link change: ``detach()``, then, once the
+    handshake gave the peer's ``received``, ``resume(peer_received)``.
+    """
+
+    def __init__(self, session_id: bytes, *, replay_limit: int = DEFAULT_REPLAY_LIMIT) -> None:
+        if len(session_id) != SESSION_ID_LEN:
+            raise ValueError(f"session id must be {SESSION_ID_LEN} bytes")
+        if replay_limit < 4 * 1024:
+            raise ValueError("replay_limit must be at least 4 KiB")
+        self.session_id = session_id
+        self.replay_limit = replay_limit
+        self.sent = 0
+        self.acked = 0
+        self.received = 0
+        self._ack_sent = 0  # the last ``received`` we told the peer
+        self._ack_every = max(1, replay_limit // 4)
+        self._replay: deque[tuple[int, bytes]] = deque()  # (stream offset of payload, frame bytes)
+        self._header_skip = _DATA_HEADER.size
+        self.fin_sent = False
+        self.fin_received = False
+        # receive parser state
+        self._partial = bytearray()  # an incomplete frame header
+        self._remaining = 0  # payload bytes still due in the current DATA frame
+
+    # -- state ------------------------------------------------------------------
+
+    @property
+    def unacked(self) -> int:
+        return self.sent - self.acked
+
+    @property
+    def window_full(self) -> bool:
+        """Stop reading the local side: half the replay window is waiting for the peer's ack."""
+        return self.sent - self.acked >= self.replay_limit // 2
+
+    @property
+    def ack_due(self) -> bool:
+        return self.received - self._ack_sent >= self._ack_every
+
+    @property
+    def finished(self) -> bool:
+        """Both streams ended and everything we sent was acknowledged."""
+        return self.fin_sent and self.fin_received and self.acked == self.sent
+
+    # -- sending ----------------------------------------------------------------
+
+    def send(self, data: bytes | bytearray | memoryview) -> bytes:
+        """Frame ``data`` (kept for replay until acked); returns the bytes to write."""
+        if self.fin_sent:
+            raise ProtocolError("send after FIN")
+        n = len(data)
+        if not n:
+            return b""
+        if self.sent + n - self.acked > self.replay_limit:
+            raise ReplayOverflow(
+                f"replay window of {self.replay_limit} bytes exceeded ({self.sent + n - self.acked} un-acked)"
+            )
+        if n <= MAX_FRAME:
+            frame = _DATA_HEADER.pack(_DATA, n) + data
+            self._replay.append((self.sent, frame))
+            self.sent += n
+            return frame
+        mv = memoryview(data)
+        frames = []
+        for start in range(0, n, MAX_FRAME):
+            piece = mv[start : start + MAX_FRAME]
+            frame = _DATA_HEADER.pack(_DATA, len(piece)) + piece
+            self._replay.append((self.sent, frame))
+            self.sent += len(piece)
+            frames.append(frame)
+        return b"".join(frames)
+
+    def send_fin(self) -> bytes:
+        """Our stream ends; returns the FIN frame (idempotent: b"" the second time)."""
+        if self.fin_sent:
+            return b""
+        self.fin_sent = True
+        return _FIN_FRAME
+
+    def ack(self) -> bytes:
+        """An ACK frame for what we received (also a keep-alive)."""
+        self._ack_sent = self.received
+        return _ACK_FRAME.pack(_ACK, self.received)
+
+    # -- receiving ----------------------------------------------------------------
+
+    def feed(self, chunk: bytes | bytearray | memoryview) -> list[memoryview]:
+        """Parse link bytes; returns payload pieces in stream order.
+
+        ACKs trim the replay buffer; a FIN sets ``fin_received`` (the caller checks
+        it after each feed).  Raises ``ProtocolError`` on a malformed frame.
+        """
+        out: list[memoryview] = []
+        mv = memoryview(chunk)
+        pos, end = 0, len(mv)
+        while pos < end:
+            if self._remaining:
+                take = min(self._remaining, end - pos)
+                out.append(mv[pos : pos + take])
+                self._remaining -= take
+                self.received += take
+                pos += take
+                continue
+            if self._partial:
+                need = self._header_need(self._partial[0])
+                take = min(need - len(self._partial), end - pos)
+                self._partial += mv[pos : pos + take]
+                pos += take
+                if len(self._partial) < need:
+                    break
+                header = bytes(self._partial)
+                self._partial.clear()
+                self._frame(header)
+                continue
+            kind = mv[pos]
+            need = self._header_need(kind)
+            if end - pos < need:
+                self._partial += mv[pos:end]
+                break
+            self._frame(mv[pos : pos + need])
+            pos += need
+        return out
+
+    @staticmethod
+    def _header_need(kind: int) -> int:
+        if kind == _DATA:
+            return _DATA_HEADER.size
+        if kind == _ACK:
+            return _ACK_FRAME.size
+        if kind == _FIN:
+            return 1
+        raise ProtocolError(f"unknown frame type {kind}")
+
+    def _frame(self, header: bytes | memoryview) -> None:
+        kind = header[0]
+        if kind == _DATA:
+            _, length = _DATA_HEADER.unpack(header)
+            if length > MAX_FRAME:
+                raise ProtocolError(f"DATA frame of {length} bytes exceeds {MAX_FRAME}")
+            if self.fin_received:
+                raise ProtocolError("DATA after FIN")
+            self._remaining = length
+        elif kind == _ACK:
+            _, count = _ACK_FRAME.unpack(header)
+            self._on_ack(count)
+        else:
+            self.fin_received = True
+
+    def _on_ack(self, count: int) -> None:
+        if count > self.sent:
+            raise ProtocolError(f"peer acknowledged {count} bytes but only {self.sent} were sent")
+        if count <= self.acked:
+            return
+        self.acked = count
+        replay = self._replay
+        skip = self._header_skip
+        while replay:
+            start, frame = replay[0]
+            if start + len(frame) - skip <= count:
+                replay.popleft()
+            else:
+                break
+
+    # -- link changes ---------------------------------------------------------------
+
+    def detach(self) -> None:
+        """The link is gone: forget a half-parsed frame header (its bytes will be re-sent)."""
+        self._partial.clear()
+        self._remaining = 0
+
+    def resume(self, peer_received: int) -> bytes:
+        """The frames that continue our stream at ``peer_received`` (plus FIN if sent), and an ACK.
+
+        Raises ``ResumeRejected`` when the peer wants bytes no longer kept (before
+        ``acked``) or never sent.
+        """
+        if peer_received < self.acked:
+            raise ResumeRejected(
+                f"peer resumes at byte {peer_received} but the replay buffer starts at {self.acked}",
+                Status.CANNOT_RESUME,
+            )
+        if peer_received > self.sent:
+            raise ResumeRejected(
+                f"peer resumes at byte {peer_received} but only {self.sent} were sent", Status.CANNOT_RESUME
+            )
+        self.detach()
+        self._on_ack(peer_received)
+        parts: list[bytes] = [self.ack()]
+        for start, frame in self._replay:
+            payload = memoryview(frame)[self._header_skip :]
+            if start < peer_received:
+                payload = payload[peer_received - start :]
+                parts.append(_DATA_HEADER.pack(_DATA, len(payload)) + payload)
+            else:
+                parts.append(frame)
+        if self.fin_sent:
+            parts.append(_FIN_FRAME)
+        return b"".join(parts)
+
+    # -- hand-over ------------------------------------------------------------------
+
+    def snapshot(self) -> SessionState:
+        """The session's state; take it only between link changes (after ``detach``)."""
+        skip = self._header_skip
+        pieces = []
+        for start, frame in self._replay:
+            payload = memoryview(frame)[skip:]
+            if start < self.acked:
+                payload = payload[self.acked - start :]
+            pieces.append(bytes(payload))
+        return SessionState(
+            session_id=self.session_id,
+            sent=self.sent,
+            acked=self.acked,
+            received=self.received,
+            unacked=b"".join(pieces),
+            fin_sent=self.fin_sent,
+            fin_received=self.fin_received,
+            replay_limit=self.replay_limit,
+        )
+
+    @classmethod
+    def restore(cls, state: SessionState) -> Session:
+        """A session continuing ``state`` (detached: resume it on a new link)."""
+        if len(state.unacked) != state.sent - state.acked:
+            raise ValueError("inconsistent session state: un-acked bytes do not match the counters")
+        session = cls(state.session_id, replay_limit=state.replay_limit)
+        session.received = session._ack_sent = state.received
+        session.acked = state.acked
+        session.sent = state.acked
+        if state.unacked:
+            session.send(state.unacked)
+        session.fin_sent = state.fin_sent
+        session.fin_received = state.fin_received
+        return session
