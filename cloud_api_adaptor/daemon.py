@@ -125,6 +125,9 @@ class Daemon:
                 if successor is not None:
                     await asyncio.to_thread(pass_sockets, successor, self.custody, handed)
                     self.custody.forget_keeper()  # the successor keeps them with its own keeper
+                else:
+                    for conn in handed:  # each session's state, for the next daemon to resume
+                        self.custody.leave(conn)
             except OSError as exc:
                 logger.error("passing the sockets to the new daemon failed: %s", exc)
             finally:

@@ -19,6 +19,7 @@ only closes that client.  If it dies itself, the daemon logs it and carries on
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import logging
 import os
@@ -26,10 +27,11 @@ import selectors
 import signal
 import socket
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cloud_api_adaptor.transport.custody import prefix_chunks
 from cloud_api_adaptor.transport.fdpass import (
     MAX_FDS,
     FdPassError,
@@ -48,6 +50,8 @@ DEFAULT_SOCKET = Path("/run/peerpod/fd-keeper.sock")
 class Held:
     meta: dict[str, Any]
     fd: int
+    #: bytes the daemon read from the connection and never relayed (or a session's un-acked bytes)
+    prefix: bytearray = field(default_factory=bytearray)
 
 
 class FdKeeper:
@@ -133,11 +137,12 @@ class FdKeeper:
             key = str(message.get("key", ""))
             if not key:
                 raise ValueError("keep without a key")
-            meta = {k: v for k, v in message.items() if k != "op"}
+            meta = {k: v for k, v in message.items() if k not in {"op", "prefix"}}
+            prefix = bytearray(base64.b64decode(str(message.get("prefix", ""))))
             old = self.held.pop(key, None)
             if old is not None:
                 close_fds([old.fd])
-            self.held[key] = Held(meta, fds[0])
+            self.held[key] = Held(meta, fds[0], prefix)
             logger.debug("keeping %s (%d held)", key, len(self.held))
         elif op == "drop":
             close_fds(fds)
@@ -145,6 +150,11 @@ class FdKeeper:
             if held is not None:
                 close_fds([held.fd])
                 logger.debug("dropped %s (%d held)", message.get("key"), len(self.held))
+        elif op == "prefix":
+            close_fds(fds)
+            held = self.held.get(str(message.get("key", "")))
+            if held is not None:
+                held.prefix += base64.b64decode(str(message.get("data", "")))
         elif op == "hello":
             close_fds(fds)
             items = list(self.held.values())
@@ -156,6 +166,9 @@ class FdKeeper:
                 send_message(
                     client, {"op": "entries", "items": [h.meta for h in batch]}, [h.fd for h in batch]
                 )
+            for held in items:
+                for chunk in prefix_chunks(str(held.meta.get("key")), bytes(held.prefix)):
+                    send_message(client, chunk)
             send_message(client, {"op": "end"})
         else:
             raise ValueError(f"unknown or malformed request {op!r}")

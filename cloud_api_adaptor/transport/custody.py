@@ -190,6 +190,10 @@ class KeeperLink:
             if op == "end":
                 close_fds(fds)
                 return inventory
+            if op == "prefix":
+                close_fds(fds)
+                inventory.append_prefix(str(message.get("key")), base64.b64decode(str(message.get("data"))))
+                continue
             items = message.get("items", [])
             if op != "entries" or not isinstance(items, list) or len(items) != len(fds):
                 close_fds(fds)
@@ -197,8 +201,11 @@ class KeeperLink:
             for meta, fd in zip(items, fds, strict=True):
                 inventory.add(meta, fd)
 
-    def keep(self, meta: dict[str, Any], fd: int) -> None:
+    def keep(self, meta: dict[str, Any], fd: int, prefix: bytes = b"") -> None:
+        """Hold ``fd`` under ``meta["key"]`` (replacing an earlier one), with bytes to hand back with it."""
         send_message(self._sock, {"op": "keep", **meta}, [fd])
+        for chunk in prefix_chunks(str(meta["key"]), prefix):
+            send_message(self._sock, chunk)
 
     def drop(self, key: str) -> None:
         send_message(self._sock, {"op": "drop", "key": key})
@@ -273,10 +280,24 @@ class SocketCustody:
             own.close()
         self._drop(listener_meta(key)["key"])
 
-    def keep_connection(self, listener: Path, fd: int, key: str | None = None) -> str:
+    def keep_connection(
+        self,
+        listener: Path,
+        fd: int,
+        key: str | None = None,
+        prefix: bytes = b"",
+        session: dict[str, Any] | None = None,
+    ) -> str:
+        """Register a shim connection; again with ``session`` when leaving it to the next daemon."""
         key = key or f"C:{uuid.uuid4().hex}"
-        self._keep(connection_meta(key, os.fspath(listener)), fd)
+        self._keep(connection_meta(key, os.fspath(listener), session=session), fd, prefix)
         return key
+
+    def leave(self, conn: InheritedConnection) -> None:
+        """Going away (SIGTERM) with a keeper: leave the connection's state with it for the next daemon."""
+        self.keep_connection(
+            Path(conn.listener), conn.sock.fileno(), conn.key, bytes(conn.prefix), conn.session
+        )
 
     def release_connection(self, key: str) -> None:
         self._drop(key)
@@ -298,11 +319,11 @@ class SocketCustody:
         self.inventory.close()
         self.forget_keeper()
 
-    def _keep(self, meta: dict[str, Any], fd: int) -> None:
+    def _keep(self, meta: dict[str, Any], fd: int, prefix: bytes = b"") -> None:
         if self._keeper is None:
             return
         try:
-            self._keeper.keep(meta, fd)
+            self._keeper.keep(meta, fd, prefix)
         except OSError as exc:
             self._lost_keeper(exc)
 
