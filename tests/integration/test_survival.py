@@ -147,7 +147,7 @@ async def test_a_hand_over_leaves_no_gap_and_the_shim_connection_open(short_tmp:
         agent = await kata.AgentClient.connect(path)
         assert await agent.check() == 1
 
-        new = successor(old, "new")
+        new = second = successor(old, "new")
         done = asyncio.Event()
         # The shim's keep-alives never stop: calls are in flight while the connection changes hands.
         calling = asyncio.ensure_future(keep_checking(agent, done))
@@ -163,7 +163,7 @@ async def test_a_hand_over_leaves_no_gap_and_the_shim_connection_open(short_tmp:
                     await kata.stop_vm(old.socket, stopping)  # the shim's StopVM, mid-hand-over
                 finally:
                     await starting
-                await eventually(lambda: "session resumed" in new.log.read_text(), "the session to resume")
+                await eventually(lambda: "session resumed" in second.log.read_text(), "the session to resume")
         finally:
             done.set()
             answered = await calling
