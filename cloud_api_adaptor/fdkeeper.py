@@ -38,6 +38,7 @@ from cloud_api_adaptor.transport.fdpass import (
     bind_unix_listener,
     close_fds,
     receive_message,
+    same_user,
     send_message,
 )
 
@@ -109,6 +110,10 @@ class FdKeeper:
         try:
             client, _ = self._listener.accept()
         except BlockingIOError:
+            return
+        if not same_user(client):
+            logger.warning("refusing a client of another user")
+            client.close()
             return
         client.setblocking(True)
         client.settimeout(5.0)  # a client that stops reading must not wedge the keeper

@@ -58,6 +58,7 @@ from cloud_api_adaptor.transport.fdpass import (
     bind_unix_listener,
     close_fds,
     receive_message,
+    same_user,
     send_message,
     seqpacket_connect,
 )
@@ -249,6 +250,10 @@ class HandoverListener:
         loop = asyncio.get_running_loop()
         while True:
             peer, _ = await loop.sock_accept(sock)
+            if not same_user(peer):
+                logger.warning("refusing a hand-over request from another user")
+                peer.close()
+                continue
             try:
                 message = await asyncio.wait_for(loop.sock_recv(peer, 4096), 10.0)
             except (OSError, TimeoutError):

@@ -377,6 +377,10 @@ class AgentProxy:
 
     async def _adopt(self, conn: InheritedConnection) -> None:
         """Serve a shim connection accepted by a previous daemon: the shim never noticed the change."""
+        if self._custody is not None:
+            # Before a single byte moves: the keeper forgets the state left with it, which is stale
+            # from now on (a crash later must not resume from it).
+            self._custody.keep_connection(self.socket_path, conn.sock.fileno(), conn.key)
         if self._resume_window > 0:
             # A passed-on session is resumed; a connection the keeper kept through a crash has none
             # left (its state died with the daemon): it starts a new session (docs/survival.md).

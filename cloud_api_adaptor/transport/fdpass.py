@@ -19,6 +19,7 @@ import json
 import os
 import socket
 import stat
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,13 @@ def bind_unix_listener(path: Path, mode: int, type_: int = socket.SOCK_STREAM) -
         sock.close()
         raise
     return sock
+
+
+def same_user(sock: socket.socket) -> bool:
+    """The peer of a unix socket runs as our user (``SO_PEERCRED``): only it may take our sockets."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return bool(uid == os.getuid())
 
 
 def close_fds(fds: Sequence[int]) -> None:

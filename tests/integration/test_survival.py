@@ -244,14 +244,22 @@ async def test_the_shim_connection_survives_kill_9_and_restart_with_the_keeper(
         assert answered > 2
         assert await agent.check() == 1
 
+        # A crash after a resumed session: the state the SIGTERM left is stale now and is not used.
+        third.kill9()
+        fourth = successor(first, "fourth")
+        daemons.append(fourth)
+        await asyncio.to_thread(fourth.start)
+        assert "new session" in fourth.log.read_text()
+        assert await agent.check() == 1
+
         await agent.aclose()
         agent = None
-        await kata.stop_vm(third.socket, sid)
-        assert list(third.pods_dir.iterdir()) == []
+        await kata.stop_vm(fourth.socket, sid)
+        assert list(fourth.pods_dir.iterdir()) == []
         await eventually(
-            lambda: keeper_holds(keeper) == {str(third.socket)}, "the keeper to drop the sandbox"
+            lambda: keeper_holds(keeper) == {str(fourth.socket)}, "the keeper to drop the sandbox"
         )
-        assert third.stop() == 0
+        assert fourth.stop() == 0
         assert [pid for pid in vm_processes(short_tmp) if b"caa-fd-keeper" not in cmdline(pid)] == []
     finally:
         if agent is not None:
