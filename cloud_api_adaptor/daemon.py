@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 from cloud_api_adaptor.aio import TaskSupervisor
 from cloud_api_adaptor.channel import build_agent_channel
 from cloud_api_adaptor.fsutil import make_private_dirs
+from cloud_api_adaptor.grpcfront import GrpcFront
 from cloud_api_adaptor.handover import (
     HANDOVER_SERVICE,
     HandoverListener,
@@ -85,7 +86,7 @@ class Daemon:
     manager: SandboxManager
     probe: ProbeServer
     ttrpc: Server
-    grpc_server: grpc.aio.Server | None
+    grpc_server: GrpcFront | None
     supervisor: TaskSupervisor
     registry: CollectorRegistry
     store: SandboxStore
@@ -114,6 +115,10 @@ class Daemon:
         self.ttrpc.close()
         if self.grpc_server is not None:
             await self.grpc_server.stop(DRAIN_SECONDS)
+            if not self.custody.retains and self.successor is None:
+                self.custody.release_listener(self.grpc_server.public)
+                with contextlib.suppress(FileNotFoundError):
+                    self.grpc_server.public.unlink()
         await self.ttrpc.wait_closed(DRAIN_SECONDS)
         await self.supervisor.aclose()
         self.handover_listener.close()
@@ -185,7 +190,7 @@ async def _start_locked(
     if provider is None:
         provider = await asyncio.to_thread(build_provider, settings, provider_config)
     store = SandboxStore(settings.state_dir)
-    grpc_server: grpc.aio.Server | None = None
+    grpc_server: GrpcFront | None = None
     manager: SandboxManager | None = None
     try:
         catalogue = tuple(await provider.describe_instance_types())
@@ -203,7 +208,7 @@ async def _start_locked(
         records = await asyncio.to_thread(store.load_all)
         metrics.records_quarantined(len(store.quarantined))
         await recover(manager, records, on_failure=metrics.recovery_failed)
-        grpc_server = await _start_grpc(settings, manager)
+        grpc_server = await _start_grpc(settings, manager, custody)
         server = Server(error_translator=to_rpc_error)
         for name, methods in ttrpc_services(HypervisorService(manager)).items():
             server.add_service(name, methods)
@@ -261,19 +266,16 @@ def _build_pod_network(settings: Settings, provider: Provider) -> PodNetworkPort
     return build_pod_network(settings, provider)
 
 
-async def _start_grpc(settings: Settings, manager: SandboxManager) -> grpc.aio.Server | None:
+async def _start_grpc(
+    settings: Settings, manager: SandboxManager, custody: SocketCustody
+) -> GrpcFront | None:
     """The optional gRPC socket; started before the ttrpc socket, so 'listening' means all is up."""
     if settings.grpc_socket is None:
         return None
     server = grpc.aio.server()
     add_grpc_services(server, HypervisorService(manager))
-    settings.grpc_socket.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        settings.grpc_socket.unlink()
-    server.add_insecure_port(f"unix://{settings.grpc_socket}")
-    await server.start()
-    os.chmod(settings.grpc_socket, 0o600)
-    return server
+    private = settings.state_dir / f"grpc-{os.getpid()}.sock"
+    return await GrpcFront.start(server, settings.grpc_socket, private, custody)
 
 
 async def serve(settings: Settings, provider_config: Any, stop: asyncio.Event) -> None:

@@ -25,9 +25,12 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from cloud_api_adaptor import kata_client as kata
+from cloud_api_adaptor._pb import hypervisor_pb2 as hv
+from cloud_api_adaptor._pb import hypervisor_pb2_grpc as hv_grpc
 from cloud_api_adaptor.testing.eventually import eventually, eventually_sync
 from cloud_api_adaptor.transport.custody import KeeperLink
 
@@ -108,13 +111,28 @@ def keeper(short_tmp: Path) -> Iterator[Path]:
     assert not path.exists()
 
 
-async def keep_checking(agent: kata.AgentClient, done: asyncio.Event) -> int:
-    """Health checks back to back until ``done``; every one must be answered (no error, no EOF)."""
-    answered = 0
-    while not done.is_set():
-        assert await agent.check() == 1
-        answered += 1
-    return answered
+class Checker:
+    """Back-to-back health checks, as the shim's keep-alives: each must be answered (no error, no EOF)."""
+
+    def __init__(self, agent: kata.AgentClient) -> None:
+        self.agent = agent
+        self.answered = 0
+        self._done = asyncio.Event()
+        self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        while not self._done.is_set():
+            assert await self.agent.check() == 1
+            self.answered += 1
+
+    async def more_answered(self) -> None:
+        """Wait until two more checks were answered than now (so through whoever serves now)."""
+        mark = self.answered
+        await eventually(lambda: self.answered > mark + 1, "health checks to be answered")
+
+    async def stop(self) -> None:
+        self._done.set()
+        await self._task
 
 
 def keeper_holds(path: Path) -> set[str]:
@@ -148,10 +166,10 @@ async def test_a_hand_over_leaves_no_gap_and_the_shim_connection_open(short_tmp:
         assert await agent.check() == 1
 
         new = second = successor(old, "new")
-        done = asyncio.Event()
         # The shim's keep-alives never stop: calls are in flight while the connection changes hands.
-        calling = asyncio.ensure_future(keep_checking(agent, done))
+        checker = Checker(agent)
         try:
+            await checker.more_answered()
             with PathWatcher(old.socket) as watcher:
                 starting = asyncio.ensure_future(asyncio.to_thread(new.start))
                 try:
@@ -164,10 +182,9 @@ async def test_a_hand_over_leaves_no_gap_and_the_shim_connection_open(short_tmp:
                 finally:
                     await starting
                 await eventually(lambda: "session resumed" in second.log.read_text(), "the session to resume")
+            await checker.more_answered()
         finally:
-            done.set()
-            answered = await calling
-        assert answered > 2
+            await checker.stop()
         assert await agent.check() == 1  # the same connection, served through the new daemon
         assert in_progress, "the StopVM was sent after the hand-over had finished"
         assert watcher.polls > 100 and watcher.gaps == [], watcher.gaps[:5]
@@ -228,20 +245,18 @@ async def test_the_shim_connection_survives_kill_9_and_restart_with_the_keeper(
 
         # A graceful restart (SIGTERM) with the keeper leaves the shim's sockets alone, and the
         # session's state with the keeper: calls in flight at the restart are answered.
-        done = asyncio.Event()
-        calling = asyncio.ensure_future(keep_checking(agent, done))
+        checker = Checker(agent)
         try:
-            await asyncio.sleep(0)  # the first check is on its way
+            await checker.more_answered()
             assert await asyncio.to_thread(second.stop) == 0
             assert stat.S_ISSOCK(os.lstat(path).st_mode)
             third = successor(first, "third")
             daemons.append(third)
             await asyncio.to_thread(third.start)
             await eventually(lambda: "session resumed" in third.log.read_text(), "the session to resume")
+            await checker.more_answered()
         finally:
-            done.set()
-            answered = await calling
-        assert answered > 2
+            await checker.stop()
         assert await agent.check() == 1
 
         # A crash after a resumed session: the state the SIGTERM left is stale now and is not used.
@@ -266,3 +281,32 @@ async def test_the_shim_connection_survives_kill_9_and_restart_with_the_keeper(
             await agent.aclose()
         for daemon in daemons:
             daemon.stop()
+
+
+@pytest.mark.asyncio
+async def test_the_grpc_socket_has_no_gap_either(short_tmp: Path) -> None:
+    grpc_socket = short_tmp / "grpc.sock"
+    old = DaemonProcess(short_tmp, {"GRPC_ENDPOINT": f"unix://{grpc_socket}"}, provider="fake")
+    old.start()
+    new: DaemonProcess | None = None
+    try:
+        async with grpc.aio.insecure_channel(f"unix://{grpc_socket}") as channel:
+            stub = hv_grpc.HypervisorStub(channel)
+            assert (await stub.Version(hv.VersionRequest(), timeout=10)).version == "0.0.0"
+            new = successor(old, "new")
+            with PathWatcher(grpc_socket) as watcher:
+                await asyncio.to_thread(new.start)
+            assert watcher.polls > 100 and watcher.gaps == [], watcher.gaps[:5]
+            # the client's connection was closed with the old daemon; gRPC reconnects by itself
+            assert (
+                await stub.Version(hv.VersionRequest(), timeout=10, wait_for_ready=True)
+            ).version == "0.0.0"
+        assert old.stop() == 0
+        assert new.stop() == 0
+        new = None
+        assert not grpc_socket.exists()
+        assert [p.name for p in old.state_dir.glob("grpc-*.sock")] == []
+    finally:
+        if new is not None:
+            new.stop()
+        old.stop()
