@@ -23,6 +23,7 @@ import base64
 import contextlib
 import logging
 import os
+import select
 import selectors
 import signal
 import socket
@@ -136,6 +137,22 @@ class FdKeeper:
             self._selector.unregister(client)
             client.close()
 
+    def _drain_others(self, client: socket.socket) -> None:
+        """Apply what other clients already sent before answering a hello.
+
+        A daemon killed a moment ago may have left keeps and drops queued in
+        its connection; the daemon saying hello now must get the state after them.
+        """
+        others = [
+            k.fileobj
+            for k in self._selector.get_map().values()
+            if isinstance(k.fileobj, socket.socket)
+            and k.fileobj not in (client, self._listener, self._wake_r)
+        ]
+        for other in others:
+            while other.fileno() >= 0 and select.select([other], [], [], 0)[0]:
+                self._serve_one(other)
+
     def _handle(self, client: socket.socket, message: dict[str, Any], fds: list[int]) -> None:
         op = message.get("op")
         if op == "keep" and len(fds) == 1:
@@ -162,6 +179,7 @@ class FdKeeper:
                 held.prefix += base64.b64decode(str(message.get("data", "")))
         elif op == "hello":
             close_fds(fds)
+            self._drain_others(client)
             items = list(self.held.values())
             logger.info(
                 "a daemon (pid %s) connected: handing back %d socket(s)", message.get("pid"), len(items)

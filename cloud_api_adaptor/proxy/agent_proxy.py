@@ -278,10 +278,11 @@ class AgentProxy:
         lt.pause_reading()
         relay.session.detach()
         state = relay.session.snapshot()
+        opened = relay._hello_sent  # the forwarder knows the session: the next daemon resumes it
         relay.end("handed over to the next daemon")
         dup = socket.socket(fileno=os.dup(sock.fileno()))
         conn = InheritedConnection(
-            key, os.fspath(self.socket_path), dup, bytearray(state.unacked), session=session_meta(state)
+            key, os.fspath(self.socket_path), dup, bytearray(state.unacked), session_meta(state, opened)
         )
         return conn, lt
 
@@ -391,7 +392,8 @@ class AgentProxy:
                 if conn.prefix:
                     session.send(bytes(conn.prefix))
             conn.sock.setblocking(False)
-            protocol = self._accept_resumable(session, conn.key, resuming=conn.session is not None)
+            resuming = conn.session is not None and bool(conn.session.get("opened", True))
+            protocol = self._accept_resumable(session, conn.key, resuming=resuming)
             try:
                 await asyncio.get_running_loop().connect_accepted_socket(lambda: protocol, conn.sock)
             except BaseException:

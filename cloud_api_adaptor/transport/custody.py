@@ -140,10 +140,15 @@ def connection_meta(
     return meta
 
 
-def session_meta(state: SessionState) -> dict[str, Any]:
-    """A resumable session's state as JSON (its un-acknowledged bytes travel as the prefix)."""
+def session_meta(state: SessionState, opened: bool = True) -> dict[str, Any]:
+    """A resumable session's state as JSON (its un-acknowledged bytes travel as the prefix).
+
+    ``opened``: the forwarder was told about the session (a hello went out), so
+    the next owner resumes it rather than opening it.
+    """
     return {
         "id": state.session_id.hex(),
+        "opened": opened,
         "sent": state.sent,
         "acked": state.acked,
         "received": state.received,
