@@ -315,9 +315,16 @@ class Session:
         ACKs trim the replay buffer; a FIN sets ``fin_received`` (the caller checks
         it after each feed).  Raises ``ProtocolError`` on a malformed frame.
         """
-        out: list[memoryview] = []
         mv = memoryview(chunk)
-        pos, end = 0, len(mv)
+        end = len(mv)
+        if not self._remaining and not self._partial and end > 5 and mv[0] == _DATA:
+            # The common case, one whole DATA frame in one read: no loop.
+            length = int.from_bytes(mv[1:5], "big")
+            if length == end - 5 and length <= MAX_FRAME and not self.fin_received:
+                self.received += length
+                return [mv[5:]]
+        out: list[memoryview] = []
+        pos = 0
         while pos < end:
             if self._remaining:
                 take = min(self._remaining, end - pos)
