@@ -20,6 +20,7 @@ from cloud_api_adaptor.transport.resume import (
     HelloReader,
     Kind,
     ProtocolError,
+    ReplayBuffer,
     ReplayOverflow,
     ResumeRejected,
     Session,
@@ -206,3 +207,20 @@ def test_snapshot_and_restore_continue_the_session_elsewhere() -> None:
     assert server.received == 8 and moved.received == 5
     with pytest.raises(ValueError):
         Session.restore(type(client.snapshot())(sid, 5, 0, 0, b"", False, False, 1 << 20))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_replay_buffer_keeps_bytes_in_order_across_wraps(seed: int) -> None:
+    rng = random.Random(seed)
+    buf, model = ReplayBuffer(), bytearray()
+    for _ in range(300):
+        if rng.random() < 0.55:
+            data = rng.randbytes(rng.randint(0, 9000))
+            buf.append(data if rng.random() < 0.5 else memoryview(data))
+            model += data
+        else:
+            n = rng.randint(0, len(model))
+            buf.trim(n)
+            del model[:n]
+        assert len(buf) == len(model)
+        assert buf.contents() == model
