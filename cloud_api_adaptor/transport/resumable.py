@@ -45,6 +45,9 @@ logger = logging.getLogger(__name__)
 
 _MIN_BUFFER = 4 << 10
 _MAX_BUFFER = 256 << 10
+#: reads at least this large go out as a header and the read buffer itself (two writes, no
+#: frame copy); smaller ones as one frame (one write: a TLS record each costs more than the copy)
+_SPLIT_AT = 16 << 10
 
 
 class _Buffered(asyncio.BufferedProtocol):
@@ -87,7 +90,8 @@ class _Local(_Buffered):
         if nbytes == len(buffer) and self._size < _MAX_BUFFER:
             self._size = min(_MAX_BUFFER, self._size * 4)
             self._buffer = None
-        self._relay._from_local(buffer[:nbytes])  # the session copies what it keeps
+        if self._relay._from_local(buffer[:nbytes]):
+            self._buffer = None  # the link's transport still points into it
 
     def eof_received(self) -> bool | None:
         self.eof = True
@@ -291,24 +295,33 @@ class ResumableRelay:
 
     # -- data paths ---------------------------------------------------------------------
 
-    def _from_local(self, data: memoryview) -> None:
+    def _from_local(self, data: memoryview) -> bool:
+        """Returns True when a transport may still hold ``data`` (the caller gives up that buffer)."""
         session = self.session
+        link = self.link
+        big = len(data) >= _SPLIT_AT
         try:
-            frames = session.send(data)
+            frames = session.send_header(data) if big else session.send(data)
         except ResumeError as exc:
             self.end(str(exc))
-            return
+            return False
         stats = self._stats
         if stats is not None:
             if self._client:
                 stats.bytes_in += len(data)
             else:
                 stats.bytes_out += len(data)
-        link = self.link
+        kept = False
         if link is not None and link.running_:
-            link.transport.write(frames)  # type: ignore[union-attr]
+            lt = link.transport
+            assert lt is not None
+            lt.write(frames)
+            if big:
+                lt.write(data)
+                kept = bool(lt.get_write_buffer_size())
         if session.sent - session.acked >= self._pause_at:
             self._pause_local("window", True)
+        return kept
 
     def _from_link(self, link: _Link, data: memoryview) -> None:
         session = self.session

@@ -345,6 +345,25 @@ class Session:
             return _DATA_HEADER.pack(_DATA, n) + data
         return _frames(memoryview(data))
 
+    def send_header(self, data: bytes | bytearray | memoryview) -> bytes:
+        """Like ``send`` for ``data`` of at most ``MAX_FRAME`` bytes, but returns only the frame header.
+
+        The caller writes the header and then ``data`` itself: for large reads this
+        saves copying the payload into a frame (the replay buffer keeps its own copy).
+        """
+        n = len(data)
+        if n > MAX_FRAME:
+            raise ValueError(f"send_header takes at most {MAX_FRAME} bytes")
+        if self.fin_sent:
+            raise ProtocolError("send after FIN")
+        if self.sent + n - self.acked > self.replay_limit:
+            raise ReplayOverflow(
+                f"replay window of {self.replay_limit} bytes exceeded ({self.sent + n - self.acked} un-acked)"
+            )
+        self._replay.append(data)
+        self.sent += n
+        return _DATA_HEADER.pack(_DATA, n)
+
     def send_fin(self) -> bytes:
         """Our stream ends; returns the FIN frame (idempotent: b"" the second time)."""
         if self.fin_sent:

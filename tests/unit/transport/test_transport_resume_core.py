@@ -80,7 +80,7 @@ def test_no_byte_lost_or_duplicated_whatever_the_drop_points(seed: int) -> None:
                     break
                 msg = rng.randbytes(rng.randint(1, 3000))
                 written[key] += msg
-                wire.extend(side.send(msg))
+                wire.extend(side.send(msg) if rng.random() < 0.5 else side.send_header(msg) + msg)
             if rng.random() < 0.3:
                 wire.extend(side.ack())
         if rng.random() < 0.35:
@@ -129,6 +129,10 @@ def test_acks_trim_the_replay_buffer_and_bound_it() -> None:
     a.send(b"y" * (16 << 10))
     with pytest.raises(ReplayOverflow):
         a.send(b"z")
+    with pytest.raises(ReplayOverflow):
+        a.send_header(b"z")
+    with pytest.raises(ValueError):
+        a.send_header(bytes(MAX_FRAME + 1))
 
 
 def test_large_writes_are_split_into_frames() -> None:
