@@ -45,6 +45,9 @@ logger = logging.getLogger(__name__)
 
 _MIN_BUFFER = 4 << 10
 _MAX_BUFFER = 256 << 10
+#: reads at least this large go out as a header and the read buffer itself (two writes, no
+#: frame copy); smaller ones as one frame (one write: a TLS record each costs more than the copy)
+_SPLIT_AT = 16 << 10
 
 
 class _Buffered(asyncio.BufferedProtocol):
@@ -82,7 +85,13 @@ class _Local(_Buffered):
         self.transport = cast(asyncio.Transport, transport)
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._relay._from_local(self._take(nbytes))  # the session copies what it keeps
+        buffer = self._buffer
+        assert buffer is not None
+        if nbytes == len(buffer) and self._size < _MAX_BUFFER:
+            self._size = min(_MAX_BUFFER, self._size * 4)
+            self._buffer = None
+        if self._relay._from_local(buffer[:nbytes]):
+            self._buffer = None  # the link's transport still points into it
 
     def eof_received(self) -> bool | None:
         self.eof = True
@@ -113,7 +122,11 @@ class _Link(_Buffered):
         self._relay = relay
         self.state = LinkState.HANDSHAKE
         self._welcome = WelcomeReader() if client else None
-        self.last_rx = asyncio.get_running_loop().time()
+        self.reads = 0
+        """Reads so far: the keep-alive tick compares it with the last tick's (cheaper than a clock)."""
+        self.running_ = False
+        self.seen_reads = 0
+        self.quiet_since = asyncio.get_running_loop().time()
         loop = asyncio.get_running_loop()
         self.settled: asyncio.Future[bool] = loop.create_future()
         """True once running, False if it failed or was lost first."""
@@ -123,9 +136,14 @@ class _Link(_Buffered):
         _set_nodelay(t)
 
     def buffer_updated(self, nbytes: int) -> None:
-        data = self._take(nbytes)
-        self.last_rx = self._relay._loop.time()
-        if self.state is LinkState.RUNNING:
+        buffer = self._buffer
+        assert buffer is not None
+        if nbytes == len(buffer) and self._size < _MAX_BUFFER:
+            self._size = min(_MAX_BUFFER, self._size * 4)
+            self._buffer = None
+        self.reads += 1
+        data = buffer[:nbytes]
+        if self.running_:
             self._relay._from_link(self, data)
         elif self._welcome is not None and self.state is LinkState.HANDSHAKE:
             self._relay._on_welcome_bytes(self, data)
@@ -135,6 +153,7 @@ class _Link(_Buffered):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = LinkState.GONE
+        self.running_ = False
         if not self.settled.done():
             self.settled.set_result(False)
         self._relay._link_lost(self, exc)
@@ -145,8 +164,13 @@ class _Link(_Buffered):
     def resume_writing(self) -> None:
         self._relay._pause_local_for_link(False)
 
+    def gone(self) -> None:
+        self.state = LinkState.GONE
+        self.running_ = False
+
     def running(self) -> None:
         self.state = LinkState.RUNNING
+        self.running_ = True
         if not self.settled.done():
             self.settled.set_result(True)
 
@@ -184,6 +208,7 @@ class ResumableRelay:
         self.link_lost.set()
         self.link_up: asyncio.Event = asyncio.Event()
         """Set while a link is running."""
+        self._pause_at = session.replay_limit // 2
         self.resumes = 0
         """Links that continued the session after the first."""
         self._hello_sent = False
@@ -228,7 +253,7 @@ class ResumableRelay:
     def _replace_link(self, link: _Link, transport: asyncio.BaseTransport) -> None:
         old, self.link = self.link, link
         if old is not None and old.transport is not None:
-            old.state = LinkState.GONE
+            old.gone()
             old.transport.abort()
         self.session.detach()
         transport.set_protocol(link)
@@ -270,26 +295,37 @@ class ResumableRelay:
 
     # -- data paths ---------------------------------------------------------------------
 
-    def _from_local(self, data: memoryview) -> None:
+    def _from_local(self, data: memoryview) -> bool:
+        """Returns True when a transport may still hold ``data`` (the caller gives up that buffer)."""
+        session = self.session
+        link = self.link
+        big = len(data) >= _SPLIT_AT
         try:
-            frames = self.session.send(data)
+            frames = session.send_header(data) if big else session.send(data)
         except ResumeError as exc:
             self.end(str(exc))
-            return
-        if self._stats is not None:
+            return False
+        stats = self._stats
+        if stats is not None:
             if self._client:
-                self._stats.bytes_in += len(data)
+                stats.bytes_in += len(data)
             else:
-                self._stats.bytes_out += len(data)
-        link = self.link
-        if link is not None and link.state is LinkState.RUNNING and link.transport is not None:
-            link.transport.write(frames)
-        if self.session.window_full:
+                stats.bytes_out += len(data)
+        kept = False
+        if link is not None and link.running_:
+            lt = link.transport
+            assert lt is not None
+            lt.write(frames)
+            if big:
+                lt.write(data)
+                kept = bool(lt.get_write_buffer_size())
+        if session.sent - session.acked >= self._pause_at:
             self._pause_local("window", True)
+        return kept
 
     def _from_link(self, link: _Link, data: memoryview) -> None:
         session = self.session
-        was_full = session.window_full
+        acked = session.acked
         had_fin = session.fin_received
         try:
             pieces = session.feed(data)
@@ -298,21 +334,27 @@ class ResumableRelay:
             return
         lt = self.local.transport
         if pieces and lt is not None:
-            n = 0
             filt = self._filter
-            for piece in pieces:
-                n += len(piece)
+            if len(pieces) == 1:
+                piece = pieces[0]
+                n = len(piece)
                 lt.write(piece if filt is None else filt(piece))
+            else:
+                n = 0
+                for piece in pieces:
+                    n += len(piece)
+                    lt.write(piece if filt is None else filt(piece))
             if lt.get_write_buffer_size():
                 link._buffer = None  # the transport may still point into the link's buffer
-            if self._stats is not None:
+            stats = self._stats
+            if stats is not None:
                 if self._client:
-                    self._stats.bytes_out += n
+                    stats.bytes_out += n
                 else:
-                    self._stats.bytes_in += n
+                    stats.bytes_in += n
         if session.ack_due and link.transport is not None:
             link.transport.write(session.ack())
-        if was_full and not session.window_full:
+        if session.acked != acked and self._local_paused_by and session.sent - session.acked < self._pause_at:
             self._pause_local("window", False)
         if session.fin_received and not had_fin:
             self._deliver_fin()
@@ -390,8 +432,11 @@ class ResumableRelay:
         if self.ended.done():
             return
         link = self.link
-        if link is not None and link.transport is not None and link.state is LinkState.RUNNING:
-            if self._loop.time() - link.last_rx > self._dead_after:
+        if link is not None and link.transport is not None and link.running_:
+            now = self._loop.time()
+            if link.reads != link.seen_reads:
+                link.seen_reads, link.quiet_since = link.reads, now
+            if now - link.quiet_since > self._dead_after:
                 logger.info(
                     "agent channel %s: nothing heard for %.1f s; dropping the link",
                     self.name,
@@ -412,7 +457,7 @@ class ResumableRelay:
             self._timer = None
         link, self.link = self.link, None
         if link is not None and link.transport is not None:
-            link.state = LinkState.GONE
+            link.gone()
             link.transport.close()
             if not link.settled.done():
                 link.settled.set_result(False)

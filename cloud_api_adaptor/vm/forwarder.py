@@ -228,11 +228,12 @@ class Forwarder:
         if server is not None:
             await server.wait_closed()
 
-    async def restart_listener(self) -> tuple[str, int]:
+    async def restart_listener(self, down_for: float = 0.0) -> tuple[str, int]:
         """Close the TLS listener and every resumable link, then listen again on the same address.
 
         Agent connections (and plain relays) stay; resumable sessions wait for the
-        worker to resume.  Used by tests and operators to exercise the resume path.
+        worker to resume.  ``down_for``: seconds without a listener (connects are
+        refused meanwhile).  Used by tests, benchmarks and SIGHUP.
         """
         server, self._server = self._server, None
         if server is None or self._bound is None:
@@ -242,6 +243,8 @@ class Forwarder:
         if self.sessions is not None:
             self.sessions.drop_links()
         await server.wait_closed()
+        if down_for > 0:
+            await asyncio.sleep(down_for)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             self._accept_any, bound[0], bound[1], ssl=self._ssl, reuse_address=True

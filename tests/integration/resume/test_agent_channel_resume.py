@@ -12,6 +12,7 @@ other way round.  (The same with real processes and a network namespace:
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -221,3 +222,68 @@ async def test_shim_close_ends_the_session_on_both_ends(stand: Stand) -> None:
     await caller.client.aclose()
     await eventually(lambda: not stand.agent._conns and not proxy.relays, "both ends closed")
     assert fwd.sessions is not None and len(fwd.sessions) == 0
+
+
+class _SlowAgent(asyncio.Protocol):
+    """An agent that does not read until told: what it gets is counted and hashed."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.received = bytearray()
+        self.holding = True
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.transport.pause_reading()  # type: ignore[union-attr]
+
+    def data_received(self, data: bytes) -> None:
+        # uvloop starts reading an accepted connection after connection_made: pause again.
+        self.received += data
+        if self.holding and self.transport is not None:
+            self.transport.pause_reading()
+
+    def release(self) -> None:
+        self.holding = False
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+
+@pytest.mark.asyncio
+async def test_a_slow_agent_pauses_the_shim_and_loses_nothing(stand: Stand, short_tmp: Path) -> None:
+    """Back-pressure end to end: the shim's writes stall, memory stays bounded, every byte arrives once."""
+    slow = _SlowAgent()
+    server = await asyncio.get_running_loop().create_unix_server(lambda: slow, str(short_tmp / "slow.sock"))
+    try:
+        stand.agent = StubAgent(short_tmp / "slow.sock")  # only its path is used by the forwarder
+        fwd, port = await stand.forwarder()
+        proxy = await stand.proxy(port)
+        reader, writer = await asyncio.open_unix_connection(str(proxy.socket_path))
+        blob = os.urandom(1 << 20)
+        written = 0
+        stalled = False
+        for _ in range(64):  # up to 64 MiB: far more than every buffer on the way holds
+            writer.write(blob)
+            written += len(blob)
+            try:
+                await asyncio.wait_for(writer.drain(), timeout=1.0)
+            except TimeoutError:
+                stalled = True
+                break
+        assert stalled, "the shim's writes never stalled: nothing pushed back"
+        (relay,) = proxy.relays
+        assert relay.session.unacked <= relay.session.replay_limit
+        assert fwd.sessions is not None
+        (far,) = fwd.sessions._relays.values()
+        assert far.local.transport is not None
+        assert far.local.transport.get_write_buffer_size() < 8 << 20  # the forwarder stopped reading too
+        slow.release()
+        await writer.drain()
+        await eventually(lambda: len(slow.received) >= written, "the agent got everything", timeout=30)
+        assert len(slow.received) == written
+        assert bytes(slow.received[: len(blob)]) == blob and bytes(slow.received[-len(blob) :]) == blob
+        writer.close()
+        await writer.wait_closed()
+        del reader
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -20,6 +20,7 @@ from cloud_api_adaptor.transport.resume import (
     HelloReader,
     Kind,
     ProtocolError,
+    ReplayBuffer,
     ReplayOverflow,
     ResumeRejected,
     Session,
@@ -79,7 +80,7 @@ def test_no_byte_lost_or_duplicated_whatever_the_drop_points(seed: int) -> None:
                     break
                 msg = rng.randbytes(rng.randint(1, 3000))
                 written[key] += msg
-                wire.extend(side.send(msg))
+                wire.extend(side.send(msg) if rng.random() < 0.5 else side.send_header(msg) + msg)
             if rng.random() < 0.3:
                 wire.extend(side.ack())
         if rng.random() < 0.35:
@@ -128,6 +129,10 @@ def test_acks_trim_the_replay_buffer_and_bound_it() -> None:
     a.send(b"y" * (16 << 10))
     with pytest.raises(ReplayOverflow):
         a.send(b"z")
+    with pytest.raises(ReplayOverflow):
+        a.send_header(b"z")
+    with pytest.raises(ValueError):
+        a.send_header(bytes(MAX_FRAME + 1))
 
 
 def test_large_writes_are_split_into_frames() -> None:
@@ -206,3 +211,20 @@ def test_snapshot_and_restore_continue_the_session_elsewhere() -> None:
     assert server.received == 8 and moved.received == 5
     with pytest.raises(ValueError):
         Session.restore(type(client.snapshot())(sid, 5, 0, 0, b"", False, False, 1 << 20))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_replay_buffer_keeps_bytes_in_order_across_wraps(seed: int) -> None:
+    rng = random.Random(seed)
+    buf, model = ReplayBuffer(), bytearray()
+    for _ in range(300):
+        if rng.random() < 0.55:
+            data = rng.randbytes(rng.randint(0, 9000))
+            buf.append(data if rng.random() < 0.5 else memoryview(data))
+            model += data
+        else:
+            n = rng.randint(0, len(model))
+            buf.trim(n)
+            del model[:n]
+        assert len(buf) == len(model)
+        assert buf.contents() == model
