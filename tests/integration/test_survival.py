@@ -29,14 +29,23 @@ import grpc
 import pytest
 
 from cloud_api_adaptor import kata_client as kata
+from cloud_api_adaptor._pb import health_pb2, ttrpc_pb2
 from cloud_api_adaptor._pb import hypervisor_pb2 as hv
 from cloud_api_adaptor._pb import hypervisor_pb2_grpc as hv_grpc
+from cloud_api_adaptor._pb import podvminfo_pb2 as pvi
+from cloud_api_adaptor.hypervisor.service import PODVMINFO_SERVICE
+from cloud_api_adaptor.proxy.testing import StubClient
 from cloud_api_adaptor.testing.eventually import eventually, eventually_sync
 from cloud_api_adaptor.transport.custody import KeeperLink
+from cloud_api_adaptor.ttrpc import Code, RpcError
+from cloud_api_adaptor.ttrpc.framing import OversizedFrame
 
 from .daemon_proc import DaemonProcess
 from .test_lifecycle_local import vm_processes
 
+SERVING = health_pb2.HealthCheckResponse.SERVING
+# Well below the daemon's drain bound (10 s), so the call finishes rather than being cancelled.
+IN_FLIGHT_DEADLINE = 6.0
 KEEPER_BIN = Path(sys.executable).parent / "caa-fd-keeper"
 
 
@@ -111,28 +120,79 @@ def keeper(short_tmp: Path) -> Iterator[Path]:
     assert not path.exists()
 
 
-class Checker:
-    """Back-to-back health checks, as the shim's keep-alives: each must be answered (no error, no EOF)."""
+CHECK = ttrpc_pb2.Request(
+    service="grpc.Health", method="Check", payload=health_pb2.CheckRequest().SerializeToString()
+).SerializeToString()
 
-    def __init__(self, agent: kata.AgentClient) -> None:
-        self.agent = agent
+
+class StrictClient(StubClient):
+    """The shim's agent connection: counts every reply; one for a stream not waiting is a duplicate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = 0
+        self.replies = 0
+        self.unexpected = 0
+
+    def send_request(self, request: bytes) -> asyncio.Future[ttrpc_pb2.Response]:
+        self.sent += 1
+        return super().send_request(request)
+
+    def data_received(self, data: bytes) -> None:
+        for frame in self._decoder.feed(data):
+            self.replies += 1
+            fut = self._pending.pop(frame.stream_id, None)
+            if fut is None or isinstance(frame, OversizedFrame):
+                self.unexpected += 1
+            elif not fut.done():
+                fut.set_result(ttrpc_pb2.Response.FromString(frame.data))
+
+
+async def connect_shim(path: str) -> StrictClient:
+    _, client = await asyncio.get_running_loop().create_unix_connection(StrictClient, path)
+    return client
+
+
+async def check(client: StrictClient) -> None:
+    reply = await client.send_request(CHECK)
+    assert health_pb2.HealthCheckResponse.FromString(reply.payload).status == SERVING
+
+
+class Checker:
+    """Bursts of pipelined health checks (many in flight at once), as the shim's traffic, until stopped.
+
+    Every one must be answered exactly once: no error, no EOF, no duplicated reply.
+    """
+
+    def __init__(self, client: StrictClient, burst: int = 8) -> None:
+        self.client = client
+        self.burst = burst
         self.answered = 0
         self._done = asyncio.Event()
         self._task = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
         while not self._done.is_set():
-            assert await self.agent.check() == 1
-            self.answered += 1
+            await asyncio.gather(*(check(self.client) for _ in range(self.burst)))
+            self.answered += self.burst
 
     async def more_answered(self) -> None:
-        """Wait until two more checks were answered than now (so through whoever serves now)."""
+        """Wait until two more bursts were answered than now (so through whoever serves now)."""
         mark = self.answered
-        await eventually(lambda: self.answered > mark + 1, "health checks to be answered")
+        await eventually(lambda: self.answered > mark + self.burst, "health checks to be answered")
 
     async def stop(self) -> None:
         self._done.set()
-        await self._task
+        async with asyncio.timeout(60):
+            await self._task
+        assert self.client.replies == self.client.sent
+        assert self.client.unexpected == 0
+        assert not self.client.closed.done()
+
+
+async def get_info_waiting(socket: Path, deadline: float) -> None:
+    request = pvi.GetInfoRequest(PodName="never", PodNamespace="comes", Wait=True)
+    await kata.one_call(socket, PODVMINFO_SERVICE, "GetInfo", request, pvi.GetInfoResponse, timeout=deadline)
 
 
 def keeper_holds(path: Path) -> set[str]:
@@ -154,7 +214,7 @@ async def test_a_hand_over_leaves_no_gap_and_the_shim_connection_open(short_tmp:
     old = DaemonProcess(short_tmp)
     old.start()
     new: DaemonProcess | None = None
-    agent: kata.AgentClient | None = None
+    agent: StrictClient | None = None
     try:
         running, stopping = new_id(), new_id()
         path = await kata.create_vm(old.socket, running, kata.kata_annotations("survivor"))
@@ -162,14 +222,18 @@ async def test_a_hand_over_leaves_no_gap_and_the_shim_connection_open(short_tmp:
         await asyncio.gather(
             kata.start_vm(old.socket, running, timeout=60), kata.start_vm(old.socket, stopping, timeout=60)
         )
-        agent = await kata.AgentClient.connect(path)
-        assert await agent.check() == 1
+        agent = await connect_shim(path)
+        await check(agent)
 
         new = second = successor(old, "new")
         # The shim's keep-alives never stop: calls are in flight while the connection changes hands.
         checker = Checker(agent)
         try:
             await checker.more_answered()
+            # A hypervisor call in flight in the old daemon (GetInfo waiting for a pod that never
+            # comes, until its deadline) holds the hand-over open: the old daemon finishes it first.
+            in_flight = asyncio.ensure_future(get_info_waiting(old.socket, IN_FLIGHT_DEADLINE))
+            assert await kata.version(old.socket)  # GetInfo was accepted before this connection
             with PathWatcher(old.socket) as watcher:
                 starting = asyncio.ensure_future(asyncio.to_thread(new.start))
                 try:
@@ -177,16 +241,20 @@ async def test_a_hand_over_leaves_no_gap_and_the_shim_connection_open(short_tmp:
                         lambda: "asked for this node's sockets" in old.log.read_text(),
                         "the hand-over to begin",
                     )
-                    in_progress = "cloud-api-adaptor serving on" not in new.log.read_text()
+                    in_progress = not in_flight.done()
                     await kata.stop_vm(old.socket, stopping)  # the shim's StopVM, mid-hand-over
                 finally:
                     await starting
+                    with pytest.raises(RpcError) as err:
+                        await in_flight
+                assert err.value.code == Code.DEADLINE_EXCEEDED  # answered by the old daemon, not cut
                 await eventually(lambda: "session resumed" in second.log.read_text(), "the session to resume")
             await checker.more_answered()
         finally:
             await checker.stop()
-        assert await agent.check() == 1  # the same connection, served through the new daemon
+        await check(agent)  # the same connection, served through the new daemon
         assert in_progress, "the StopVM was sent after the hand-over had finished"
+        assert f"sandbox {stopping} stopped" in new.log.read_text()  # served by the new daemon
         assert watcher.polls > 100 and watcher.gaps == [], watcher.gaps[:5]
         # the hypervisor socket, the agent sockets (the StopVM may have reached either daemon), the shim
         assert re.search(r"received [23] listener\(s\) and 1 shim connection\(s\)", new.log.read_text())
@@ -220,25 +288,25 @@ async def test_the_shim_connection_survives_kill_9_and_restart_with_the_keeper(
     first = DaemonProcess(short_tmp, extra_env=env)
     first.start()
     daemons = [first]
-    agent: kata.AgentClient | None = None
+    agent: StrictClient | None = None
     try:
         sid = new_id()
         path = await kata.create_vm(first.socket, sid, kata.kata_annotations("crash"))
         await kata.start_vm(first.socket, sid, timeout=60)
-        agent = await kata.AgentClient.connect(path)
-        assert await agent.check() == 1
+        agent = await connect_shim(path)
+        await check(agent)
         assert keeper_holds(keeper) == {str(first.socket), path, f"conn {path}"}
 
         first.kill9()
         assert stat.S_ISSOCK(os.lstat(first.socket).st_mode) and stat.S_ISSOCK(os.lstat(path).st_mode)
         # A call made while no daemon runs waits in the kernel and is answered after the restart.
-        waiting = asyncio.ensure_future(agent.check())
+        waiting = asyncio.ensure_future(check(agent))
         try:
             second = successor(first, "second")
             daemons.append(second)
             await asyncio.to_thread(second.start)
         finally:
-            assert await waiting == 1
+            await waiting
         # The session died with the daemon: the kept connection goes on in a new one.
         assert "took over a shim connection" in second.log.read_text()
         assert "new session" in second.log.read_text()
@@ -257,7 +325,7 @@ async def test_the_shim_connection_survives_kill_9_and_restart_with_the_keeper(
             await checker.more_answered()
         finally:
             await checker.stop()
-        assert await agent.check() == 1
+        await check(agent)
 
         # A crash after a resumed session: the state the SIGTERM left is stale now and is not used.
         third.kill9()
@@ -265,7 +333,7 @@ async def test_the_shim_connection_survives_kill_9_and_restart_with_the_keeper(
         daemons.append(fourth)
         await asyncio.to_thread(fourth.start)
         assert "new session" in fourth.log.read_text()
-        assert await agent.check() == 1
+        await check(agent)
 
         await agent.aclose()
         agent = None
