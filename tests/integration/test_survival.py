@@ -195,16 +195,15 @@ async def get_info_waiting(socket: Path, deadline: float) -> None:
     await kata.one_call(socket, PODVMINFO_SERVICE, "GetInfo", request, pvi.GetInfoResponse, timeout=deadline)
 
 
-def keeper_holds(path: Path) -> set[str]:
-    """What the keeper holds, as a daemon would get it back (the descriptors are closed again)."""
+def keeper_holds(path: Path) -> list[str]:
+    """What the keeper holds (sorted, a connection held twice shows twice); the descriptors are closed."""
     link = KeeperLink(path)
     try:
         inventory = link.fetch()
     finally:
         link.close()
-    held = set(inventory.listeners) | {
-        f"conn {c.listener}" for conns in inventory.connections.values() for c in conns
-    }
+    conns = [f"conn {c.listener}" for kept in inventory.connections.values() for c in kept]
+    held = sorted([*inventory.listeners, *conns])
     inventory.close()
     return held
 
@@ -295,7 +294,7 @@ async def test_the_shim_connection_survives_kill_9_and_restart_with_the_keeper(
         await kata.start_vm(first.socket, sid, timeout=60)
         agent = await connect_shim(path)
         await check(agent)
-        assert keeper_holds(keeper) == {str(first.socket), path, f"conn {path}"}
+        assert keeper_holds(keeper) == sorted([str(first.socket), path, f"conn {path}"])
 
         first.kill9()
         assert stat.S_ISSOCK(os.lstat(first.socket).st_mode) and stat.S_ISSOCK(os.lstat(path).st_mode)
@@ -335,14 +334,29 @@ async def test_the_shim_connection_survives_kill_9_and_restart_with_the_keeper(
         assert "new session" in fourth.log.read_text()
         await check(agent)
 
+        # A hand-over next to the same keeper (a host running both daemons under systemd): the
+        # keeper ends up holding each socket once, under the new daemon's registration.
+        fifth = successor(first, "fifth")
+        daemons.append(fifth)
+        checker = Checker(agent)
+        try:
+            await checker.more_answered()
+            await asyncio.to_thread(fifth.start)
+            await eventually(lambda: "session resumed" in fifth.log.read_text(), "the session to resume")
+            await checker.more_answered()
+        finally:
+            await checker.stop()
+        assert keeper_holds(keeper) == sorted([str(first.socket), path, f"conn {path}"])
+        assert fourth.stop() == 0
+
         await agent.aclose()
         agent = None
-        await kata.stop_vm(fourth.socket, sid)
-        assert list(fourth.pods_dir.iterdir()) == []
+        await kata.stop_vm(fifth.socket, sid)
+        assert list(fifth.pods_dir.iterdir()) == []
         await eventually(
-            lambda: keeper_holds(keeper) == {str(fourth.socket)}, "the keeper to drop the sandbox"
+            lambda: keeper_holds(keeper) == sorted([str(fifth.socket)]), "the keeper to drop the sandbox"
         )
-        assert fourth.stop() == 0
+        assert fifth.stop() == 0
         assert [pid for pid in vm_processes(short_tmp) if b"caa-fd-keeper" not in cmdline(pid)] == []
     finally:
         if agent is not None:
