@@ -54,7 +54,7 @@ from cloud_api_adaptor.proxy.dialer import DialFailed, Handshake, StaggeredDiale
 from cloud_api_adaptor.proxy.tls import AgentTls
 from cloud_api_adaptor.transport.pump import Pipe, PumpStats, close_pipes, link
 from cloud_api_adaptor.transport.resumable import ResumableRelay
-from cloud_api_adaptor.transport.resume import ALPN, Session, new_session_id
+from cloud_api_adaptor.transport.resume import ALPN, ResumeError, Session, SessionState, new_session_id
 
 logger = logging.getLogger(__name__)
 
@@ -286,13 +286,47 @@ class AgentProxy:
 
     # -- resumable sessions ---------------------------------------------------------
 
+    async def release_sessions(self) -> list[tuple[socket.socket, SessionState]]:
+        """Hand every resumable shim connection over (see ``ResumableRelay.release``).
+
+        For a daemon hand-over: the new daemon ``adopt``s each pair; the forwarder
+        keeps the sessions meanwhile, so neither the shim nor the agent notices.
+        """
+        released = []
+        for relay in list(self.relays):
+            try:
+                released.append(await relay.release())
+            except (ResumeError, TimeoutError) as exc:
+                logger.warning(
+                    "agent proxy %s: session %s not handed over: %s", self.socket_path, relay.name, exc
+                )
+        return released
+
+    async def adopt(self, sock: socket.socket, state: SessionState) -> None:
+        """Continue a session handed over by ``release_sessions`` (of another process) on ``sock``."""
+        if self._resume_window <= 0 or self._addr is None:
+            raise FailedPrecondition(f"agent proxy {self.socket_path} cannot resume sessions")
+        relay = self._new_relay(Session.restore(state), opened=True)
+        loop = asyncio.get_running_loop()
+        await loop.connect_accepted_socket(lambda: relay.local, sock=sock)
+        self._tasks.spawn(
+            self._keep_linked(relay, None, opened=True), name=f"agent-proxy-session {relay.name}"
+        )
+
     def _accept_resumable(self) -> asyncio.BaseProtocol:
+        relay = self._new_relay(Session(new_session_id()))
+        spare, self._spare = self._spare, None
+        self._tasks.spawn(self._keep_linked(relay, spare), name=f"agent-proxy-session {relay.name}")
+        return relay.local
+
+    def _new_relay(self, session: Session, *, opened: bool = False) -> ResumableRelay:
         relay = ResumableRelay(
-            Session(new_session_id()),
+            session,
             client=True,
             stats=self.stats,
             keepalive=self._resume_keepalive,
             dead_after=self._resume_dead_after,
+            opened=opened,
         )
         self.stats.connections_total += 1
         self.stats.connections_active += 1
@@ -303,15 +337,12 @@ class AgentProxy:
             self.stats.connections_active -= 1
 
         relay.ended.add_done_callback(forget)
-        spare, self._spare = self._spare, None
-        self._tasks.spawn(self._keep_linked(relay, spare), name=f"agent-proxy-session {relay.name}")
-        return relay.local
+        return relay
 
-    async def _keep_linked(self, relay: ResumableRelay, first: Pipe | None) -> None:
+    async def _keep_linked(self, relay: ResumableRelay, first: Pipe | None, *, opened: bool = False) -> None:
         """Give the session a link, and a new one after every drop, until it ends."""
         loop = asyncio.get_running_loop()
         ended = relay.ended
-        opened = False
         try:
             while not ended.done():
                 await _first_of(relay.link_lost.wait(), ended)

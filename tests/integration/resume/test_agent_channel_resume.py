@@ -287,3 +287,28 @@ async def test_a_slow_agent_pauses_the_shim_and_loses_nothing(stand: Stand, shor
     finally:
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.asyncio
+async def test_a_session_handed_to_another_proxy_continues_unnoticed(stand: Stand) -> None:
+    """The hand-over path: the shim's socket and the session state move to a new proxy (daemon)."""
+    fwd, port = await stand.forwarder()
+    old = await stand.proxy(port)
+    caller = Caller(await stand.client(old))
+    caller.call(20)
+    await caller.settle()
+    (agent_conn,) = stand.agent._conns
+    caller.call(30)  # some of these are in flight during the move
+    released = await old.release_sessions()
+    assert len(released) == 1
+    caller.call(10)  # written while no process serves the shim's connection: waits in the kernel
+    await old.aclose()
+    new = await stand.proxy(port)
+    for sock, state in released:
+        await new.adopt(sock, state)
+    caller.call(30)
+    await caller.settle()
+    caller.check_agent(stand.agent)
+    assert stand.agent._conns == {agent_conn}
+    assert new.stats.resumes == 1 and len(new.relays) == 1  # adopted: its first link was a resume
+    assert fwd.sessions is not None and len(fwd.sessions) == 1
