@@ -456,6 +456,11 @@ class ResumableRelay:
                 link.transport.write(self.session.ack())
         self._timer = self._loop.call_later(self._keepalive, self._tick)
 
+    def finish(self, reason: str) -> None:
+        """End for good, telling the peer (a FIN on a running link) so it does not wait to resume."""
+        self._send_fin()
+        self.end(reason)
+
     def end(self, reason: str) -> None:
         """Close both connections (buffered bytes are flushed) and forget the session."""
         if self.ended.done():

@@ -12,6 +12,7 @@ other way round.  (The same with real processes and a network namespace:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -167,11 +168,29 @@ async def test_beyond_the_resume_window_the_shim_connection_closes(stand: Stand)
     caller = Caller(await stand.client(proxy))
     caller.call(5)
     await caller.settle()
-    await fwd.aclose()  # the VM is gone for good: every redial is refused
-    async with asyncio.timeout(15):
-        await caller.client.closed
-    await eventually(lambda: not proxy.relays, "the proxy forgot the session")
-    assert not stand.agent._conns  # the forwarder's session closed its agent connection
+    # The VM is unreachable for longer than the window: every redial is refused.
+    down = asyncio.ensure_future(fwd.restart_listener(down_for=60))
+    try:
+        async with asyncio.timeout(15):
+            await caller.client.closed
+        await eventually(lambda: not proxy.relays, "the proxy forgot the session")
+    finally:
+        down.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await down
+
+
+@pytest.mark.asyncio
+async def test_a_stopping_forwarder_ends_the_session_at_once(stand: Stand) -> None:
+    fwd, port = await stand.forwarder()
+    proxy = await stand.proxy(port)  # a resume window of 30 s: the FIN makes waiting unnecessary
+    caller = Caller(await stand.client(proxy))
+    caller.call(5)
+    await caller.settle()
+    await fwd.aclose()
+    async with asyncio.timeout(5):
+        await caller.client.closed  # EOF, as without resumability
+    assert not stand.agent._conns
 
 
 @pytest.mark.asyncio
