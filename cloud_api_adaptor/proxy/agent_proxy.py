@@ -66,7 +66,7 @@ from cloud_api_adaptor.transport.custody import (
 )
 from cloud_api_adaptor.transport.pump import Pipe, PumpStats, close_pipes, link
 from cloud_api_adaptor.transport.resumable import ResumableRelay
-from cloud_api_adaptor.transport.resume import ALPN, Session, new_session_id
+from cloud_api_adaptor.transport.resume import ALPN, ResumeError, Session, SessionState, new_session_id
 
 logger = logging.getLogger(__name__)
 
@@ -226,14 +226,12 @@ class AgentProxy:
         self._listening = False
         if server is not None:
             server.close()
-        detached = [d for d in map(self._detach_relay, list(self.relays)) if d is not None]
-        handed = [conn for conn, _ in detached]
+        handed = [conn for conn in [await self._release(r) for r in list(self.relays)] if conn is not None]
         downs = list(self._downs)
         for down in downs:
             if down.transport is not None and not down.transport.is_closing():
                 down.transport.pause_reading()
         await _flushed(self._pipes, grace)
-        await _flushed_transports([t for _, t in detached], grace)
         for down in downs:
             t = down.transport
             sock = t.get_extra_info("socket") if t is not None else None
@@ -250,41 +248,26 @@ class AgentProxy:
         await self._tasks.aclose()
         for pipe in list(self._pipes):
             pipe.abort()
-        for _, transport in detached:
-            transport.abort()  # our descriptor only: the duplicate keeps the connection
         if server is not None:
             await server.wait_closed()
         return handed
 
-    def _detach_relay(self, relay: ResumableRelay) -> tuple[InheritedConnection, asyncio.Transport] | None:
-        """Stop a resumable session at a consistent point and describe it for the next daemon.
+    async def _release(self, relay: ResumableRelay) -> InheritedConnection | None:
+        """A resumable session stopped at a consistent point (``ResumableRelay.release``) to pass on.
 
-        Synchronous on purpose (no callback runs in between): the link is cut
-        first, so nothing more arrives from the VM; the shim is no longer read,
-        so nothing more enters the session; the session's counters then say
-        exactly what the VM acknowledged and what the shim was given.  The
-        forwarder keeps its half and its agent connection for the resume window.
+        The forwarder keeps its half and its agent connection for the resume window.
         """
         key = self._keys.get(relay) or f"C:{relay.name}"
-        link = relay.link
-        if link is not None and link.transport is not None:
-            link.transport.abort()
-        lt = relay.local.transport
-        relay.local.transport = None  # the relay may no longer write to or close the shim's connection
-        sock = lt.get_extra_info("socket") if lt is not None and not lt.is_closing() else None
-        if lt is None or sock is None:
-            relay.end("handed over (no connection)")
-            return None
-        lt.pause_reading()
-        relay.session.detach()
-        state = relay.session.snapshot()
         opened = relay._hello_sent  # the forwarder knows the session: the next daemon resumes it
-        relay.end("handed over to the next daemon")
-        dup = socket.socket(fileno=os.dup(sock.fileno()))
-        conn = InheritedConnection(
-            key, os.fspath(self.socket_path), dup, bytearray(state.unacked), session_meta(state, opened)
-        )
-        return conn, lt
+        try:
+            sock, state = await relay.release()
+        except (ResumeError, TimeoutError) as exc:
+            logger.warning(
+                "agent proxy %s: session %s not handed over: %s", self.socket_path, relay.name, exc
+            )
+            return None
+        path = os.fspath(self.socket_path)
+        return InheritedConnection(key, path, sock, bytearray(state.unacked), session_meta(state, opened))
 
     # -- listening -------------------------------------------------------------
 
@@ -385,17 +368,19 @@ class AgentProxy:
         if self._resume_window > 0:
             # A passed-on session is resumed; a connection the keeper kept through a crash has none
             # left (its state died with the daemon): it starts a new session (docs/survival.md).
-            if conn.session is not None:
-                session = Session.restore(session_state(conn.session, bytes(conn.prefix)))
-            else:
-                session = Session(new_session_id())
-                if conn.prefix:
-                    session.send(bytes(conn.prefix))
             conn.sock.setblocking(False)
-            resuming = conn.session is not None and bool(conn.session.get("opened", True))
-            protocol = self._accept_resumable(session, conn.key, resuming=resuming)
             try:
-                await asyncio.get_running_loop().connect_accepted_socket(lambda: protocol, conn.sock)
+                if conn.session is not None and conn.session.get("opened", True):
+                    await self.adopt(conn.sock, session_state(conn.session, bytes(conn.prefix)), conn.key)
+                else:
+                    if conn.session is not None:
+                        session = Session.restore(session_state(conn.session, bytes(conn.prefix)))
+                    else:
+                        session = Session(new_session_id())
+                        if conn.prefix:
+                            session.send(bytes(conn.prefix))
+                    protocol = self._accept_resumable(session, conn.key)
+                    await asyncio.get_running_loop().connect_accepted_socket(lambda: protocol, conn.sock)
             except BaseException:
                 conn.sock.close()
                 raise
@@ -460,19 +445,51 @@ class AgentProxy:
 
     # -- resumable sessions ---------------------------------------------------------
 
+    async def release_sessions(self) -> list[tuple[socket.socket, SessionState]]:
+        """Hand every resumable shim connection over (see ``ResumableRelay.release``).
+
+        For a daemon hand-over: the new daemon ``adopt``s each pair; the forwarder
+        keeps the sessions meanwhile, so neither the shim nor the agent notices.
+        """
+        released = []
+        for relay in list(self.relays):
+            try:
+                released.append(await relay.release())
+            except (ResumeError, TimeoutError) as exc:
+                logger.warning(
+                    "agent proxy %s: session %s not handed over: %s", self.socket_path, relay.name, exc
+                )
+        return released
+
+    async def adopt(self, sock: socket.socket, state: SessionState, key: str | None = None) -> None:
+        """Continue a session handed over by ``release_sessions`` (of another process) on ``sock``."""
+        if self._resume_window <= 0 or self._addr is None:
+            raise FailedPrecondition(f"agent proxy {self.socket_path} cannot resume sessions")
+        relay = self._new_relay(Session.restore(state), opened=True, key=key)
+        loop = asyncio.get_running_loop()
+        await loop.connect_accepted_socket(lambda: relay.local, sock=sock)
+        self._tasks.spawn(
+            self._keep_linked(relay, None, opened=True), name=f"agent-proxy-session {relay.name}"
+        )
+
     def _accept_resumable(
-        self, session: Session | None = None, key: str | None = None, resuming: bool = False
+        self, session: Session | None = None, key: str | None = None
     ) -> asyncio.BaseProtocol:
-        """A shim connection on a resumable session: a new one, or one a previous daemon passed on."""
+        """A shim connection on a new session (``session``: one holding bytes a previous daemon read)."""
+        relay = self._new_relay(session or Session(new_session_id()), key=key)
+        spare, self._spare = self._spare, None
+        self._tasks.spawn(self._keep_linked(relay, spare), name=f"agent-proxy-session {relay.name}")
+        return relay.local
+
+    def _new_relay(self, session: Session, *, opened: bool = False, key: str | None = None) -> ResumableRelay:
         relay = ResumableRelay(
-            session or Session(new_session_id()),
+            session,
             client=True,
             stats=self.stats,
             keepalive=self._resume_keepalive,
             dead_after=self._resume_dead_after,
+            opened=opened,
         )
-        if resuming:
-            relay._hello_sent = True  # a passed-on session: the next link resumes it
         self.stats.connections_total += 1
         self.stats.connections_active += 1
         self.relays.add(relay)
@@ -485,14 +502,9 @@ class AgentProxy:
                 self._custody.release_connection(relay_key)
 
         relay.ended.add_done_callback(forget)
-        spare, self._spare = self._spare, None
         if self._custody is not None:
             self._tasks.spawn(self._keep_relay(relay, key), name=f"agent-proxy-keep {relay.name}")
-        self._tasks.spawn(
-            self._keep_linked(relay, spare, resuming=resuming),
-            name=f"agent-proxy-session {relay.name}",
-        )
-        return relay.local
+        return relay
 
     async def _keep_relay(self, relay: ResumableRelay, key: str | None) -> None:
         """Register a resumable shim connection with the keeper once its transport exists."""
@@ -506,11 +518,10 @@ class AgentProxy:
             return
         self._keys[relay] = self._custody.keep_connection(self.socket_path, sock.fileno(), key)
 
-    async def _keep_linked(self, relay: ResumableRelay, first: Pipe | None, resuming: bool = False) -> None:
+    async def _keep_linked(self, relay: ResumableRelay, first: Pipe | None, *, opened: bool = False) -> None:
         """Give the session a link, and a new one after every drop, until it ends."""
         loop = asyncio.get_running_loop()
         ended = relay.ended
-        opened = resuming
         try:
             while not ended.done():
                 await _first_of(relay.link_lost.wait(), ended)
@@ -632,16 +643,6 @@ class AgentProxy:
         with handshake():
             await loop.create_connection(lambda: up, sock=sock, **tls)
         return up
-
-
-async def _flushed_transports(transports: list[asyncio.Transport], grace: float) -> None:
-    """Wait (bounded) until these transports wrote what they buffered."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + grace
-    while loop.time() < deadline and any(
-        not t.is_closing() and t.get_write_buffer_size() for t in transports
-    ):
-        await asyncio.sleep(0.01)
 
 
 async def _flushed(pipes: set[Pipe], grace: float) -> None:

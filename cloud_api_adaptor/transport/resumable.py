@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from enum import Enum
 from typing import cast
 
@@ -34,6 +36,7 @@ from cloud_api_adaptor.transport.resume import (
     ResumeError,
     ResumeRejected,
     Session,
+    SessionState,
     Status,
     Welcome,
     WelcomeReader,
@@ -191,7 +194,10 @@ class ResumableRelay:
         keepalive: float = 1.0,
         dead_after: float = 5.0,
         name: str = "",
+        opened: bool = False,
     ) -> None:
+        """``opened``: the peer already knows the session (a session restored from a
+        hand-over): the first link resumes it rather than opening it."""
         self.session = session
         self._client = client
         self._filter = filter
@@ -211,7 +217,8 @@ class ResumableRelay:
         self._pause_at = session.replay_limit // 2
         self.resumes = 0
         """Links that continued the session after the first."""
-        self._hello_sent = False
+        self._hello_sent = opened
+        self._released = False
         self._links = 0
         self._local_paused_by: set[str] = set()
         self._timer: asyncio.TimerHandle | None = self._loop.call_later(keepalive, self._tick)
@@ -377,6 +384,8 @@ class ResumableRelay:
             self.end("both streams ended")
 
     def _local_lost(self, exc: Exception | None) -> None:
+        if self._released:
+            return
         self._send_fin()
         self.end(f"local connection closed{f': {exc}' if exc else ''}")
 
@@ -447,6 +456,11 @@ class ResumableRelay:
                 link.transport.write(self.session.ack())
         self._timer = self._loop.call_later(self._keepalive, self._tick)
 
+    def finish(self, reason: str) -> None:
+        """End for good, telling the peer (a FIN on a running link) so it does not wait to resume."""
+        self._send_fin()
+        self.end(reason)
+
     def end(self, reason: str) -> None:
         """Close both connections (buffered bytes are flushed) and forget the session."""
         if self.ended.done():
@@ -467,6 +481,43 @@ class ResumableRelay:
         self.link_lost.set()
         self.link_up.clear()
         self.ended.set_result(reason)
+
+    async def release(self, timeout: float = 5.0) -> tuple[socket.socket, SessionState]:
+        """Hand the session over to another process: (a duplicate of the local socket, its state).
+
+        The link is dropped without a FIN (the peer keeps the session and waits for
+        a resume), bytes already received are flushed to the local side first, and
+        the local connection is left open (only this process's descriptor closes);
+        the new owner continues with ``ResumableRelay(Session.restore(state),
+        opened=True)`` on that socket.  Raises ``TimeoutError`` if the local side
+        does not take our buffered bytes within ``timeout``.
+        """
+        lt = self.local.transport
+        if lt is None or lt.is_closing() or self.ended.done():
+            raise ResumeError("the session has no local connection to hand over")
+        link = self.link
+        if link is not None and link.transport is not None:
+            link.transport.pause_reading()  # nothing more for the local side
+        loop = self._loop
+        deadline = loop.time() + timeout
+        while lt.get_write_buffer_size():
+            if loop.time() > deadline:
+                raise TimeoutError("the local side does not read what we owe it")
+            await asyncio.sleep(0.005)
+        lt.pause_reading()
+        sock = lt.get_extra_info("socket")
+        dup = socket.socket(fileno=os.dup(sock.fileno()))
+        self._released = True
+        link, self.link = self.link, None
+        if link is not None and link.transport is not None:
+            link.gone()
+            link.transport.abort()
+        self.session.detach()
+        state = self.session.snapshot()
+        self.local.transport = None
+        lt.abort()  # closes our descriptor only: the duplicate keeps the connection
+        self.end("handed over")
+        return dup, state
 
     def release_local(self) -> tuple[asyncio.Transport | None, bytes, bool]:
         """Give up the session before any link ran: (local transport, bytes it sent, EOF seen).

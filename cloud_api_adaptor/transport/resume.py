@@ -273,6 +273,39 @@ class SessionState:
     fin_received: bool
     replay_limit: int
 
+    _HEADER = struct.Struct(f">4sB{SESSION_ID_LEN}sQQQBI")
+
+    def to_bytes(self) -> bytes:
+        """A self-describing encoding, to pass a session to another process (e.g. over a hand-over socket)."""
+        flags = (1 if self.fin_sent else 0) | (2 if self.fin_received else 0)
+        return (
+            self._HEADER.pack(
+                b"CAAS",
+                VERSION,
+                self.session_id,
+                self.sent,
+                self.acked,
+                self.received,
+                flags,
+                self.replay_limit,
+            )
+            + self.unacked
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SessionState:
+        """The inverse of ``to_bytes``; ``ValueError`` on anything else."""
+        size = cls._HEADER.size
+        if len(data) < size:
+            raise ValueError("truncated session state")
+        magic, version, session_id, sent, acked, received, flags, limit = cls._HEADER.unpack(data[:size])
+        if magic != b"CAAS" or version != VERSION:
+            raise ValueError("not a session state of this version")
+        unacked = bytes(data[size:])
+        if len(unacked) != sent - acked or acked > sent:
+            raise ValueError("inconsistent session state: un-acked bytes do not match the counters")
+        return cls(session_id, sent, acked, received, unacked, bool(flags & 1), bool(flags & 2), limit)
+
 
 class Session:
     """One end of a resumable byte-stream pair; the same class serves client and server.

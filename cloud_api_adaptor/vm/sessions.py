@@ -208,7 +208,7 @@ class ResumableSessions:
     async def aclose(self) -> None:
         relays = list(self._relays.values())
         for relay in relays:
-            relay.end("forwarder stopping")
+            relay.finish("forwarder stopping")  # the worker closes the shim's connection at once
         if relays:
             await asyncio.wait([r.ended for r in relays], timeout=5.0)
 

@@ -12,6 +12,7 @@ other way round.  (The same with real processes and a network namespace:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -167,11 +168,29 @@ async def test_beyond_the_resume_window_the_shim_connection_closes(stand: Stand)
     caller = Caller(await stand.client(proxy))
     caller.call(5)
     await caller.settle()
-    await fwd.aclose()  # the VM is gone for good: every redial is refused
-    async with asyncio.timeout(15):
-        await caller.client.closed
-    await eventually(lambda: not proxy.relays, "the proxy forgot the session")
-    assert not stand.agent._conns  # the forwarder's session closed its agent connection
+    # The VM is unreachable for longer than the window: every redial is refused.
+    down = asyncio.ensure_future(fwd.restart_listener(down_for=60))
+    try:
+        async with asyncio.timeout(15):
+            await caller.client.closed
+        await eventually(lambda: not proxy.relays, "the proxy forgot the session")
+    finally:
+        down.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await down
+
+
+@pytest.mark.asyncio
+async def test_a_stopping_forwarder_ends_the_session_at_once(stand: Stand) -> None:
+    fwd, port = await stand.forwarder()
+    proxy = await stand.proxy(port)  # a resume window of 30 s: the FIN makes waiting unnecessary
+    caller = Caller(await stand.client(proxy))
+    caller.call(5)
+    await caller.settle()
+    await fwd.aclose()
+    async with asyncio.timeout(5):
+        await caller.client.closed  # EOF, as without resumability
+    assert not stand.agent._conns
 
 
 @pytest.mark.asyncio
@@ -287,3 +306,28 @@ async def test_a_slow_agent_pauses_the_shim_and_loses_nothing(stand: Stand, shor
     finally:
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.asyncio
+async def test_a_session_handed_to_another_proxy_continues_unnoticed(stand: Stand) -> None:
+    """The hand-over path: the shim's socket and the session state move to a new proxy (daemon)."""
+    fwd, port = await stand.forwarder()
+    old = await stand.proxy(port)
+    caller = Caller(await stand.client(old))
+    caller.call(20)
+    await caller.settle()
+    (agent_conn,) = stand.agent._conns
+    caller.call(30)  # some of these are in flight during the move
+    released = await old.release_sessions()
+    assert len(released) == 1
+    caller.call(10)  # written while no process serves the shim's connection: waits in the kernel
+    await old.aclose()
+    new = await stand.proxy(port)
+    for sock, state in released:
+        await new.adopt(sock, state)
+    caller.call(30)
+    await caller.settle()
+    caller.check_agent(stand.agent)
+    assert stand.agent._conns == {agent_conn}
+    assert new.stats.resumes == 1 and len(new.relays) == 1  # adopted: its first link was a resume
+    assert fwd.sessions is not None and len(fwd.sessions) == 1

@@ -24,6 +24,7 @@ from cloud_api_adaptor.transport.resume import (
     ReplayOverflow,
     ResumeRejected,
     Session,
+    SessionState,
     Status,
     Welcome,
     WelcomeReader,
@@ -228,3 +229,19 @@ def test_the_replay_buffer_keeps_bytes_in_order_across_wraps(seed: int) -> None:
             del model[:n]
         assert len(buf) == len(model)
         assert buf.contents() == model
+
+
+def test_session_state_travels_as_bytes() -> None:
+    sid = new_session_id()
+    s = Session(sid, replay_limit=1 << 20)
+    s.send(b"not yet acked")
+    s.feed(Session(sid).send(b"xyz"))
+    s.send_fin()
+    state = s.snapshot()
+    assert SessionState.from_bytes(state.to_bytes()) == state
+    with pytest.raises(ValueError):
+        SessionState.from_bytes(state.to_bytes()[:-1])
+    with pytest.raises(ValueError):
+        SessionState.from_bytes(b"XXXX" + state.to_bytes()[4:])
+    with pytest.raises(ValueError):
+        SessionState.from_bytes(b"short")
