@@ -18,6 +18,7 @@ SUITES = (
     "startup",
     "ttrpc",
     "agent_channel",
+    "agent_resume",
     "lifecycle",
     "tunnel",
     "aws_calls",

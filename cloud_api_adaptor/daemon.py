@@ -14,6 +14,7 @@ import contextlib
 import functools
 import logging
 import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,16 @@ from prometheus_client import CollectorRegistry
 from cloud_api_adaptor.aio import TaskSupervisor
 from cloud_api_adaptor.channel import build_agent_channel
 from cloud_api_adaptor.fsutil import make_private_dirs
-from cloud_api_adaptor.handover import HANDOVER_SERVICE, StateLock, handover_service, take_over
+from cloud_api_adaptor.grpcfront import GrpcFront
+from cloud_api_adaptor.handover import (
+    HANDOVER_SERVICE,
+    HandoverListener,
+    StateLock,
+    detach_proxies,
+    handover_service,
+    pass_sockets,
+    take_over,
+)
 from cloud_api_adaptor.hypervisor.planning import validate_global_initdata
 from cloud_api_adaptor.hypervisor.ports import LazyPodNetwork, PodNetworkPort
 from cloud_api_adaptor.hypervisor.recovery import recover
@@ -39,6 +49,8 @@ from cloud_api_adaptor.probe import ProbeServer
 from cloud_api_adaptor.provider import Provider, ProviderContext
 from cloud_api_adaptor.reconciler import OrphanReconciler
 from cloud_api_adaptor.settings import Settings
+from cloud_api_adaptor.transport.custody import SocketCustody, open_keeper
+from cloud_api_adaptor.transport.fdpass import bind_unix_listener
 from cloud_api_adaptor.ttrpc import Server
 
 if TYPE_CHECKING:
@@ -77,36 +89,74 @@ class Daemon:
     manager: SandboxManager
     probe: ProbeServer
     ttrpc: Server
-    grpc_server: grpc.aio.Server | None
+    grpc_server: GrpcFront | None
     supervisor: TaskSupervisor
     registry: CollectorRegistry
     store: SandboxStore
     lock: StateLock
     handover_requested: asyncio.Event
+    custody: SocketCustody
+    handover_listener: HandoverListener
     #: the Kubernetes side (PeerPods, node capacity, pod events); None when KUBERNETES_API is off
     kube: KubeIntegration | None = None
+    #: the successor's hand-over connection, once one asked
+    successor: socket.socket | None = None
+
+    def _successor_asked(self, peer: socket.socket) -> None:
+        logger.warning("a new cloud-api-adaptor asked for this node's sockets: handing over")
+        self.successor = peer
+        self.handover_requested.set()
 
     async def aclose(self, *, final: bool = False) -> None:
         """Staged shutdown: listeners, in-flight calls, background work, proxies, provider, lock.
 
         Idempotent; also what a hand-over runs before the old daemon goes idle.  ``final``:
         no successor took over (the node capacity is withdrawn if this is an uninstall).
+        With a successor (hand-over) or a keeper, the shim-facing sockets are
+        passed on or left to the keeper: no socket file disappears, no shim
+        connection sees EOF (docs/survival.md).
         """
         if not self.lock.held:
             return
         self.ttrpc.close()
         if self.grpc_server is not None:
             await self.grpc_server.stop(DRAIN_SECONDS)
+            if not self.custody.retains and self.successor is None:
+                self.custody.release_listener(self.grpc_server.public)
+                with contextlib.suppress(FileNotFoundError):
+                    self.grpc_server.public.unlink()
         await self.ttrpc.wait_closed(DRAIN_SECONDS)
         await self.supervisor.aclose()
+        self.handover_listener.close()
+        successor, self.successor = self.successor, None
+        keep = successor is not None or self.custody.retains
+        if keep:
+            handed = await detach_proxies(self.manager)
+            try:
+                if successor is not None:
+                    await asyncio.to_thread(pass_sockets, successor, self.custody, handed)
+                    self.custody.forget_keeper()  # the successor keeps them with its own keeper
+                else:
+                    for conn in handed:  # each session's state, for the next daemon to resume
+                        self.custody.leave(conn)
+            except OSError as exc:
+                logger.error("passing the sockets to the new daemon failed: %s", exc)
+            finally:
+                for conn in handed:
+                    conn.sock.close()
+                if successor is not None:
+                    successor.close()
         await self.manager.aclose()
         if self.kube is not None:
             await self.kube.aclose(final=final)
         await asyncio.to_thread(self.store.close)
         await self.provider.aclose()
         await self.probe.aclose()
-        with contextlib.suppress(FileNotFoundError):
-            self.settings.socket.unlink()
+        if not keep:
+            self.custody.release_listener(self.settings.socket)
+            with contextlib.suppress(FileNotFoundError):
+                self.settings.socket.unlink()
+        self.custody.close()
         self.lock.release()
 
 
@@ -120,10 +170,14 @@ async def start_daemon(
     """Build and start everything; the hypervisor socket accepts when this returns."""
     validate_global_initdata(settings.initdata)
     lock = StateLock(settings.state_dir)
-    await take_over(lock, settings.socket, HANDOVER_TIMEOUT)
+    inventory = await take_over(lock, settings.socket, HANDOVER_TIMEOUT)
+    keeper, kept = await asyncio.to_thread(open_keeper, settings.fd_keeper_socket)
+    inventory.merge(kept)
+    custody = SocketCustody(inventory, keeper)
     try:
-        return await _start_locked(settings, provider_config, lock, network, provider)
+        return await _start_locked(settings, provider_config, lock, network, provider, custody)
     except BaseException:
+        custody.close()
         lock.release()
         raise
 
@@ -134,6 +188,7 @@ async def _start_locked(
     lock: StateLock,
     network: PodNetworkPort | None,
     provider: Provider | None,
+    custody: SocketCustody,
 ) -> Daemon:
     registry = CollectorRegistry()
     metrics = Metrics(registry)
@@ -143,14 +198,14 @@ async def _start_locked(
     if provider is None:
         provider = await asyncio.to_thread(build_provider, settings, provider_config)
     store = SandboxStore(settings.state_dir)
-    grpc_server: grpc.aio.Server | None = None
+    grpc_server: GrpcFront | None = None
     manager: SandboxManager | None = None
     kube: KubeIntegration | None = None
     try:
         kube = _build_kube(settings)
         catalogue = tuple(await provider.describe_instance_types())
         store.prepare()
-        channel = await asyncio.to_thread(build_agent_channel, settings)
+        channel = await asyncio.to_thread(build_agent_channel, settings, custody)
         manager = SandboxManager(
             settings,
             provider,
@@ -166,12 +221,16 @@ async def _start_locked(
         records = await asyncio.to_thread(store.load_all)
         metrics.records_quarantined(len(store.quarantined))
         await recover(manager, records, on_failure=metrics.recovery_failed)
-        grpc_server = await _start_grpc(settings, manager)
+        grpc_server = await _start_grpc(settings, manager, custody)
         server = Server(error_translator=to_rpc_error)
         for name, methods in ttrpc_services(HypervisorService(manager)).items():
             server.add_service(name, methods)
         server.add_service(HANDOVER_SERVICE, handover_service(handover_requested.set))
-        await server.start_unix(settings.socket, mode=0o600)
+        listener = custody.take_listener(settings.socket) or bind_unix_listener(settings.socket, 0o600)
+        custody.keep_listener(settings.socket, listener)
+        custody.discard_unclaimed()  # passed sockets of sandboxes stopped meanwhile
+        await server.start_on(listener)
+        logger.info("ttrpc server listening on %s", settings.socket)
     except BaseException:
         if grpc_server is not None:
             await grpc_server.stop(0)
@@ -185,6 +244,7 @@ async def _start_locked(
         raise
     probe.set_ready()
     supervisor = TaskSupervisor("daemon", on_failure=metrics.task_failed)
+    handover_listener = HandoverListener(settings.state_dir, lambda _peer: None)
     reconciler = OrphanReconciler(provider, manager, settings.orphan_grace_period)
     supervisor.keep_running(
         functools.partial(reconciler.run, settings.orphan_scan_interval), name="housekeeping"
@@ -195,7 +255,7 @@ async def _start_locked(
         settings.provider,
         len(manager.records()),
     )
-    return Daemon(
+    daemon = Daemon(
         settings,
         provider,
         manager,
@@ -207,8 +267,13 @@ async def _start_locked(
         store,
         lock,
         handover_requested,
+        custody,
+        handover_listener,
         kube,
     )
+    handover_listener.on_request = daemon._successor_asked
+    handover_listener.start(supervisor)
+    return daemon
 
 
 def _build_kube(settings: Settings) -> KubeIntegration | None:
@@ -228,19 +293,16 @@ def _build_pod_network(settings: Settings, provider: Provider) -> PodNetworkPort
     return build_pod_network(settings, provider)
 
 
-async def _start_grpc(settings: Settings, manager: SandboxManager) -> grpc.aio.Server | None:
+async def _start_grpc(
+    settings: Settings, manager: SandboxManager, custody: SocketCustody
+) -> GrpcFront | None:
     """The optional gRPC socket; started before the ttrpc socket, so 'listening' means all is up."""
     if settings.grpc_socket is None:
         return None
     server = grpc.aio.server()
     add_grpc_services(server, HypervisorService(manager))
-    settings.grpc_socket.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        settings.grpc_socket.unlink()
-    server.add_insecure_port(f"unix://{settings.grpc_socket}")
-    await server.start()
-    os.chmod(settings.grpc_socket, 0o600)
-    return server
+    private = settings.state_dir / f"grpc-{os.getpid()}.sock"
+    return await GrpcFront.start(server, settings.grpc_socket, private, custody)
 
 
 async def serve(settings: Settings, provider_config: Any, stop: asyncio.Event) -> None:

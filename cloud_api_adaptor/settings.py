@@ -210,6 +210,13 @@ class Settings:
         max_bytes=MAX_UNIX_PATH,
         default=None,
     )
+    fd_keeper_socket: Path | None = optional_path(
+        "fd-keeper-socket",
+        "FD_KEEPER_SOCKET",
+        "Unix socket of caa-fd-keeper, which holds the shim's sockets across daemon crashes (new).",
+        max_bytes=MAX_UNIX_PATH,
+        default=None,
+    )
     pods_dir: Path = path(
         "pods-dir", "PODS_DIR", "Directory for per-sandbox agent sockets.", default=DEFAULT_PODS_DIR
     )
@@ -230,6 +237,13 @@ class Settings:
         "How long StartVM waits for the pod VM's forwarder.",
         default=300.0,
         positive=True,
+    )
+    agent_resume_window: float = duration(
+        "agent-resume-window",
+        "AGENT_RESUME_WINDOW",
+        "How long a dropped link to a pod VM is redialled and resumed before the shim's agent "
+        "connection is closed (0: no resumable agent channel).",
+        default=120.0,
     )
     tls: TlsSettings = nested(default_factory=TlsSettings)
     initdata: str = text(

@@ -1,7 +1,7 @@
 """Helper processes for the agent-channel benchmark: the stub agent and the worker-side proxy.
 
 ``python -m benchmarks.agent_channel.procs agent SOCKET``
-``python -m benchmarks.agent_channel.procs proxy SOCKET HOST PORT STATE_DIR INSTANCE``
+``python -m benchmarks.agent_channel.procs proxy SOCKET HOST PORT STATE_DIR INSTANCE [RESUME_WINDOW]``
 
 Each prints ``READY`` once serving and runs until SIGTERM, so every hop of the
 channel has its own process (and event loop), as in a real deployment.  The
@@ -37,9 +37,11 @@ async def agent(path: str) -> None:
         await _until_term()
 
 
-async def proxy(path: str, host: str, port: str, state_dir: str, instance: str) -> None:
+async def proxy(
+    path: str, host: str, port: str, state_dir: str, instance: str, resume_window: str = "0"
+) -> None:
     tls = AgentTls.from_settings(TlsSettings(disabled=state_dir == "-"), Path(state_dir))
-    p = AgentChannel(tls).new_proxy(Path(path), instance)
+    p = AgentChannel(tls, resume_window=float(resume_window)).new_proxy(Path(path), instance)
     await p.start(host, int(port), timeout=60)
     try:
         await _until_term()

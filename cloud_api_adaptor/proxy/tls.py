@@ -31,6 +31,7 @@ from cloud_api_adaptor.transport.certs import (
     new_ca,
     new_client_cert,
 )
+from cloud_api_adaptor.transport.resume import ALPN as RESUME_ALPN
 from cloud_api_adaptor.transport.tls import (
     MANUAL_SERVER_NAME,
     TlsProfile,
@@ -133,6 +134,7 @@ class AgentTls:
         self._min_version = min_version
         self._cipher_suites = cipher_suites
         self._context: ssl.SSLContext | None = None
+        self._resumable_context: ssl.SSLContext | None = None
         if not disabled:
             self._context = make_client_context(
                 ca_pem=None if skip_verify else trust_pem,
@@ -237,9 +239,24 @@ class AgentTls:
             fields["tls-cipher-suites"] = list(self._cipher_suites)
         return fields
 
-    def client_context(self) -> ssl.SSLContext | None:
-        """The shared context for dialling forwarders; None when TLS is disabled."""
-        return self._context
+    def client_context(self, *, resumable: bool = False) -> ssl.SSLContext | None:
+        """The shared context for dialling forwarders; None when TLS is disabled.
+
+        ``resumable``: a second context that offers the resumable agent channel by
+        ALPN (a context's ALPN list is shared by every connection made with it).
+        """
+        if not resumable or self._context is None:
+            return self._context
+        if self._resumable_context is None:
+            ctx = make_client_context(
+                ca_pem=None if self._skip_verify else self._trust_pem,
+                client=self._client,
+                profile=self._profile,
+                skip_verify=self._skip_verify,
+            )
+            ctx.set_alpn_protocols([RESUME_ALPN])
+            self._resumable_context = ctx
+        return self._resumable_context
 
     def server_hostname(self, instance_name: str) -> str:
         """The name the VM's certificate must carry: the instance name with our CA, else ``podvm-server``."""

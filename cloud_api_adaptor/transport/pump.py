@@ -220,6 +220,16 @@ class Pipe(asyncio.BufferedProtocol):
         if peer is not None and peer.transport is not None and not peer.transport.is_closing():
             peer.transport.resume_reading()
 
+    def hold(self, data: bytes) -> None:
+        """Bytes to write to the peer first, once linked (what a previous daemon read but never relayed)."""
+        if data:
+            self._pending.append(bytes(data))
+
+    def take_held(self) -> bytes:
+        """What this unlinked pipe read and holds for its peer (emptied): a hand-over passes it on."""
+        pending, self._pending = self._pending, []
+        return b"".join(pending)
+
     # -- linking --------------------------------------------------------------
 
     def _attach(self, peer: Pipe) -> None:

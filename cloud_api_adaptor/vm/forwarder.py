@@ -21,13 +21,16 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cloud_api_adaptor.aio import TaskSupervisor, shielded
 from cloud_api_adaptor.apf import DEFAULT_APF_CONFIG_PATH, ApfConfig
 from cloud_api_adaptor.errors import ConfigError, InvalidInput
 from cloud_api_adaptor.transport.pump import Pipe, PumpStats, close_pipes, link
+from cloud_api_adaptor.transport.resume import ALPN
 from cloud_api_adaptor.transport.tls import CertKeyPair, TlsProfile, make_server_context
 from cloud_api_adaptor.vm.interceptor import FrameRewriter, Interceptor
+from cloud_api_adaptor.vm.sessions import AlpnDispatch, ResumableSessions
 from cloud_api_adaptor.wire import FORWARDER_PORT
 
 logger = logging.getLogger(__name__)
@@ -64,6 +67,12 @@ class ForwarderSettings:
     """``$NOTIFY_SOCKET`` from systemd (read by the CLI), empty when not under systemd."""
     event_loop: str = ""
     """``$CAA_EVENT_LOOP`` (read by the CLI): empty = uvloop when installed, ``asyncio`` = stock loop."""
+    resume_window: float = 600.0
+    """Seconds a resumable session (and its agent connection) waits for the worker to come back; 0: off."""
+    resume_keepalive: float = 1.0
+    """Seconds between keep-alive ACKs on a resumable link."""
+    resume_dead_after: float = 5.0
+    """A resumable link that brought nothing for this long is dropped (the worker redials)."""
 
 
 @dataclass
@@ -165,6 +174,20 @@ class Forwarder:
         self._tasks = TaskSupervisor("forwarder")
         self._closed = False
         self.stats = ForwarderStats()
+        self.sessions: ResumableSessions | None = None
+        self._bound: tuple[str, int] | None = None
+        if ssl_context is not None and settings.resume_window > 0:
+            # Offered by ALPN: a worker that does not ask for it gets the plain relay.
+            ssl_context.set_alpn_protocols([ALPN])
+            self.sessions = ResumableSessions(
+                self._tasks,
+                self.stats,
+                connect_agent=self._dial_agent,
+                new_filter=lambda: FrameRewriter(self._interceptor).feed,
+                window=settings.resume_window,
+                keepalive=settings.resume_keepalive,
+                dead_after=settings.resume_dead_after,
+            )
 
     async def start(self) -> tuple[str, int]:
         """Bind and listen; returns the bound address (useful with port 0)."""
@@ -172,13 +195,14 @@ class Forwarder:
         loop = asyncio.get_running_loop()
         try:
             self._server = await loop.create_server(
-                self._accept, host, port, ssl=self._ssl, reuse_address=True
+                self._accept_any, host, port, ssl=self._ssl, reuse_address=True
             )
         except OSError as exc:
             raise ConfigError(
                 "listen", f"cannot listen on {self._settings.listen}: {exc.strerror or exc}"
             ) from exc
         bound = self._server.sockets[0].getsockname()
+        self._bound = (bound[0], bound[1])
         logger.info(
             "listening on %s:%d (%s), relaying to %s",
             bound[0],
@@ -197,10 +221,42 @@ class Forwarder:
         server, self._server = self._server, None
         if server is not None:
             server.close()
+        if self.sessions is not None:
+            await self.sessions.aclose()
         await self._tasks.aclose()
         await close_pipes(self._pipes)
         if server is not None:
             await server.wait_closed()
+
+    async def restart_listener(self, down_for: float = 0.0) -> tuple[str, int]:
+        """Close the TLS listener and every resumable link, then listen again on the same address.
+
+        Agent connections (and plain relays) stay; resumable sessions wait for the
+        worker to resume.  ``down_for``: seconds without a listener (connects are
+        refused meanwhile).  Used by tests, benchmarks and SIGHUP.
+        """
+        server, self._server = self._server, None
+        if server is None or self._bound is None:
+            raise RuntimeError("the forwarder is not listening")
+        bound = self._bound
+        server.close()
+        if self.sessions is not None:
+            self.sessions.drop_links()
+        await server.wait_closed()
+        if down_for > 0:
+            await asyncio.sleep(down_for)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._accept_any, bound[0], bound[1], ssl=self._ssl, reuse_address=True
+        )
+        return bound[0], bound[1]
+
+    def _accept_any(self) -> asyncio.BaseProtocol:
+        if self.sessions is None:
+            return self._accept()
+        # The choice between a plain relay and a resumable session is made once TLS
+        # (and with it ALPN) is done.
+        return AlpnDispatch(self.sessions, self._accept)
 
     def _accept(self) -> Pipe:
         # The factory runs at TCP accept time; with TLS, connection_made comes only
@@ -232,7 +288,20 @@ class Forwarder:
         pipe.closed.add_done_callback(forget)
 
     async def _connect_agent(self, down: Pipe) -> None:
-        """Dial the agent socket, waiting (bounded) for it to appear and accept."""
+        up = Pipe(self.stats)
+        if await self._dial_agent(lambda: up, down.closed):
+            self._track(up)
+            link(down, up)
+        else:
+            down.close()
+
+    async def _dial_agent(
+        self, protocol: Callable[[], asyncio.BaseProtocol], gone: asyncio.Future[Any]
+    ) -> bool:
+        """Dial the agent socket, waiting (bounded) for it to appear and accept; False on failure.
+
+        ``gone`` completing (the client left) stops the wait.
+        """
         loop = asyncio.get_running_loop()
         path = str(self._settings.kata_agent_socket)
         deadline = loop.time() + self._settings.agent_timeout
@@ -240,25 +309,22 @@ class Forwarder:
         attempts = 0
         while True:
             try:
-                _, up = await loop.create_unix_connection(lambda: Pipe(self.stats), path)
-                break
+                await loop.create_unix_connection(protocol, path)
+                return True
             except OSError as exc:
                 attempts += 1
                 self.stats.agent_dial_failures += 1
-                if down.closed.done():
-                    return
+                if gone.done():
+                    return False
                 if loop.time() + delay > deadline:
                     logger.error(
                         "kata-agent socket %s not reachable after %d attempts: %s", path, attempts, exc
                     )
-                    down.close()
-                    return
+                    return False
                 if attempts == 1:
                     logger.info("waiting for the kata-agent socket %s: %s", path, exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
-        self._track(up)
-        link(down, up)
 
 
 async def run_forwarder(
@@ -268,8 +334,12 @@ async def run_forwarder(
     *,
     network_setup: NetworkSetup | None = None,
     apf: ApfConfig | None = None,
+    restart: asyncio.Event | None = None,
 ) -> None:
     """Run until ``stop`` is set; ``ready`` gets the bound address once listening.
+
+    ``restart`` (SIGHUP in the CLI) closes and re-opens the listener, dropping
+    every resumable link (their sessions wait to be resumed).
 
     ``network_setup`` (provided by the pod-network code) runs before listening
     when apf.json carries a ``pod-network``; None skips it.
@@ -285,7 +355,20 @@ async def run_forwarder(
         sd_notify("READY=1", config.notify_socket)
         if ready is not None:
             ready(address)
-        await stop.wait()
+        while True:
+            if restart is None:
+                await stop.wait()
+                break
+            stopping = asyncio.ensure_future(stop.wait())
+            restarting = asyncio.ensure_future(restart.wait())
+            await asyncio.wait([stopping, restarting], return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            restarting.cancel()
+            if stop.is_set():
+                break
+            restart.clear()
+            logger.info("restarting the listener")
+            await forwarder.restart_listener()
         logger.info("stopping")
     finally:
         sd_notify("STOPPING=1", config.notify_socket)

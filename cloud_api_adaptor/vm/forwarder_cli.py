@@ -21,7 +21,7 @@ from pathlib import Path
 from cloud_api_adaptor.aio import EVENT_LOOP_ENV, run
 from cloud_api_adaptor.apf import DEFAULT_APF_CONFIG_PATH, ApfConfig
 from cloud_api_adaptor.errors import ConfigError
-from cloud_api_adaptor.options import parse_bool
+from cloud_api_adaptor.options import parse_bool, parse_duration
 from cloud_api_adaptor.vm.forwarder import (
     DEFAULT_AGENT_SOCKET,
     DEFAULT_LISTEN,
@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     flag("tls-cipher-suites", default="", help="Comma-separated IANA suite names (overrides apf.json)")
     switch("tls-skip-verify", "Skip TLS verification")
     switch("disable-tls", "Disable TLS (must match the worker)")
+    flag(
+        "resume-window",
+        default="10m",
+        help="How long a resumable agent session waits for the worker after its link drops (0: off)",
+    )
     return p
 
 
@@ -97,6 +102,7 @@ def settings_from_args(args: argparse.Namespace, environ: dict[str, str] | None 
         tls_cipher_suites=tuple(s.strip() for s in args.tls_cipher_suites.split(",") if s.strip()),
         notify_socket=env.get("NOTIFY_SOCKET", ""),
         event_loop=env.get(EVENT_LOOP_ENV, ""),
+        resume_window=parse_duration("resume-window", args.resume_window),
     )
 
 
@@ -122,10 +128,12 @@ async def _serve(settings: ForwarderSettings) -> None:
     signals = (signal.SIGTERM, signal.SIGINT)
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
+    restart = asyncio.Event()
+    loop.add_signal_handler(signal.SIGHUP, restart.set)
     try:
-        await run_forwarder(settings, stop, network_setup=build_network_setup(settings))
+        await run_forwarder(settings, stop, network_setup=build_network_setup(settings), restart=restart)
     finally:
-        for sig in signals:
+        for sig in (*signals, signal.SIGHUP):
             loop.remove_signal_handler(sig)
 
 
@@ -139,8 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s [forwarder] %(levelname)s %(name)s: %(message)s",
     )
-    settings = settings_from_args(args)
     try:
+        settings = settings_from_args(args)
         run(_serve(settings), event_loop=settings.event_loop)
     except ConfigError as exc:
         print(f"{PROG}: {exc.reason}", file=sys.stderr)

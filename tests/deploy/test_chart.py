@@ -36,9 +36,9 @@ def _secret_values(mode: str) -> dict[str, Any]:
     return {"secrets": {"mode": "reference", "existingSecretName": "my-cloud-credentials"}}
 
 
-def _container(objects: list[Obj]) -> Obj:
+def _container(objects: list[Obj], name: str = "cloud-api-adaptor-con") -> Obj:
     ds = find(objects, "DaemonSet", "cloud-api-adaptor-daemonset")
-    (container,) = ds["spec"]["template"]["spec"]["containers"]
+    (container,) = [c for c in ds["spec"]["template"]["spec"]["containers"] if c["name"] == name]
     return dict(container)
 
 
@@ -354,3 +354,25 @@ def test_image_workload_identity_and_extra_args_are_configurable(render: Render)
     labels = find(objects, "DaemonSet")["spec"]["template"]["metadata"]["labels"]
     assert labels["azure.workload.identity/use"] == "true"
     assert labels["app"] == "cloud-api-adaptor"
+
+
+def test_the_fd_keeper_shares_only_its_socket_directory_with_the_daemon(render: Render) -> None:
+    objects = render(minimal_values("aws"))
+    daemon, keeper = _container(objects), _container(objects, "fd-keeper")
+    pod = find(objects, "DaemonSet", "cloud-api-adaptor-daemonset")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (mount,) = keeper["volumeMounts"]
+    assert "emptyDir" in volumes[mount["name"]]  # per pod: a rolling update's new pod has its own keeper
+    assert mount in daemon["volumeMounts"]
+    socket = {e["name"]: e.get("value") for e in daemon["env"]}["FD_KEEPER_SOCKET"]
+    assert socket.startswith(mount["mountPath"] + "/")
+    assert keeper["command"] == ["caa-fd-keeper", "--socket", socket]
+    assert keeper["image"] == daemon["image"]
+    assert keeper["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+
+    values = minimal_values("aws")
+    values["fdKeeper"] = {"enabled": False}
+    objects = render(values)
+    ds = find(objects, "DaemonSet", "cloud-api-adaptor-daemonset")
+    assert [c["name"] for c in ds["spec"]["template"]["spec"]["containers"]] == ["cloud-api-adaptor-con"]
+    assert "FD_KEEPER_SOCKET" not in {e["name"] for e in _container(objects)["env"]}

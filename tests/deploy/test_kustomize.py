@@ -97,7 +97,8 @@ def test_runtime_class_matches_the_charts(kustomize_build: Build) -> None:
 
 def _pod_spec(objects: list[Obj]) -> dict[str, Any]:
     spec = copy.deepcopy(find(objects, "DaemonSet")["spec"])
-    spec["template"]["spec"]["containers"][0].pop("image")
+    for container in spec["template"]["spec"]["containers"]:
+        container.pop("image")
     return dict(spec)
 
 

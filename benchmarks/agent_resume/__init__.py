@@ -1,0 +1,149 @@
+"""Resumable agent channel benchmark: what resumability costs, and how fast a dropped link comes back.
+
+Overhead: the agent-channel benchmark's processes (stub agent, the real
+forwarder CLI with resumability offered, proxies in their own process), with
+two proxies on the same forwarder: one with resumability off (plain pump, the
+baseline) and one with it on (framed, acked, replay-buffered).  Alternating
+rounds, paired ratios (``agent_channel._measure``): Health/Check p50/p99 and
+64 KiB echo/upload throughput, on / off.  On the shared 2-core development
+machine an A/A run (both proxies off) differs by up to 10% depending on which
+proxy process is which, so the whole measurement runs twice with the roles
+swapped and the geometric mean of the two ratios is reported.
+
+Resume time (in this process, mTLS over loopback): the forwarder's listener
+closes with every link (connects are refused) for ``DOWN`` seconds while a call
+is waiting; reported is the time from the listener's return to that call's
+reply: redial (staggered, 50 ms apart) + TLS + resume handshake + replay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.agent_channel import INSTANCE, _forwarder, _free_port, _measure, _process
+from cloud_api_adaptor._pb import ttrpc_pb2
+from cloud_api_adaptor.aio import EVENT_LOOP_ENV, loop_factory
+from cloud_api_adaptor.aio import run as run_loop
+from cloud_api_adaptor.apf import ApfConfig
+from cloud_api_adaptor.proxy.agent_proxy import AgentChannel
+from cloud_api_adaptor.proxy.testing import StubAgent, StubClient
+from cloud_api_adaptor.proxy.tls import AgentTls
+from cloud_api_adaptor.settings import TlsSettings
+from cloud_api_adaptor.vm.forwarder import Forwarder, ForwarderSettings, build_server_context
+
+RESUME_TRIALS = 8
+DOWN = 0.5
+
+
+def _overhead_once(on_first: bool) -> dict[str, Any]:
+    """One set of processes; ``_measure(a, b)`` compares b to a, ``on_first`` swaps which is which."""
+    with tempfile.TemporaryDirectory(prefix="caa-bench-", dir="/tmp") as tmp:
+        root = Path(tmp)
+        agent_sock = root / "agent.sock"
+        off_sock, on_sock = root / "off" / "agent.ttrpc", root / "on" / "agent.ttrpc"
+        state = root / "state"
+        tls = AgentTls.from_settings(TlsSettings(), state)
+        apf = ApfConfig.from_mapping(
+            {"pod-namespace": "bench", "pod-name": "bench", **tls.apf_tls_fields(INSTANCE)}
+        )
+        port = _free_port()
+        env = {**os.environ, EVENT_LOOP_ENV: ""}
+        procs = [sys.executable, "-m", "benchmarks.agent_channel.procs"]
+        proxy = [*procs, "proxy"]
+        with (
+            _process([*procs, "agent", str(agent_sock)]),
+            _forwarder(root, apf, port, agent_sock, tls_enabled=True, env=env),
+            _process([*proxy, str(off_sock), "127.0.0.1", str(port), str(state), INSTANCE, "0"], env=env),
+            _process([*proxy, str(on_sock), "127.0.0.1", str(port), str(state), INSTANCE, "120"], env=env),
+        ):
+            if on_first:
+                m = asyncio.run(_measure(on_sock, off_sock))
+                return {"off": m["channel"], "on": m["direct"], **{k: 1 / v for k, v in _ratios(m).items()}}
+            m = asyncio.run(_measure(off_sock, on_sock))
+            return {"off": m["direct"], "on": m["channel"], **_ratios(m)}
+
+
+def _ratios(m: dict[str, Any]) -> dict[str, float]:
+    return {k: m[k] for k in ("p50_ratio", "echo1_ratio", "echo8_ratio", "upload8_ratio")}
+
+
+def _overhead() -> dict[str, Any]:
+    """Twice, the processes' roles swapped: a position bias (which proxy the machine favours)
+    cancels in the geometric mean of the two on/off ratios."""
+    a, b = _overhead_once(on_first=False), _overhead_once(on_first=True)
+
+    def both(key: str) -> float:
+        return round(math.sqrt(a[key] * b[key]), 3)
+
+    def p99(run: dict[str, Any]) -> float:
+        return float(run["on"]["p99_us"] / run["off"]["p99_us"])
+
+    return {
+        "resume_off": a["off"],
+        "resume_on": a["on"],
+        "resume_off_swapped": b["off"],
+        "resume_on_swapped": b["on"],
+        "health_p50_ratio_on_off": both("p50_ratio"),
+        "health_p99_ratio_on_off": round(math.sqrt(p99(a) * p99(b)), 3),
+        "echo64k_throughput_ratio_on_off": both("echo1_ratio"),
+        "echo64k_x8_throughput_ratio_on_off": both("echo8_ratio"),
+        "upload64k_x8_throughput_ratio_on_off": both("upload8_ratio"),
+        "per_run_p50_ratios": [round(a["p50_ratio"], 3), round(b["p50_ratio"], 3)],
+    }
+
+
+async def _resume_times() -> list[float]:
+    with tempfile.TemporaryDirectory(prefix="caa-bench-", dir="/tmp") as tmp:
+        root = Path(tmp)
+        tls = AgentTls.from_settings(TlsSettings(), root / "state")
+        apf = ApfConfig.from_mapping(
+            {"pod-namespace": "bench", "pod-name": "bench", **tls.apf_tls_fields(INSTANCE)}
+        )
+        async with StubAgent(root / "agent.sock") as agent:
+            settings = ForwarderSettings(listen=f"127.0.0.1:{_free_port()}", kata_agent_socket=agent.path)
+            fwd = Forwarder(settings, build_server_context(settings, apf))
+            host, port = await fwd.start()
+            proxy = AgentChannel(tls, resume_window=60).new_proxy(root / "sb" / "agent.ttrpc", INSTANCE)
+            client: StubClient | None = None
+            try:
+                await proxy.start(host, port, timeout=10)
+                client = await StubClient.connect_unix(proxy.socket_path)
+                req = ttrpc_pb2.Request(
+                    service="test.Echo", method="Echo", payload=b"x" * 64
+                ).SerializeToString()
+                await client.send_request(req)
+                times = []
+                for _ in range(RESUME_TRIALS):
+                    restarted = asyncio.ensure_future(fwd.restart_listener(down_for=DOWN))
+                    await asyncio.sleep(DOWN / 2)
+                    reply = client.send_request(req)  # waits in the replay buffer
+                    await restarted
+                    back = time.perf_counter()
+                    await reply
+                    times.append(round((time.perf_counter() - back) * 1000, 1))
+                return times
+            finally:
+                if client is not None:
+                    client.close()
+                await proxy.aclose()
+                await fwd.aclose()
+
+
+def run() -> dict[str, Any]:
+    overhead = _overhead()
+    times = run_loop(_resume_times())
+    return {
+        "event_loop": "uvloop" if loop_factory("") is not None else "asyncio",
+        **overhead,
+        "resume_ms_after_link_return": times,
+        "resume_ms_median": statistics.median(times),
+        "link_down_s": DOWN,
+    }

@@ -1,0 +1,549 @@
+"""The resumable agent channel's I/O: a ``Session`` between a local connection and a replaceable link.
+
+``ResumableRelay`` joins the local connection (the shim's on the node, the
+agent's in the VM) to the current TLS link to the other end.  The link may drop
+and be replaced (``attach_client``/``attach_server``) any number of times; the
+local connection never sees it.  The protocol itself is ``transport.resume``;
+this module only moves bytes, the way ``transport.pump`` does:
+
+- bytes move inside ``buffer_updated`` (no task per chunk), read buffers are lent
+  to the transport and given up when a writer keeps a reference to them;
+- back-pressure: a link whose write buffer is full pauses reading the local side
+  and the other way round; a full replay window (un-acked bytes) also pauses
+  the local side until the peer acks;
+- liveness: every ``keepalive`` seconds each end sends an ACK; a link that
+  brought nothing for ``dead_after`` seconds is aborted (a black-holed link
+  otherwise waits for TCP's retransmission timers, many seconds after the
+  network is back), so the client redials at once;
+- the session ends (both connections closed) on a FIN both ways, on the local
+  connection closing, on a protocol error, or when the owner calls ``end``
+  (the node when its resume window passes, the VM when nobody resumed in time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from enum import Enum
+from typing import cast
+
+from cloud_api_adaptor.transport.pump import Filter, PumpStats, _set_nodelay
+from cloud_api_adaptor.transport.resume import (
+    Hello,
+    Kind,
+    ResumeError,
+    ResumeRejected,
+    Session,
+    SessionState,
+    Status,
+    Welcome,
+    WelcomeReader,
+    encode_hello,
+    encode_welcome,
+)
+
+logger = logging.getLogger(__name__)
+
+_MIN_BUFFER = 4 << 10
+_MAX_BUFFER = 256 << 10
+#: reads at least this large go out as a header and the read buffer itself (two writes, no
+#: frame copy); smaller ones as one frame (one write: a TLS record each costs more than the copy)
+_SPLIT_AT = 16 << 10
+
+
+class _Buffered(asyncio.BufferedProtocol):
+    """A lent read buffer that starts small and grows x4 on full reads (as ``pump.Pipe``)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._buffer: memoryview | None = None
+        self._size = _MIN_BUFFER
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        buffer = self._buffer
+        if buffer is None:
+            buffer = self._buffer = memoryview(bytearray(self._size))
+        return buffer
+
+    def _take(self, nbytes: int) -> memoryview:
+        buffer = self._buffer
+        assert buffer is not None
+        if nbytes == len(buffer) and self._size < _MAX_BUFFER:
+            self._size = min(_MAX_BUFFER, self._size * 4)
+            self._buffer = None
+        return buffer[:nbytes]
+
+
+class _Local(_Buffered):
+    """The local connection's protocol: what it reads becomes DATA frames on the link."""
+
+    def __init__(self, relay: ResumableRelay) -> None:
+        super().__init__()
+        self._relay = relay
+        self.eof = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        buffer = self._buffer
+        assert buffer is not None
+        if nbytes == len(buffer) and self._size < _MAX_BUFFER:
+            self._size = min(_MAX_BUFFER, self._size * 4)
+            self._buffer = None
+        if self._relay._from_local(buffer[:nbytes]):
+            self._buffer = None  # the link's transport still points into it
+
+    def eof_received(self) -> bool | None:
+        self.eof = True
+        self._relay._local_eof()
+        return True  # keep our write side open for the remaining answers
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._relay._local_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._relay._pause_link(True)
+
+    def resume_writing(self) -> None:
+        self._relay._pause_link(False)
+
+
+class LinkState(Enum):
+    HANDSHAKE = "handshake"
+    RUNNING = "running"
+    GONE = "gone"
+
+
+class _Link(_Buffered):
+    """One TLS connection to the other end; replaced after every drop."""
+
+    def __init__(self, relay: ResumableRelay, *, client: bool) -> None:
+        super().__init__()
+        self._relay = relay
+        self.state = LinkState.HANDSHAKE
+        self._welcome = WelcomeReader() if client else None
+        self.reads = 0
+        """Reads so far: the keep-alive tick compares it with the last tick's (cheaper than a clock)."""
+        self.running_ = False
+        self.seen_reads = 0
+        self.quiet_since = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        self.settled: asyncio.Future[bool] = loop.create_future()
+        """True once running, False if it failed or was lost first."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = t = cast(asyncio.Transport, transport)
+        _set_nodelay(t)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        buffer = self._buffer
+        assert buffer is not None
+        if nbytes == len(buffer) and self._size < _MAX_BUFFER:
+            self._size = min(_MAX_BUFFER, self._size * 4)
+            self._buffer = None
+        self.reads += 1
+        data = buffer[:nbytes]
+        if self.running_:
+            self._relay._from_link(self, data)
+        elif self._welcome is not None and self.state is LinkState.HANDSHAKE:
+            self._relay._on_welcome_bytes(self, data)
+
+    def eof_received(self) -> bool | None:
+        return None  # a link that ends without a FIN frame is a drop: close, resume later
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state = LinkState.GONE
+        self.running_ = False
+        if not self.settled.done():
+            self.settled.set_result(False)
+        self._relay._link_lost(self, exc)
+
+    def pause_writing(self) -> None:
+        self._relay._pause_local_for_link(True)
+
+    def resume_writing(self) -> None:
+        self._relay._pause_local_for_link(False)
+
+    def gone(self) -> None:
+        self.state = LinkState.GONE
+        self.running_ = False
+
+    def running(self) -> None:
+        self.state = LinkState.RUNNING
+        self.running_ = True
+        if not self.settled.done():
+            self.settled.set_result(True)
+
+
+class ResumableRelay:
+    """A session's I/O on one end.  Create it, ``connect_local`` (or ``local_protocol``), attach links.
+
+    ``ended`` completes (with the reason) once both connections are closed for good.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        *,
+        client: bool,
+        filter: Filter | None = None,
+        stats: PumpStats | None = None,
+        keepalive: float = 1.0,
+        dead_after: float = 5.0,
+        name: str = "",
+        opened: bool = False,
+    ) -> None:
+        """``opened``: the peer already knows the session (a session restored from a
+        hand-over): the first link resumes it rather than opening it."""
+        self.session = session
+        self._client = client
+        self._filter = filter
+        self._stats = stats
+        self._keepalive = keepalive
+        self._dead_after = dead_after
+        self.name = name or session.session_id.hex()[:12]
+        self._loop = asyncio.get_running_loop()
+        self.local = _Local(self)
+        self.link: _Link | None = None
+        self.ended: asyncio.Future[str] = self._loop.create_future()
+        self.link_lost: asyncio.Event = asyncio.Event()
+        """Set while no link is running."""
+        self.link_lost.set()
+        self.link_up: asyncio.Event = asyncio.Event()
+        """Set while a link is running."""
+        self._pause_at = session.replay_limit // 2
+        self.resumes = 0
+        """Links that continued the session after the first."""
+        self._hello_sent = opened
+        self._released = False
+        self._links = 0
+        self._local_paused_by: set[str] = set()
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(keepalive, self._tick)
+
+    # -- attaching links --------------------------------------------------------------
+
+    def attach_client(self, transport: asyncio.BaseTransport) -> _Link:
+        """Switch a freshly dialled TLS connection (ALPN agreed) to this session; sends the hello.
+
+        Await the returned link's ``settled`` for the outcome.
+        """
+        link = _Link(self, client=True)
+        self._replace_link(link, transport)
+        kind = Kind.RESUME if self._hello_sent else Kind.NEW
+        self._hello_sent = True
+        assert link.transport is not None
+        link.transport.write(encode_hello(Hello(kind, self.session.session_id, self.session.received)))
+        return link
+
+    def attach_server(self, transport: asyncio.BaseTransport, hello: Hello, rest: bytes) -> None:
+        """Continue on a link whose hello was read (the forwarder's session table found us)."""
+        link = _Link(self, client=False)
+        try:
+            frames = self.session.resume(hello.received)
+        except ResumeRejected as exc:
+            cast(asyncio.Transport, transport).write(
+                encode_welcome(Welcome(exc.status or Status.CANNOT_RESUME, self.session.received))
+            )
+            transport.close()
+            self.end(f"resume refused: {exc}")
+            return
+        self._replace_link(link, transport)
+        assert link.transport is not None
+        link.transport.write(encode_welcome(Welcome(Status.OK, self.session.received)) + frames)
+        self._running(link)
+        if rest:
+            self._from_link(link, memoryview(rest))
+
+    def _replace_link(self, link: _Link, transport: asyncio.BaseTransport) -> None:
+        old, self.link = self.link, link
+        if old is not None and old.transport is not None:
+            old.gone()
+            old.transport.abort()
+        self.session.detach()
+        transport.set_protocol(link)
+        link.connection_made(transport)
+
+    def _on_welcome_bytes(self, link: _Link, data: memoryview) -> None:
+        assert link._welcome is not None
+        try:
+            got = link._welcome.feed(data)
+            if got is None:
+                return
+            welcome, rest = got
+            if welcome.status is not Status.OK:
+                raise ResumeRejected(
+                    f"the forwarder refused the session: {welcome.status.name}", welcome.status
+                )
+            frames = self.session.resume(welcome.received)
+        except ResumeError as exc:
+            if not link.settled.done():
+                link.settled.set_result(False)
+            self.end(str(exc))
+            return
+        assert link.transport is not None
+        link.transport.write(frames)
+        self._running(link)
+        if rest:
+            self._from_link(link, memoryview(rest))
+
+    def _running(self, link: _Link) -> None:
+        link.running()
+        self._links += 1
+        self.resumes = self._links - 1
+        self.link_lost.clear()
+        self.link_up.set()
+        # Local reads paused for the old link's full write buffer: the new one is empty.
+        self._pause_local("link", False)
+        if self.session.fin_received:
+            self._deliver_fin()
+
+    # -- data paths ---------------------------------------------------------------------
+
+    def _from_local(self, data: memoryview) -> bool:
+        """Returns True when a transport may still hold ``data`` (the caller gives up that buffer)."""
+        session = self.session
+        link = self.link
+        big = len(data) >= _SPLIT_AT
+        try:
+            frames = session.send_header(data) if big else session.send(data)
+        except ResumeError as exc:
+            self.end(str(exc))
+            return False
+        stats = self._stats
+        if stats is not None:
+            if self._client:
+                stats.bytes_in += len(data)
+            else:
+                stats.bytes_out += len(data)
+        kept = False
+        if link is not None and link.running_:
+            lt = link.transport
+            assert lt is not None
+            lt.write(frames)
+            if big:
+                lt.write(data)
+                kept = bool(lt.get_write_buffer_size())
+        if session.sent - session.acked >= self._pause_at:
+            self._pause_local("window", True)
+        return kept
+
+    def _from_link(self, link: _Link, data: memoryview) -> None:
+        session = self.session
+        acked = session.acked
+        had_fin = session.fin_received
+        try:
+            pieces = session.feed(data)
+        except ResumeError as exc:
+            self.end(f"protocol error from the peer: {exc}")
+            return
+        lt = self.local.transport
+        if pieces and lt is not None:
+            filt = self._filter
+            if len(pieces) == 1:
+                piece = pieces[0]
+                n = len(piece)
+                lt.write(piece if filt is None else filt(piece))
+            else:
+                n = 0
+                for piece in pieces:
+                    n += len(piece)
+                    lt.write(piece if filt is None else filt(piece))
+            if lt.get_write_buffer_size():
+                link._buffer = None  # the transport may still point into the link's buffer
+            stats = self._stats
+            if stats is not None:
+                if self._client:
+                    stats.bytes_out += n
+                else:
+                    stats.bytes_in += n
+        if session.ack_due and link.transport is not None:
+            link.transport.write(session.ack())
+        if session.acked != acked and self._local_paused_by and session.sent - session.acked < self._pause_at:
+            self._pause_local("window", False)
+        if session.fin_received and not had_fin:
+            self._deliver_fin()
+
+    def _deliver_fin(self) -> None:
+        lt = self.local.transport
+        if lt is not None and not lt.is_closing():
+            if self.session.fin_sent or self.local.eof:
+                lt.close()
+            elif lt.can_write_eof():
+                lt.write_eof()
+            else:
+                lt.close()
+        if self.session.fin_sent:
+            self.end("both streams ended")
+
+    def _local_eof(self) -> None:
+        self._send_fin()
+        if self.session.fin_received:
+            self.end("both streams ended")
+
+    def _local_lost(self, exc: Exception | None) -> None:
+        if self._released:
+            return
+        self._send_fin()
+        self.end(f"local connection closed{f': {exc}' if exc else ''}")
+
+    def _send_fin(self) -> None:
+        fin = self.session.send_fin()
+        link = self.link
+        if fin and link is not None and link.state is LinkState.RUNNING and link.transport is not None:
+            link.transport.write(fin)
+
+    # -- back-pressure ------------------------------------------------------------------
+
+    def _pause_local(self, reason: str, pause: bool) -> None:
+        t = self.local.transport
+        before = bool(self._local_paused_by)
+        if pause:
+            self._local_paused_by.add(reason)
+        else:
+            self._local_paused_by.discard(reason)
+        after = bool(self._local_paused_by)
+        if t is None or t.is_closing() or before == after:
+            return
+        if after:
+            t.pause_reading()
+        elif not self.local.eof:
+            t.resume_reading()
+
+    def _pause_local_for_link(self, pause: bool) -> None:
+        self._pause_local("link", pause)
+
+    def _pause_link(self, pause: bool) -> None:
+        link = self.link
+        if link is None or link.transport is None or link.transport.is_closing():
+            return
+        if pause:
+            link.transport.pause_reading()
+        else:
+            link.transport.resume_reading()
+
+    # -- liveness and ending ------------------------------------------------------------
+
+    def _link_lost(self, link: _Link, exc: Exception | None) -> None:
+        if link is not self.link:
+            return
+        self.link = None
+        self.session.detach()
+        if not self.ended.done():
+            logger.info("agent channel %s: link lost (%s); waiting for a resume", self.name, exc or "closed")
+            self.link_lost.set()
+            self.link_up.clear()
+
+    def _tick(self) -> None:
+        self._timer = None
+        if self.ended.done():
+            return
+        link = self.link
+        if link is not None and link.transport is not None and link.running_:
+            now = self._loop.time()
+            if link.reads != link.seen_reads:
+                link.seen_reads, link.quiet_since = link.reads, now
+            if now - link.quiet_since > self._dead_after:
+                logger.info(
+                    "agent channel %s: nothing heard for %.1f s; dropping the link",
+                    self.name,
+                    self._dead_after,
+                )
+                link.transport.abort()
+            else:
+                link.transport.write(self.session.ack())
+        self._timer = self._loop.call_later(self._keepalive, self._tick)
+
+    def finish(self, reason: str) -> None:
+        """End for good, telling the peer (a FIN on a running link) so it does not wait to resume."""
+        self._send_fin()
+        self.end(reason)
+
+    def end(self, reason: str) -> None:
+        """Close both connections (buffered bytes are flushed) and forget the session."""
+        if self.ended.done():
+            return
+        logger.info("agent channel %s: session ended: %s", self.name, reason)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        link, self.link = self.link, None
+        if link is not None and link.transport is not None:
+            link.gone()
+            link.transport.close()
+            if not link.settled.done():
+                link.settled.set_result(False)
+        lt = self.local.transport
+        if lt is not None:
+            lt.close()
+        self.link_lost.set()
+        self.link_up.clear()
+        self.ended.set_result(reason)
+
+    async def release(self, timeout: float = 5.0) -> tuple[socket.socket, SessionState]:
+        """Hand the session over to another process: (a duplicate of the local socket, its state).
+
+        The link is dropped without a FIN (the peer keeps the session and waits for
+        a resume), bytes already received are flushed to the local side first, and
+        the local connection is left open (only this process's descriptor closes);
+        the new owner continues with ``ResumableRelay(Session.restore(state),
+        opened=True)`` on that socket.  Raises ``TimeoutError`` if the local side
+        does not take our buffered bytes within ``timeout``.
+        """
+        lt = self.local.transport
+        if lt is None or lt.is_closing() or self.ended.done():
+            raise ResumeError("the session has no local connection to hand over")
+        link = self.link
+        if link is not None and link.transport is not None:
+            link.transport.pause_reading()  # nothing more for the local side
+        loop = self._loop
+        deadline = loop.time() + timeout
+        while lt.get_write_buffer_size():
+            if loop.time() > deadline:
+                raise TimeoutError("the local side does not read what we owe it")
+            await asyncio.sleep(0.005)
+        lt.pause_reading()
+        sock = lt.get_extra_info("socket")
+        dup = socket.socket(fileno=os.dup(sock.fileno()))
+        self._released = True
+        link, self.link = self.link, None
+        if link is not None and link.transport is not None:
+            link.gone()
+            link.transport.abort()
+        self.session.detach()
+        state = self.session.snapshot()
+        self.local.transport = None
+        lt.abort()  # closes our descriptor only: the duplicate keeps the connection
+        self.end("handed over")
+        return dup, state
+
+    def release_local(self) -> tuple[asyncio.Transport | None, bytes, bool]:
+        """Give up the session before any link ran: (local transport, bytes it sent, EOF seen).
+
+        For falling back to a plain relay when the peer does not speak this
+        protocol: the caller installs another protocol on the transport and sends
+        the bytes first.  The relay ends without closing the local connection.
+        """
+        if self.session.received or self._links:
+            raise RuntimeError("the session already ran over a link")
+        data = self.session.snapshot().unacked
+        lt = self.local.transport
+        self.local.transport = None
+        eof = self.local.eof
+        if lt is not None and self._local_paused_by and not lt.is_closing():
+            lt.resume_reading()
+        self._local_paused_by.clear()
+        self.end("fell back to a plain relay")
+        return lt, data, eof
+
+    def abort(self) -> None:
+        """End at once without flushing (shutdown grace passed)."""
+        for t in (self.local.transport, self.link.transport if self.link else None):
+            if t is not None:
+                t.abort()
+        self.end("aborted")
+
+
+__all__ = ["LinkState", "ResumableRelay"]
