@@ -65,6 +65,7 @@ class ResumableRelay:
         stats: PumpStats | None = None,
         keepalive: float = 1.0,
         dead_after: float = 5.0,
+        open_timeout: float = 300.0,
         name: str = "",
         opened: bool = False,
     ) -> None:
@@ -76,6 +77,7 @@ class ResumableRelay:
         self._stats = stats
         self._keepalive = keepalive
         self._dead_after = dead_after
+        self._open_timeout = open_timeout
         self.name = name or session.session_id.hex()[:12]
         self._loop = asyncio.get_running_loop()
         self.local = Local(self)
@@ -106,6 +108,9 @@ class ResumableRelay:
         self._replace_link(link, transport)
         kind = Kind.RESUME if self._hello_sent else Kind.NEW
         self._hello_sent = True
+        # A resume is answered at once; a new session only once the forwarder reached
+        # the agent, which may still be starting.
+        link.handshake_limit = self._dead_after if kind is Kind.RESUME else self._open_timeout
         assert link.transport is not None
         link.transport.write(encode_hello(Hello(kind, self.session.session_id, self.session.received)))
         return link
@@ -313,7 +318,11 @@ class ResumableRelay:
         if self.ended.done():
             return
         link = self.link
-        if link is not None and link.transport is not None and link.running_:
+        if link is not None and link.transport is not None and not link.running_:
+            if self._loop.time() - link.quiet_since > link.handshake_limit:
+                logger.info("agent channel %s: no answer to the hello; dropping the link", self.name)
+                link.transport.abort()
+        elif link is not None and link.transport is not None:
             now = self._loop.time()
             if link.reads != link.seen_reads:
                 link.seen_reads, link.quiet_since = link.reads, now

@@ -107,6 +107,8 @@ class Link(_Buffered):
         self.running_ = False
         self.seen_reads = 0
         self.quiet_since = asyncio.get_running_loop().time()
+        self.handshake_limit = float("inf")
+        """Seconds the link may wait for the peer's welcome (set by the client side)."""
         loop = asyncio.get_running_loop()
         self.settled: asyncio.Future[bool] = loop.create_future()
         """True once running, False if it failed or was lost first."""

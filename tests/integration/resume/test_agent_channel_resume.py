@@ -24,7 +24,7 @@ import pytest_asyncio
 from cloud_api_adaptor.apf import ApfConfig
 from cloud_api_adaptor.proxy.agent_proxy import AgentChannel, AgentProxy
 from cloud_api_adaptor.proxy.testing import StubAgent, StubClient
-from cloud_api_adaptor.proxy.tls import AgentTls
+from cloud_api_adaptor.proxy.tls import AgentTls, CertKeyPair, make_server_context
 from cloud_api_adaptor.settings import TlsSettings
 from cloud_api_adaptor.testing.eventually import eventually
 from cloud_api_adaptor.transport.resume import (
@@ -394,3 +394,45 @@ async def test_a_resume_beyond_what_the_forwarder_sent_ends_that_session_only(st
     await eventually(lambda: not stand.agent._conns, "the session's agent connection closed")
     async with asyncio.timeout(10):
         await caller.client.closed  # its shim connection is closed, as without resumability
+
+
+@pytest.mark.asyncio
+async def test_a_resume_that_gets_no_answer_is_retried(stand: Stand) -> None:
+    """A link that completes TLS but never answers the hello (a wedged listener) is dropped and redialled."""
+    fwd, port = await stand.forwarder()
+    proxy = await stand.proxy(port)
+    caller = Caller(await stand.client(proxy))
+    caller.call(5)
+    await caller.settle()
+    fields = stand.tls.apf_tls_fields(INSTANCE)
+    mute_ctx = make_server_context(
+        server=CertKeyPair(fields["tls-server-cert"].encode(), fields["tls-server-key"].encode()),
+        client_ca_pem=fields["tls-client-ca"].encode(),
+        profile=None,
+    )
+    mute_ctx.set_alpn_protocols([ALPN])
+    held: list[asyncio.StreamWriter] = []
+
+    async def mute(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        held.append(w)  # agrees to resume, then never says a word
+
+    down = asyncio.ensure_future(fwd.restart_listener(down_for=4.0))
+    server: asyncio.Server | None = None
+    try:
+        await eventually(lambda: fwd._server is None, "the forwarder stopped listening")
+        server = await asyncio.start_server(mute, "127.0.0.1", port, ssl=mute_ctx, reuse_address=True)
+        caller.call(10)  # waiting in the replay buffer
+        await eventually(lambda: held, "the proxy reached the mute listener")
+        server.close()  # stops listening; the connection it holds stays open and silent
+        await down
+        await caller.settle(timeout=30)
+    finally:
+        for w in held:
+            w.transport.abort()
+        down.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await down
+        if server is not None:
+            server.close()
+    caller.check_agent(stand.agent)
+    assert len(stand.agent._conns) == 1
