@@ -182,8 +182,8 @@ class ResumableRelay:
     def _from_local(self, data: memoryview) -> bool:
         """Returns True when a transport may still hold ``data`` (the caller gives up that buffer)."""
         session = self.session
-        link = self.link
-        big = len(data) >= _SPLIT_AT
+        n = len(data)
+        big = n >= _SPLIT_AT
         try:
             frames = session.send_header(data) if big else session.send(data)
         except ResumeError as exc:
@@ -192,10 +192,11 @@ class ResumableRelay:
         stats = self._stats
         if stats is not None:
             if self._client:
-                stats.bytes_in += len(data)
+                stats.bytes_in += n
             else:
-                stats.bytes_out += len(data)
+                stats.bytes_out += n
         kept = False
+        link = self.link
         if link is not None and link.running_:
             lt = link.transport
             assert lt is not None
@@ -220,7 +221,7 @@ class ResumableRelay:
         if pieces and lt is not None:
             filt = self._filter
             if len(pieces) == 1:
-                piece = pieces[0]
+                (piece,) = pieces
                 n = len(piece)
                 lt.write(piece if filt is None else filt(piece))
             else:

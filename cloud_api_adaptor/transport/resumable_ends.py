@@ -59,6 +59,7 @@ class Local(_Buffered):
     def __init__(self, relay: _RelaySide) -> None:
         super().__init__()
         self._relay = relay
+        self._on_data = relay._from_local  # bound once: this runs for every read
         self.eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -70,7 +71,7 @@ class Local(_Buffered):
         if nbytes == len(buffer) and self._size < _MAX_BUFFER:
             self._size = min(_MAX_BUFFER, self._size * 4)
             self._buffer = None
-        if self._relay._from_local(buffer[:nbytes]):
+        if self._on_data(buffer[:nbytes]):
             self._buffer = None  # the link's transport still points into it
 
     def eof_received(self) -> bool | None:
@@ -100,6 +101,7 @@ class Link(_Buffered):
     def __init__(self, relay: _RelaySide, *, client: bool) -> None:
         super().__init__()
         self._relay = relay
+        self._on_data = relay._from_link  # bound once: this runs for every read
         self.state = LinkState.HANDSHAKE
         self._welcome = WelcomeReader() if client else None
         self.reads = 0
@@ -126,7 +128,7 @@ class Link(_Buffered):
         self.reads += 1
         data = buffer[:nbytes]
         if self.running_:
-            self._relay._from_link(self, data)
+            self._on_data(self, data)
         elif self._welcome is not None and self.state is LinkState.HANDSHAKE:
             self._relay._on_welcome_bytes(self, data)
 

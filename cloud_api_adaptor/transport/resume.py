@@ -277,12 +277,12 @@ class Session:
         ACKs trim the replay buffer; a FIN sets ``fin_received`` (the caller checks
         it after each feed).  Raises ``ProtocolError`` on a malformed frame.
         """
-        mv = memoryview(chunk)
+        mv = chunk if type(chunk) is memoryview else memoryview(chunk)
         end = len(mv)
-        if not self._remaining and not self._partial and end > 5 and mv[0] == _DATA:
+        if end > 5 and not self._remaining and not self._partial:
             # The common case, one whole DATA frame in one read: no loop.
-            length = int.from_bytes(mv[1:5], "big")
-            if length == end - 5 and length <= MAX_FRAME and not self.fin_received:
+            kind, length = _DATA_HEADER.unpack_from(mv)
+            if kind == _DATA and length == end - 5 and length <= MAX_FRAME and not self.fin_received:
                 self.received += length
                 return [mv[5:]]
         out: list[memoryview] = []
