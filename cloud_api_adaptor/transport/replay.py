@@ -26,7 +26,13 @@ class ReplayBuffer:
 
     def append(self, data: bytes | bytearray | memoryview) -> None:
         n = len(data)
-        cap = len(self._buf)
+        buf = self._buf
+        tail = self._head + self._len
+        if tail + n <= len(buf):  # the common case: room after the tail, no wrap
+            buf[tail : tail + n] = data
+            self._len += n
+            return
+        cap = len(buf)
         if self._len + n > cap:
             grown = bytearray(max(2 * cap, self._len + n, 16 << 10))
             grown[: self._len] = self.contents()

@@ -115,6 +115,7 @@ ACK_EVERY = 128 << 10
 
 _DATA, _ACK, _FIN = 1, 2, 3
 _DATA_HEADER = struct.Struct(">BI")
+_pack_header = _DATA_HEADER.pack
 _ACK_FRAME = struct.Struct(">BQ")
 _FIN_FRAME = bytes([_FIN])
 
@@ -223,9 +224,13 @@ class Session:
 
     def send(self, data: bytes | bytearray | memoryview) -> bytes:
         """Frame ``data`` (kept for replay until acked); returns the bytes to write."""
+        n = len(data)
+        if 0 < n <= MAX_FRAME and not self.fin_sent and self.sent + n - self.acked <= self.replay_limit:
+            self._replay.append(data)
+            self.sent += n
+            return _pack_header(_DATA, n) + data
         if self.fin_sent:
             raise ProtocolError("send after FIN")
-        n = len(data)
         if not n:
             return b""
         if self.sent + n - self.acked > self.replay_limit:
@@ -234,8 +239,6 @@ class Session:
             )
         self._replay.append(data)
         self.sent += n
-        if n <= MAX_FRAME:
-            return _DATA_HEADER.pack(_DATA, n) + data
         return _frames(memoryview(data))
 
     def send_header(self, data: bytes | bytearray | memoryview) -> bytes:
