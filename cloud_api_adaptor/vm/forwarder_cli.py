@@ -3,7 +3,10 @@
 The podvm image's unit runs
 ``agent-protocol-forwarder -pod-namespace /run/netns/podns -kata-agent-socket ... $TLS_OPTIONS $OPTIONS``,
 so the single-dash flags of the Go binary are accepted as they are (``-flag v``,
-``-flag=v``, and ``--flag`` too).  This is the only place the environment is
+``-flag=v``, and ``--flag`` too).  New here: ``-resume-window`` (how long a
+resumable agent session outlives its link; 0 turns resumability off) and
+SIGHUP, which restarts the TLS listener (every resumable link drops and is
+resumed by the worker; agent connections stay).  This is the only place the environment is
 read (``NOTIFY_SOCKET``, and ``CAA_EVENT_LOOP=asyncio`` to run without uvloop).
 """
 
