@@ -105,8 +105,18 @@ def settings_from_args(args: argparse.Namespace, environ: dict[str, str] | None 
         tls_cipher_suites=tuple(s.strip() for s in args.tls_cipher_suites.split(",") if s.strip()),
         notify_socket=env.get("NOTIFY_SOCKET", ""),
         event_loop=env.get(EVENT_LOOP_ENV, ""),
-        resume_window=parse_duration("resume-window", args.resume_window),
+        resume_window=_duration("resume-window", args.resume_window),
     )
+
+
+def _duration(flag: str, raw: str) -> float:
+    try:
+        value = parse_duration(flag, raw)
+    except ConfigError as exc:
+        raise ConfigError(flag, f"-{flag}: {exc.reason}") from exc
+    if value < 0:
+        raise ConfigError(flag, f"-{flag}: must not be negative")
+    return value
 
 
 def build_network_setup(settings: ForwarderSettings) -> NetworkSetup | None:
