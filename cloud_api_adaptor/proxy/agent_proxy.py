@@ -488,6 +488,7 @@ class AgentProxy:
             stats=self.stats,
             keepalive=self._resume_keepalive,
             dead_after=self._resume_dead_after,
+            open_timeout=self._dial_timeout,
             opened=opened,
         )
         self.stats.connections_total += 1

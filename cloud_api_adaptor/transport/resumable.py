@@ -26,10 +26,10 @@ import asyncio
 import logging
 import os
 import socket
-from enum import Enum
 from typing import cast
 
-from cloud_api_adaptor.transport.pump import Filter, PumpStats, _set_nodelay
+from cloud_api_adaptor.transport.pump import Filter, PumpStats
+from cloud_api_adaptor.transport.resumable_ends import Link, LinkState, Local
 from cloud_api_adaptor.transport.resume import (
     Hello,
     Kind,
@@ -39,143 +39,15 @@ from cloud_api_adaptor.transport.resume import (
     SessionState,
     Status,
     Welcome,
-    WelcomeReader,
     encode_hello,
     encode_welcome,
 )
 
 logger = logging.getLogger(__name__)
 
-_MIN_BUFFER = 4 << 10
-_MAX_BUFFER = 256 << 10
 #: reads at least this large go out as a header and the read buffer itself (two writes, no
 #: frame copy); smaller ones as one frame (one write: a TLS record each costs more than the copy)
 _SPLIT_AT = 16 << 10
-
-
-class _Buffered(asyncio.BufferedProtocol):
-    """A lent read buffer that starts small and grows x4 on full reads (as ``pump.Pipe``)."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self._buffer: memoryview | None = None
-        self._size = _MIN_BUFFER
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        buffer = self._buffer
-        if buffer is None:
-            buffer = self._buffer = memoryview(bytearray(self._size))
-        return buffer
-
-    def _take(self, nbytes: int) -> memoryview:
-        buffer = self._buffer
-        assert buffer is not None
-        if nbytes == len(buffer) and self._size < _MAX_BUFFER:
-            self._size = min(_MAX_BUFFER, self._size * 4)
-            self._buffer = None
-        return buffer[:nbytes]
-
-
-class _Local(_Buffered):
-    """The local connection's protocol: what it reads becomes DATA frames on the link."""
-
-    def __init__(self, relay: ResumableRelay) -> None:
-        super().__init__()
-        self._relay = relay
-        self.eof = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-
-    def buffer_updated(self, nbytes: int) -> None:
-        buffer = self._buffer
-        assert buffer is not None
-        if nbytes == len(buffer) and self._size < _MAX_BUFFER:
-            self._size = min(_MAX_BUFFER, self._size * 4)
-            self._buffer = None
-        if self._relay._from_local(buffer[:nbytes]):
-            self._buffer = None  # the link's transport still points into it
-
-    def eof_received(self) -> bool | None:
-        self.eof = True
-        self._relay._local_eof()
-        return True  # keep our write side open for the remaining answers
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._relay._local_lost(exc)
-
-    def pause_writing(self) -> None:
-        self._relay._pause_link(True)
-
-    def resume_writing(self) -> None:
-        self._relay._pause_link(False)
-
-
-class LinkState(Enum):
-    HANDSHAKE = "handshake"
-    RUNNING = "running"
-    GONE = "gone"
-
-
-class _Link(_Buffered):
-    """One TLS connection to the other end; replaced after every drop."""
-
-    def __init__(self, relay: ResumableRelay, *, client: bool) -> None:
-        super().__init__()
-        self._relay = relay
-        self.state = LinkState.HANDSHAKE
-        self._welcome = WelcomeReader() if client else None
-        self.reads = 0
-        """Reads so far: the keep-alive tick compares it with the last tick's (cheaper than a clock)."""
-        self.running_ = False
-        self.seen_reads = 0
-        self.quiet_since = asyncio.get_running_loop().time()
-        loop = asyncio.get_running_loop()
-        self.settled: asyncio.Future[bool] = loop.create_future()
-        """True once running, False if it failed or was lost first."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = t = cast(asyncio.Transport, transport)
-        _set_nodelay(t)
-
-    def buffer_updated(self, nbytes: int) -> None:
-        buffer = self._buffer
-        assert buffer is not None
-        if nbytes == len(buffer) and self._size < _MAX_BUFFER:
-            self._size = min(_MAX_BUFFER, self._size * 4)
-            self._buffer = None
-        self.reads += 1
-        data = buffer[:nbytes]
-        if self.running_:
-            self._relay._from_link(self, data)
-        elif self._welcome is not None and self.state is LinkState.HANDSHAKE:
-            self._relay._on_welcome_bytes(self, data)
-
-    def eof_received(self) -> bool | None:
-        return None  # a link that ends without a FIN frame is a drop: close, resume later
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.state = LinkState.GONE
-        self.running_ = False
-        if not self.settled.done():
-            self.settled.set_result(False)
-        self._relay._link_lost(self, exc)
-
-    def pause_writing(self) -> None:
-        self._relay._pause_local_for_link(True)
-
-    def resume_writing(self) -> None:
-        self._relay._pause_local_for_link(False)
-
-    def gone(self) -> None:
-        self.state = LinkState.GONE
-        self.running_ = False
-
-    def running(self) -> None:
-        self.state = LinkState.RUNNING
-        self.running_ = True
-        if not self.settled.done():
-            self.settled.set_result(True)
 
 
 class ResumableRelay:
@@ -193,6 +65,7 @@ class ResumableRelay:
         stats: PumpStats | None = None,
         keepalive: float = 1.0,
         dead_after: float = 5.0,
+        open_timeout: float = 300.0,
         name: str = "",
         opened: bool = False,
     ) -> None:
@@ -204,10 +77,11 @@ class ResumableRelay:
         self._stats = stats
         self._keepalive = keepalive
         self._dead_after = dead_after
+        self._open_timeout = open_timeout
         self.name = name or session.session_id.hex()[:12]
         self._loop = asyncio.get_running_loop()
-        self.local = _Local(self)
-        self.link: _Link | None = None
+        self.local = Local(self)
+        self.link: Link | None = None
         self.ended: asyncio.Future[str] = self._loop.create_future()
         self.link_lost: asyncio.Event = asyncio.Event()
         """Set while no link is running."""
@@ -225,22 +99,25 @@ class ResumableRelay:
 
     # -- attaching links --------------------------------------------------------------
 
-    def attach_client(self, transport: asyncio.BaseTransport) -> _Link:
+    def attach_client(self, transport: asyncio.BaseTransport) -> Link:
         """Switch a freshly dialled TLS connection (ALPN agreed) to this session; sends the hello.
 
         Await the returned link's ``settled`` for the outcome.
         """
-        link = _Link(self, client=True)
+        link = Link(self, client=True)
         self._replace_link(link, transport)
         kind = Kind.RESUME if self._hello_sent else Kind.NEW
         self._hello_sent = True
+        # A resume is answered at once; a new session only once the forwarder reached
+        # the agent, which may still be starting.
+        link.handshake_limit = self._dead_after if kind is Kind.RESUME else self._open_timeout
         assert link.transport is not None
         link.transport.write(encode_hello(Hello(kind, self.session.session_id, self.session.received)))
         return link
 
     def attach_server(self, transport: asyncio.BaseTransport, hello: Hello, rest: bytes) -> None:
         """Continue on a link whose hello was read (the forwarder's session table found us)."""
-        link = _Link(self, client=False)
+        link = Link(self, client=False)
         try:
             frames = self.session.resume(hello.received)
         except ResumeRejected as exc:
@@ -257,7 +134,7 @@ class ResumableRelay:
         if rest:
             self._from_link(link, memoryview(rest))
 
-    def _replace_link(self, link: _Link, transport: asyncio.BaseTransport) -> None:
+    def _replace_link(self, link: Link, transport: asyncio.BaseTransport) -> None:
         old, self.link = self.link, link
         if old is not None and old.transport is not None:
             old.gone()
@@ -266,7 +143,7 @@ class ResumableRelay:
         transport.set_protocol(link)
         link.connection_made(transport)
 
-    def _on_welcome_bytes(self, link: _Link, data: memoryview) -> None:
+    def _on_welcome_bytes(self, link: Link, data: memoryview) -> None:
         assert link._welcome is not None
         try:
             got = link._welcome.feed(data)
@@ -289,7 +166,7 @@ class ResumableRelay:
         if rest:
             self._from_link(link, memoryview(rest))
 
-    def _running(self, link: _Link) -> None:
+    def _running(self, link: Link) -> None:
         link.running()
         self._links += 1
         self.resumes = self._links - 1
@@ -305,8 +182,8 @@ class ResumableRelay:
     def _from_local(self, data: memoryview) -> bool:
         """Returns True when a transport may still hold ``data`` (the caller gives up that buffer)."""
         session = self.session
-        link = self.link
-        big = len(data) >= _SPLIT_AT
+        n = len(data)
+        big = n >= _SPLIT_AT
         try:
             frames = session.send_header(data) if big else session.send(data)
         except ResumeError as exc:
@@ -315,10 +192,11 @@ class ResumableRelay:
         stats = self._stats
         if stats is not None:
             if self._client:
-                stats.bytes_in += len(data)
+                stats.bytes_in += n
             else:
-                stats.bytes_out += len(data)
+                stats.bytes_out += n
         kept = False
+        link = self.link
         if link is not None and link.running_:
             lt = link.transport
             assert lt is not None
@@ -330,7 +208,7 @@ class ResumableRelay:
             self._pause_local("window", True)
         return kept
 
-    def _from_link(self, link: _Link, data: memoryview) -> None:
+    def _from_link(self, link: Link, data: memoryview) -> None:
         session = self.session
         acked = session.acked
         had_fin = session.fin_received
@@ -343,7 +221,7 @@ class ResumableRelay:
         if pieces and lt is not None:
             filt = self._filter
             if len(pieces) == 1:
-                piece = pieces[0]
+                (piece,) = pieces
                 n = len(piece)
                 lt.write(piece if filt is None else filt(piece))
             else:
@@ -426,7 +304,7 @@ class ResumableRelay:
 
     # -- liveness and ending ------------------------------------------------------------
 
-    def _link_lost(self, link: _Link, exc: Exception | None) -> None:
+    def _link_lost(self, link: Link, exc: Exception | None) -> None:
         if link is not self.link:
             return
         self.link = None
@@ -441,7 +319,11 @@ class ResumableRelay:
         if self.ended.done():
             return
         link = self.link
-        if link is not None and link.transport is not None and link.running_:
+        if link is not None and link.transport is not None and not link.running_:
+            if self._loop.time() - link.quiet_since > link.handshake_limit:
+                logger.info("agent channel %s: no answer to the hello; dropping the link", self.name)
+                link.transport.abort()
+        elif link is not None and link.transport is not None:
             now = self._loop.time()
             if link.reads != link.seen_reads:
                 link.seen_reads, link.quiet_since = link.reads, now

@@ -13,8 +13,9 @@ neither byte stream loses or repeats a byte.  Each end keeps a ``Session``:
 - a bounded replay buffer holding ``[acked, sent)``: the I/O layer pauses reading
   its local side while ``window_full`` and the session refuses to grow past
   ``replay_limit`` (``ReplayOverflow``), so memory per sandbox is bounded;
-- acks: ``ack_due`` says an ACK frame is owed (a quarter of the window
-  received since the last one); the I/O layer also sends one as a keep-alive;
+- acks: ``ack_due`` says an ACK frame is owed (``ACK_EVERY`` bytes, or a
+  quarter of a small window, received since the last one); the I/O layer also
+  sends one as a keep-alive;
 - a resume handshake: the client sends ``hello`` (session id, new/resume, its
   ``received``), the server answers ``welcome`` (status, its ``received``), and
   each side calls ``resume(peer_received)``, which returns the frames that
@@ -31,31 +32,81 @@ Wire format (all integers big-endian)::
     ACK     = 0x02 received:u64
     FIN     = 0x03                        (the sender's stream ends after what it sent)
 
-A FIN is re-sent after a resume until the peer has acked everything before it;
-the receiver reports it once.  Partial DATA frames are delivered as they arrive
-(``received`` counts payload bytes), so a link dropped mid-frame loses nothing:
-the sender resumes from the byte the receiver last delivered.
+A FIN is re-sent after every resume once sent; the receiver reports it once.
+Partial DATA frames are delivered as they arrive (``received`` counts payload
+bytes), so a link dropped mid-frame loses nothing: the sender resumes from the
+byte the receiver last delivered.
 
-Hand-over support: ``Session.snapshot()``/``Session.restore()`` carry a session's
-whole state (counters, flags, un-acked bytes) between processes; the new owner
-then resumes on a fresh link.
+Hand-over support: ``Session.snapshot()``/``Session.restore()`` (and
+``SessionState.to_bytes``/``from_bytes``) carry a session's whole state
+(counters, flags, un-acked bytes) between processes; the new owner then resumes
+on a fresh link (``ResumableRelay.release``, ``AgentProxy.release_sessions`` and
+``adopt``).
+
+Modules: the handshake and errors are in ``resume_handshake``, the replay
+buffer in ``replay`` (both re-exported here), the I/O in ``resumable``.
 """
 
 from __future__ import annotations
 
-import os
 import struct
 from dataclasses import dataclass
-from enum import IntEnum
+
+from cloud_api_adaptor.transport.replay import ReplayBuffer
+from cloud_api_adaptor.transport.resume_handshake import (
+    HELLO_LEN,
+    MAGIC,
+    SESSION_ID_LEN,
+    VERSION,
+    WELCOME_LEN,
+    HandshakeError,
+    Hello,
+    HelloReader,
+    Kind,
+    ProtocolError,
+    ReplayOverflow,
+    ResumeError,
+    ResumeRejected,
+    Status,
+    Welcome,
+    WelcomeReader,
+    encode_hello,
+    encode_welcome,
+    new_session_id,
+)
+
+__all__ = [
+    "ACK_EVERY",
+    "ALPN",
+    "DEFAULT_REPLAY_LIMIT",
+    "HELLO_LEN",
+    "MAGIC",
+    "MAX_FRAME",
+    "SESSION_ID_LEN",
+    "VERSION",
+    "WELCOME_LEN",
+    "HandshakeError",
+    "Hello",
+    "HelloReader",
+    "Kind",
+    "ProtocolError",
+    "ReplayBuffer",
+    "ReplayOverflow",
+    "ResumeError",
+    "ResumeRejected",
+    "Session",
+    "SessionState",
+    "Status",
+    "Welcome",
+    "WelcomeReader",
+    "encode_hello",
+    "encode_welcome",
+    "new_session_id",
+]
 
 ALPN = "caa-agent-resume/1"
 """The ALPN protocol id both ends offer when resumability is on."""
 
-MAGIC = b"CAAR"
-VERSION = 1
-SESSION_ID_LEN = 16
-HELLO_LEN = 4 + 1 + 1 + SESSION_ID_LEN + 8
-WELCOME_LEN = 4 + 1 + 1 + 8
 MAX_FRAME = 1 << 20
 """Largest DATA payload; ``send`` splits larger writes, the parser refuses larger frames."""
 DEFAULT_REPLAY_LIMIT = 8 << 20
@@ -64,199 +115,9 @@ ACK_EVERY = 128 << 10
 
 _DATA, _ACK, _FIN = 1, 2, 3
 _DATA_HEADER = struct.Struct(">BI")
+_pack_header = _DATA_HEADER.pack
 _ACK_FRAME = struct.Struct(">BQ")
 _FIN_FRAME = bytes([_FIN])
-_HELLO = struct.Struct(f">4sBB{SESSION_ID_LEN}sQ")
-_WELCOME = struct.Struct(">4sBBQ")
-
-
-class ResumeError(Exception):
-    """Base class: the session cannot continue; the I/O layer ends it (closing the local side)."""
-
-
-class HandshakeError(ResumeError):
-    """A malformed or unexpected hello/welcome (the peer is not speaking this protocol or version)."""
-
-
-class ResumeRejected(ResumeError):
-    """The peer cannot continue this session (unknown session, or bytes it needs are gone)."""
-
-    def __init__(self, message: str, status: Status | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class ProtocolError(ResumeError):
-    """A malformed frame, or an ACK/resume point outside what was sent."""
-
-
-class ReplayOverflow(ResumeError):
-    """More un-acknowledged bytes than ``replay_limit``: the I/O layer did not pause its reader."""
-
-
-class Kind(IntEnum):
-    NEW = 0
-    RESUME = 1
-
-
-class Status(IntEnum):
-    OK = 0
-    UNKNOWN_SESSION = 1
-    """The server has no such session (it expired, or the forwarder restarted)."""
-    CANNOT_RESUME = 2
-    """The resume point is outside the server's replay window."""
-    BAD_HELLO = 3
-    BUSY = 4
-    """A new session with an id already in use."""
-
-
-@dataclass(frozen=True)
-class Hello:
-    kind: Kind
-    session_id: bytes
-    received: int
-
-
-@dataclass(frozen=True)
-class Welcome:
-    status: Status
-    received: int
-
-
-def new_session_id() -> bytes:
-    return os.urandom(SESSION_ID_LEN)
-
-
-def encode_hello(hello: Hello) -> bytes:
-    if len(hello.session_id) != SESSION_ID_LEN:
-        raise ValueError(f"session id must be {SESSION_ID_LEN} bytes")
-    return _HELLO.pack(MAGIC, VERSION, hello.kind, hello.session_id, hello.received)
-
-
-def encode_welcome(welcome: Welcome) -> bytes:
-    return _WELCOME.pack(MAGIC, VERSION, welcome.status, welcome.received)
-
-
-class _Fixed:
-    """Accumulates a fixed-size handshake message; ``feed`` returns (message, rest) once complete."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._buf = bytearray()
-
-    def take(self, data: bytes | bytearray | memoryview) -> tuple[bytes, bytes] | None:
-        self._buf += data
-        if len(self._buf) < self._size:
-            return None
-        whole = bytes(self._buf)
-        return whole[: self._size], whole[self._size :]
-
-
-class HelloReader(_Fixed):
-    """The server's first read: ``feed`` returns ``(Hello, leftover bytes)`` once whole."""
-
-    def __init__(self) -> None:
-        super().__init__(HELLO_LEN)
-
-    def feed(self, data: bytes | bytearray | memoryview) -> tuple[Hello, bytes] | None:
-        got = self.take(data)
-        if got is None:
-            if len(self._buf) >= 4 and bytes(self._buf[:4]) != MAGIC:
-                raise HandshakeError("not a resume hello (bad magic)")
-            return None
-        raw, rest = got
-        magic, version, kind, session_id, received = _HELLO.unpack(raw)
-        if magic != MAGIC:
-            raise HandshakeError("not a resume hello (bad magic)")
-        if version != VERSION:
-            raise HandshakeError(f"unsupported resume protocol version {version}")
-        if kind not in (Kind.NEW, Kind.RESUME):
-            raise HandshakeError(f"unknown hello kind {kind}")
-        if kind == Kind.NEW and received != 0:
-            raise HandshakeError("a new session cannot have received bytes")
-        return Hello(Kind(kind), session_id, received), rest
-
-
-class WelcomeReader(_Fixed):
-    """The client's first read: ``feed`` returns ``(Welcome, leftover bytes)`` once whole."""
-
-    def __init__(self) -> None:
-        super().__init__(WELCOME_LEN)
-
-    def feed(self, data: bytes | bytearray | memoryview) -> tuple[Welcome, bytes] | None:
-        got = self.take(data)
-        if got is None:
-            if len(self._buf) >= 4 and bytes(self._buf[:4]) != MAGIC:
-                raise HandshakeError("not a resume welcome (bad magic)")
-            return None
-        raw, rest = got
-        magic, version, status, received = _WELCOME.unpack(raw)
-        if magic != MAGIC:
-            raise HandshakeError("not a resume welcome (bad magic)")
-        if version != VERSION:
-            raise HandshakeError(f"unsupported resume protocol version {version}")
-        try:
-            st = Status(status)
-        except ValueError:
-            raise HandshakeError(f"unknown welcome status {status}") from None
-        return Welcome(st, received), rest
-
-
-class ReplayBuffer:
-    """A circular byte buffer that only grows: the un-acked bytes of one stream, in order.
-
-    Why not a queue of frames or a bytearray trimmed at the front: both return
-    memory to the allocator as acks arrive and take fresh memory for new data,
-    and on a busy stream every new 64 KiB then costs page faults (measured: a
-    64 KiB frame sent and received in 104 us with a queue of frames, 8 us with
-    this).  The capacity stays at the largest un-acked amount seen, which acks
-    every ``ACK_EVERY`` bytes keep near that (and ``replay_limit`` bounds).
-    """
-
-    __slots__ = ("_buf", "_head", "_len")
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-        self._head = 0
-        self._len = 0
-
-    def __len__(self) -> int:
-        return self._len
-
-    def append(self, data: bytes | bytearray | memoryview) -> None:
-        n = len(data)
-        cap = len(self._buf)
-        if self._len + n > cap:
-            grown = bytearray(max(2 * cap, self._len + n, 16 << 10))
-            grown[: self._len] = self.contents()
-            self._buf, self._head, cap = grown, 0, len(grown)
-        tail = self._head + self._len
-        if tail >= cap:
-            tail -= cap
-        first = min(n, cap - tail)
-        buf = self._buf
-        if first == n:
-            buf[tail : tail + n] = data
-        else:
-            mv = memoryview(data)
-            buf[tail:cap] = mv[:first]
-            buf[: n - first] = mv[first:]
-        self._len += n
-
-    def trim(self, n: int) -> None:
-        """Forget the first ``n`` bytes (acknowledged)."""
-        self._len -= n
-        if not self._len:
-            self._head = 0
-        else:
-            self._head = (self._head + n) % len(self._buf)
-
-    def contents(self) -> bytes:
-        end = self._head + self._len
-        cap = len(self._buf)
-        if end <= cap:
-            return bytes(self._buf[self._head : end])
-        return bytes(self._buf[self._head :]) + bytes(self._buf[: end - cap])
 
 
 @dataclass(frozen=True)
@@ -363,9 +224,13 @@ class Session:
 
     def send(self, data: bytes | bytearray | memoryview) -> bytes:
         """Frame ``data`` (kept for replay until acked); returns the bytes to write."""
+        n = len(data)
+        if 0 < n <= MAX_FRAME and not self.fin_sent and self.sent + n - self.acked <= self.replay_limit:
+            self._replay.append(data)
+            self.sent += n
+            return _pack_header(_DATA, n) + data
         if self.fin_sent:
             raise ProtocolError("send after FIN")
-        n = len(data)
         if not n:
             return b""
         if self.sent + n - self.acked > self.replay_limit:
@@ -374,8 +239,6 @@ class Session:
             )
         self._replay.append(data)
         self.sent += n
-        if n <= MAX_FRAME:
-            return _DATA_HEADER.pack(_DATA, n) + data
         return _frames(memoryview(data))
 
     def send_header(self, data: bytes | bytearray | memoryview) -> bytes:
@@ -417,12 +280,12 @@ class Session:
         ACKs trim the replay buffer; a FIN sets ``fin_received`` (the caller checks
         it after each feed).  Raises ``ProtocolError`` on a malformed frame.
         """
-        mv = memoryview(chunk)
+        mv = chunk if type(chunk) is memoryview else memoryview(chunk)
         end = len(mv)
-        if not self._remaining and not self._partial and end > 5 and mv[0] == _DATA:
+        if end > 5 and not self._remaining and not self._partial:
             # The common case, one whole DATA frame in one read: no loop.
-            length = int.from_bytes(mv[1:5], "big")
-            if length == end - 5 and length <= MAX_FRAME and not self.fin_received:
+            kind, length = _DATA_HEADER.unpack_from(mv)
+            if kind == _DATA and length == end - 5 and length <= MAX_FRAME and not self.fin_received:
                 self.received += length
                 return [mv[5:]]
         out: list[memoryview] = []

@@ -3,7 +3,10 @@
 The podvm image's unit runs
 ``agent-protocol-forwarder -pod-namespace /run/netns/podns -kata-agent-socket ... $TLS_OPTIONS $OPTIONS``,
 so the single-dash flags of the Go binary are accepted as they are (``-flag v``,
-``-flag=v``, and ``--flag`` too).  This is the only place the environment is
+``-flag=v``, and ``--flag`` too).  New here: ``-resume-window`` (how long a
+resumable agent session outlives its link; 0 turns resumability off) and
+SIGHUP, which restarts the TLS listener (every resumable link drops and is
+resumed by the worker; agent connections stay).  This is the only place the environment is
 read (``NOTIFY_SOCKET``, and ``CAA_EVENT_LOOP=asyncio`` to run without uvloop).
 """
 
@@ -102,8 +105,18 @@ def settings_from_args(args: argparse.Namespace, environ: dict[str, str] | None 
         tls_cipher_suites=tuple(s.strip() for s in args.tls_cipher_suites.split(",") if s.strip()),
         notify_socket=env.get("NOTIFY_SOCKET", ""),
         event_loop=env.get(EVENT_LOOP_ENV, ""),
-        resume_window=parse_duration("resume-window", args.resume_window),
+        resume_window=_duration("resume-window", args.resume_window),
     )
+
+
+def _duration(flag: str, raw: str) -> float:
+    try:
+        value = parse_duration(flag, raw)
+    except ConfigError as exc:
+        raise ConfigError(flag, f"-{flag}: {exc.reason}") from exc
+    if value < 0:
+        raise ConfigError(flag, f"-{flag}: must not be negative")
+    return value
 
 
 def build_network_setup(settings: ForwarderSettings) -> NetworkSetup | None:

@@ -131,6 +131,8 @@ class ResumableSessions:
         self._keepalive = keepalive
         self._dead_after = dead_after
         self._relays: dict[bytes, ResumableRelay] = {}
+        self._opening: dict[bytes, tuple[asyncio.Transport, Hello, bytes]] = {}
+        """The latest link of each session whose agent dial is still under way."""
 
     def __len__(self) -> int:
         return len(self._relays)
@@ -160,6 +162,13 @@ class ResumableSessions:
             logger.info("resume of unknown session %s refused", hello.session_id.hex()[:12])
             self._refuse(transport, Status.UNKNOWN_SESSION)
             return
+        if relay.local.transport is None:
+            # Still dialling the agent for this session: the link is taken once it answers.
+            old = self._opening.get(hello.session_id)
+            if old is not None:
+                old[0].abort()
+            self._opening[hello.session_id] = (transport, hello, rest)
+            return
         relay.attach_server(transport, hello, rest)
         transport.resume_reading()
         logger.info("agent channel %s resumed", relay.name)
@@ -177,7 +186,13 @@ class ResumableSessions:
         self, relay: ResumableRelay, transport: asyncio.Transport, hello: Hello, rest: bytes
     ) -> None:
         """Dial the agent (once, for the session's life), then welcome the worker."""
-        if not await self._connect_agent(lambda: relay.local, relay.ended):
+        sid = hello.session_id
+        self._opening[sid] = (transport, hello, rest)
+        try:
+            reached = await self._connect_agent(lambda: relay.local, relay.ended)
+        finally:
+            transport, hello, rest = self._opening.pop(sid, (transport, hello, rest))
+        if not reached:
             self._refuse(transport, Status.UNKNOWN_SESSION)
             relay.end("the kata-agent socket is not reachable")
             return

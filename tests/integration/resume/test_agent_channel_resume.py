@@ -24,9 +24,19 @@ import pytest_asyncio
 from cloud_api_adaptor.apf import ApfConfig
 from cloud_api_adaptor.proxy.agent_proxy import AgentChannel, AgentProxy
 from cloud_api_adaptor.proxy.testing import StubAgent, StubClient
-from cloud_api_adaptor.proxy.tls import AgentTls
+from cloud_api_adaptor.proxy.tls import AgentTls, CertKeyPair, make_server_context
 from cloud_api_adaptor.settings import TlsSettings
 from cloud_api_adaptor.testing.eventually import eventually
+from cloud_api_adaptor.transport.resume import (
+    ALPN,
+    WELCOME_LEN,
+    Hello,
+    Kind,
+    Status,
+    WelcomeReader,
+    encode_hello,
+    new_session_id,
+)
 from cloud_api_adaptor.vm.forwarder import Forwarder, ForwarderSettings, build_server_context
 
 INSTANCE = "podvm-resume-0a1b2c"
@@ -331,3 +341,98 @@ async def test_a_session_handed_to_another_proxy_continues_unnoticed(stand: Stan
     assert stand.agent._conns == {agent_conn}
     assert new.stats.resumes == 1 and len(new.relays) == 1  # adopted: its first link was a resume
     assert fwd.sessions is not None and len(fwd.sessions) == 1
+
+
+async def _raw_resume_link(stand: Stand, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TLS connection that agreed on the resumable channel, with nothing sent yet."""
+    ctx = stand.tls.client_context(resumable=True)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname=INSTANCE)
+    assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == ALPN
+    return reader, writer
+
+
+@pytest.mark.asyncio
+async def test_bad_and_unknown_hellos_are_refused_and_the_forwarder_keeps_serving(stand: Stand) -> None:
+    fwd, port = await stand.forwarder()
+    reader, writer = await _raw_resume_link(stand, port)
+    writer.write(b"GET / HTTP/1.1\r\n\r\n")  # not a hello
+    welcome = WelcomeReader().feed(await reader.readexactly(WELCOME_LEN))
+    assert welcome is not None and welcome[0].status is Status.BAD_HELLO
+    assert await reader.read() == b""  # and closed
+    writer.close()
+
+    reader, writer = await _raw_resume_link(stand, port)
+    writer.write(encode_hello(Hello(Kind.RESUME, new_session_id(), 123)))  # a session it never had
+    welcome = WelcomeReader().feed(await reader.readexactly(WELCOME_LEN))
+    assert welcome is not None and welcome[0].status is Status.UNKNOWN_SESSION
+    assert await reader.read() == b""
+    writer.close()
+
+    proxy = await stand.proxy(port)  # still serving
+    caller = Caller(await stand.client(proxy))
+    caller.call(5)
+    await caller.settle()
+    caller.check_agent(stand.agent)
+    assert fwd.sessions is not None and len(fwd.sessions) == 1
+
+
+@pytest.mark.asyncio
+async def test_a_resume_beyond_what_the_forwarder_sent_ends_that_session_only(stand: Stand) -> None:
+    _, port = await stand.forwarder()
+    proxy = await stand.proxy(port)
+    caller = Caller(await stand.client(proxy))
+    caller.call(3)
+    await caller.settle()
+    (relay,) = proxy.relays
+    sid = relay.session.session_id
+    reader, writer = await _raw_resume_link(stand, port)
+    # Someone claims to have received more than the forwarder ever sent: refused, session ended.
+    writer.write(encode_hello(Hello(Kind.RESUME, sid, relay.session.received + 10_000)))
+    welcome = WelcomeReader().feed(await reader.readexactly(WELCOME_LEN))
+    assert welcome is not None and welcome[0].status is Status.CANNOT_RESUME
+    writer.close()
+    await eventually(lambda: not stand.agent._conns, "the session's agent connection closed")
+    async with asyncio.timeout(10):
+        await caller.client.closed  # its shim connection is closed, as without resumability
+
+
+@pytest.mark.asyncio
+async def test_a_resume_that_gets_no_answer_is_retried(stand: Stand) -> None:
+    """A link that completes TLS but never answers the hello (a wedged listener) is dropped and redialled."""
+    fwd, port = await stand.forwarder()
+    proxy = await stand.proxy(port)
+    caller = Caller(await stand.client(proxy))
+    caller.call(5)
+    await caller.settle()
+    fields = stand.tls.apf_tls_fields(INSTANCE)
+    mute_ctx = make_server_context(
+        server=CertKeyPair(fields["tls-server-cert"].encode(), fields["tls-server-key"].encode()),
+        client_ca_pem=fields["tls-client-ca"].encode(),
+        profile=None,
+    )
+    mute_ctx.set_alpn_protocols([ALPN])
+    held: list[asyncio.StreamWriter] = []
+
+    async def mute(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        held.append(w)  # agrees to resume, then never says a word
+
+    down = asyncio.ensure_future(fwd.restart_listener(down_for=4.0))
+    server: asyncio.Server | None = None
+    try:
+        await eventually(lambda: fwd._server is None, "the forwarder stopped listening")
+        server = await asyncio.start_server(mute, "127.0.0.1", port, ssl=mute_ctx, reuse_address=True)
+        caller.call(10)  # waiting in the replay buffer
+        await eventually(lambda: held, "the proxy reached the mute listener")
+        server.close()  # stops listening; the connection it holds stays open and silent
+        await down
+        await caller.settle(timeout=30)
+    finally:
+        for w in held:
+            w.transport.abort()
+        down.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await down
+        if server is not None:
+            server.close()
+    caller.check_agent(stand.agent)
+    assert len(stand.agent._conns) == 1

@@ -164,3 +164,11 @@ def test_process_notifies_systemd_and_stops_gracefully_on_sigterm(
                 proc.wait()
             proc.stdout.close()  # type: ignore[union-attr]
             proc.stderr.close()  # type: ignore[union-attr]
+
+
+def test_resume_window_is_a_go_duration_and_zero_turns_it_off(capsys: pytest.CaptureFixture[str]) -> None:
+    assert settings_from_args(build_parser().parse_args([])).resume_window == 600.0
+    assert settings_from_args(build_parser().parse_args(["-resume-window", "90s"])).resume_window == 90.0
+    assert settings_from_args(build_parser().parse_args(["-resume-window=0"])).resume_window == 0.0
+    assert main(["-resume-window", "soon"]) == 1
+    assert "resume-window" in capsys.readouterr().err
