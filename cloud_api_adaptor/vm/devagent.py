@@ -194,13 +194,17 @@ def _agent_methods(pod: Pod) -> dict[str, UnaryMethod[Any]]:
     }
 
 
-async def run_devagent(path: Path, stop: asyncio.Event, root: Path = Path("/")) -> None:
+async def run_devagent(
+    path: Path, stop: asyncio.Event, root: Path = Path("/"), *, like_kata_agent: bool = False
+) -> None:
     """Serve on the unix socket ``path`` until ``stop`` is set; the socket is removed on exit.
 
     ``root`` is the guest's filesystem as the agent sees it: ``/`` in a VM (or a
     local VM with its own mounts), a per-VM directory for a loopback local VM.
+    ``like_kata_agent``: CreateSandbox removes the agent's socket, as kata-agent
+    does when it empties /run/kata-containers (open connections keep working).
     """
-    async with build_server(Pod(root)) as server:
+    async with build_server(Pod(root, path if like_kata_agent else None)) as server:
         await server.start_unix(path)
         logger.info("devagent (%s) serving on %s", AGENT_VERSION, path)
         await stop.wait()
@@ -237,6 +241,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         default=Path("/"),
         help="the guest filesystem the agent writes to (CopyFile, /run/sandbox-ns); default /",
     )
+    parser.add_argument(
+        "--remove-socket-at-create-sandbox",
+        action="store_true",
+        help="like kata-agent: CreateSandbox removes the agent's socket (no second connection can open)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -251,7 +260,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         try:
-            await run_devagent(path, stop, args.root)
+            await run_devagent(path, stop, args.root, like_kata_agent=args.remove_socket_at_create_sandbox)
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)

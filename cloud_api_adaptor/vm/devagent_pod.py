@@ -111,8 +111,10 @@ class Container:
 class Pod:
     """Everything one sandbox's agent remembers (one sandbox per agent, as kata-agent)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, remove_at_create_sandbox: Path | None = None) -> None:
         self.root = root
+        #: the agent's own socket, removed by CreateSandbox as kata-agent empties /run/kata-containers
+        self.remove_at_create_sandbox = remove_at_create_sandbox
         self.sandbox_id = ""
         self.containers: dict[str, Container] = {}
         self.interfaces: dict[str, bytes] = {}
@@ -135,6 +137,9 @@ class Pod:
         ns_dir.mkdir(parents=True, exist_ok=True)
         for name in ("ipc", "uts"):  # the real agent bind-mounts the shared namespaces here
             (ns_dir / name).touch()
+        if self.remove_at_create_sandbox is not None:
+            # Connections already open keep working; nobody can open a new one (as with kata-agent).
+            self.remove_at_create_sandbox.unlink(missing_ok=True)
 
     def require_sandbox(self) -> None:
         if not self.sandbox_id:

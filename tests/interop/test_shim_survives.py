@@ -9,7 +9,9 @@ the link, then requires: zero EOFs, no error, every keep-alive answered (late is
 fine), the long-polls still open and answered correctly once the agent
 completes them (WaitProcess -> 137 after SignalProcess, GetOOMEvent -> the
 agent's INTERNAL after DestroySandbox), no request lost or duplicated (the
-development agent checks shim-sim's sequence numbers), then a clean StopVM and
+development agent checks shim-sim's sequence numbers; like kata-agent, it
+removes its socket at CreateSandbox, so the forwarder can never open a second
+agent connection), then a clean StopVM and
 nothing left: no VM record, no VM process, no pod directory.
 
 Scenarios that need the resumable channel (branch ``resume``) or the socket
@@ -50,6 +52,7 @@ BLACKHOLE_SECONDS = 20.0  # the disturbance itself: how long the link drops ever
 VM_SUBNET = "198.18.8.0/24"
 FORWARDER_PORT = 15150
 KEEPER_BIN = Path(sys.executable).parent / "caa-fd-keeper"
+DEVAGENT = "cloud_api_adaptor.vm.devagent"
 
 NEEDS_RESUME = "needs the resumable node<->VM channel (issue 10 item 1, branch resume)"
 NEEDS_HANDOVER = "needs the socket hand-over (issue 10 item 2, branch handover)"
@@ -134,6 +137,8 @@ async def node(short_tmp: Path, request: pytest.FixtureRequest) -> AsyncIterator
         "LOCAL_VM_SUBNET": VM_SUBNET,
         "PROXY_TIMEOUT": "60s",
         "ABANDONED_SANDBOX_GRACE": "0s",  # a disturbance must never look like an abandoned pod here
+        # like kata-agent, CreateSandbox removes the agent's socket: the forwarder gets no second connection
+        "LOCAL_AGENT_COMMAND": f"{sys.executable} -m {DEVAGENT} --remove-socket-at-create-sandbox",
     }
     keeper: subprocess.Popen[bytes] | None = None
     if getattr(request, "param", None) == "keeper" and KEEPER_BIN.exists():
@@ -285,6 +290,9 @@ async def test_three_pods_survive_as_the_shim_sees_them(
         stderr_path=node.root / "shim-sim.log",
     )
     try:
+        for vm in node.vm_records():  # the agents took their sockets away: one connection each, for life
+            run_dir = Path(f"/proc/{vm['pid']}/root/run/kata-containers")
+            assert run_dir.is_dir() and not (run_dir / "agent.sock").exists()
         before = await keepalives_flow(sim, 1)
         await disturb(node)
         # The same connections carry keep-alives again, and nothing was noticed meanwhile.

@@ -189,3 +189,23 @@ async def test_containers_need_a_sandbox_and_unknown_ones_are_not_found(
             "WaitProcess", agent_pb2.WaitProcessRequest(container_id="x"), agent_pb2.WaitProcessResponse
         )
     assert err.value.code == Code.NOT_FOUND
+
+
+@pytest.mark.asyncio
+async def test_like_kata_agent_create_sandbox_removes_the_socket_but_the_open_connection_lives(
+    tmp_path: Path,
+) -> None:
+    sock = tmp_path / "agent.sock"
+    stop = asyncio.Event()
+    serving = asyncio.create_task(run_devagent(sock, stop, tmp_path / "root", like_kata_agent=True))
+    try:
+        await eventually(sock.exists, "the agent's socket", interval=0.005)
+        async with await Client.connect_unix(sock) as client:
+            c = NumberedClient(client)
+            await c.call("CreateSandbox", agent_pb2.CreateSandboxRequest(sandbox_id="sb"), empty_pb2.Empty)
+            assert not sock.exists()  # no second connection can be opened
+            check = await c.call("Check", health_pb2.CheckRequest(), health_pb2.HealthCheckResponse)
+            assert check.status == health_pb2.HealthCheckResponse.SERVING  # type: ignore[attr-defined]
+    finally:
+        stop.set()
+        await serving
