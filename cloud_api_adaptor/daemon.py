@@ -36,6 +36,7 @@ from cloud_api_adaptor.handover import (
     pass_sockets,
     take_over,
 )
+from cloud_api_adaptor.hypervisor.abandonment import AbandonmentWatch, scan_interval
 from cloud_api_adaptor.hypervisor.planning import validate_global_initdata
 from cloud_api_adaptor.hypervisor.ports import LazyPodNetwork, PodNetworkPort
 from cloud_api_adaptor.hypervisor.recovery import recover
@@ -248,6 +249,11 @@ async def _start_locked(
     reconciler = OrphanReconciler(provider, manager, settings.orphan_grace_period)
     supervisor.keep_running(
         functools.partial(reconciler.run, settings.orphan_scan_interval), name="housekeeping"
+    )
+    abandoned = AbandonmentWatch(manager, settings.abandoned_sandbox_grace)
+    supervisor.keep_running(
+        functools.partial(abandoned.run, scan_interval(settings.abandoned_sandbox_grace)),
+        name="abandoned-sandboxes",
     )
     logger.info(
         "cloud-api-adaptor serving on %s (provider %s, %d sandboxes recovered)",

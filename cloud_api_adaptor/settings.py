@@ -286,6 +286,13 @@ class Settings:
         "Minimum age before an orphan is deleted.",
         default=120.0,
     )
+    abandoned_sandbox_grace: float = duration(
+        "abandoned-sandbox-grace",
+        "ABANDONED_SANDBOX_GRACE",
+        "How long a running sandbox may be without its shim's agent connection before it is stopped "
+        "(0: never; a deleted pod network namespace stops it at once).",
+        default=60.0,
+    )
     log_level: str = text(
         "log-level", "LOG_LEVEL", "debug, info, warning or error.", default="info", choices=LOG_LEVELS
     )

@@ -33,6 +33,136 @@ class RemoveContainerRequest(_message.Message):
     timeout: int
     def __init__(self, container_id: _Optional[str] = ..., timeout: _Optional[int] = ...) -> None: ...
 
+class SignalProcessRequest(_message.Message):
+    __slots__ = ("container_id", "exec_id", "signal")
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    EXEC_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    exec_id: str
+    signal: int
+    def __init__(self, container_id: _Optional[str] = ..., exec_id: _Optional[str] = ..., signal: _Optional[int] = ...) -> None: ...
+
+class WaitProcessRequest(_message.Message):
+    __slots__ = ("container_id", "exec_id")
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    EXEC_ID_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    exec_id: str
+    def __init__(self, container_id: _Optional[str] = ..., exec_id: _Optional[str] = ...) -> None: ...
+
+class WaitProcessResponse(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: int
+    def __init__(self, status: _Optional[int] = ...) -> None: ...
+
+class RemoveStaleVirtiofsShareMountsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CopyFileRequest(_message.Message):
+    __slots__ = ("path", "file_size", "file_mode", "dir_mode", "uid", "gid", "offset", "data")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    FILE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    FILE_MODE_FIELD_NUMBER: _ClassVar[int]
+    DIR_MODE_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    file_size: int
+    file_mode: int
+    dir_mode: int
+    uid: int
+    gid: int
+    offset: int
+    data: bytes
+    def __init__(self, path: _Optional[str] = ..., file_size: _Optional[int] = ..., file_mode: _Optional[int] = ..., dir_mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class GetOOMEventRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class OOMEvent(_message.Message):
+    __slots__ = ("container_id",)
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    def __init__(self, container_id: _Optional[str] = ...) -> None: ...
+
+class IPAddress(_message.Message):
+    __slots__ = ("family", "address", "mask")
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    MASK_FIELD_NUMBER: _ClassVar[int]
+    family: int
+    address: str
+    mask: str
+    def __init__(self, family: _Optional[int] = ..., address: _Optional[str] = ..., mask: _Optional[str] = ...) -> None: ...
+
+class Interface(_message.Message):
+    __slots__ = ("device", "name", "IPAddresses", "mtu", "hwAddr")
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    IPADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    MTU_FIELD_NUMBER: _ClassVar[int]
+    HWADDR_FIELD_NUMBER: _ClassVar[int]
+    device: str
+    name: str
+    IPAddresses: _containers.RepeatedCompositeFieldContainer[IPAddress]
+    mtu: int
+    hwAddr: str
+    def __init__(self, device: _Optional[str] = ..., name: _Optional[str] = ..., IPAddresses: _Optional[_Iterable[_Union[IPAddress, _Mapping]]] = ..., mtu: _Optional[int] = ..., hwAddr: _Optional[str] = ...) -> None: ...
+
+class Route(_message.Message):
+    __slots__ = ("dest", "gateway", "device", "source", "scope", "family")
+    DEST_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    dest: str
+    gateway: str
+    device: str
+    source: str
+    scope: int
+    family: int
+    def __init__(self, dest: _Optional[str] = ..., gateway: _Optional[str] = ..., device: _Optional[str] = ..., source: _Optional[str] = ..., scope: _Optional[int] = ..., family: _Optional[int] = ...) -> None: ...
+
+class Interfaces(_message.Message):
+    __slots__ = ("Interfaces",)
+    INTERFACES_FIELD_NUMBER: _ClassVar[int]
+    Interfaces: _containers.RepeatedCompositeFieldContainer[Interface]
+    def __init__(self, Interfaces: _Optional[_Iterable[_Union[Interface, _Mapping]]] = ...) -> None: ...
+
+class Routes(_message.Message):
+    __slots__ = ("Routes",)
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
+    Routes: _containers.RepeatedCompositeFieldContainer[Route]
+    def __init__(self, Routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ...) -> None: ...
+
+class UpdateInterfaceRequest(_message.Message):
+    __slots__ = ("interface",)
+    INTERFACE_FIELD_NUMBER: _ClassVar[int]
+    interface: Interface
+    def __init__(self, interface: _Optional[_Union[Interface, _Mapping]] = ...) -> None: ...
+
+class UpdateRoutesRequest(_message.Message):
+    __slots__ = ("routes",)
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
+    routes: Routes
+    def __init__(self, routes: _Optional[_Union[Routes, _Mapping]] = ...) -> None: ...
+
+class ListInterfacesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListRoutesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class CreateSandboxRequest(_message.Message):
     __slots__ = ("hostname", "dns", "sandbox_pidns", "sandbox_id", "guest_hook_path", "guest_userns")
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]

@@ -13,6 +13,7 @@ import enum
 import logging
 from collections.abc import Callable
 
+from cloud_api_adaptor.hypervisor.abandonment import stop_abandoned_at_recovery
 from cloud_api_adaptor.hypervisor.models import SandboxRecord, SandboxState
 from cloud_api_adaptor.hypervisor.sandboxes import SandboxManager
 
@@ -57,6 +58,9 @@ async def recover(
 ) -> None:
     """Resume or undo every sandbox found on disk (called once, before the socket opens).
 
+    A sandbox whose pod is gone (its network namespace was deleted while no
+    daemon ran) is stopped instead of restored (``hypervisor.abandonment``).
+
     One sandbox that cannot be recovered (its socket cannot be bound, its cloud
     call fails, a bug) is logged and reported to ``on_failure``; the others and
     the daemon's start go on.  Its record stays, so StopVM and housekeeping still
@@ -66,6 +70,10 @@ async def recover(
         live = manager.adopt(record)
         action = recovery_action(record)
         try:
+            # a pod that died while no daemon listened sent a StopVM nobody got: stop it now
+            watched = action in {RecoveryAction.RESTORE, RecoveryAction.NOTHING}
+            if watched and await stop_abandoned_at_recovery(manager, live):
+                continue
             if action is RecoveryAction.RESTORE:
                 await manager.restore_running(live)
             elif action is RecoveryAction.UNDO_START:

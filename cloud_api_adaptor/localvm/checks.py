@@ -21,7 +21,7 @@ MAX_UNIX_PATH = 107
 CAP_NET_ADMIN = 12
 CAP_SYS_ADMIN = 21
 #: paths a netns-mode VM covers with its own mounts; its files must live elsewhere
-_VM_MOUNTS = ("/run/peerpod", "/run/kata-containers", "/run/netns", "/media")
+_VM_MOUNTS = ("/run", "/media")
 
 
 def validate_work_dir(config: LocalConfig, work_dir: Path) -> None:

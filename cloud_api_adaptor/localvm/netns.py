@@ -47,8 +47,11 @@ MS_PRIVATE = 1 << 18
 MS_SHARED = 1 << 20
 MNT_DETACH = 0x2
 
-#: what a VM sees as its own: fresh tmpfs over each (the cidata bind goes under /media)
-VM_TMPFS_DIRS = (Path("/run/peerpod"), Path("/run/kata-containers"), Path("/run/netns"))
+#: a VM's own /run: a fresh tmpfs, so whatever its programs write there (the agent's
+#: /run/kata-containers and /run/sandbox-ns, the forwarder's /run/peerpod) stays in the VM
+VM_RUN_DIR = Path("/run")
+#: directories the pod VM image's services expect in /run, made in the VM's fresh tmpfs
+VM_RUN_SUBDIRS = ("peerpod", "kata-containers", "netns")
 MEDIA_DIR = Path("/media")
 CIDATA_MOUNT = MEDIA_DIR / "cidata"
 POD_NETNS = "podns"
@@ -177,10 +180,10 @@ def enter_vm_namespaces(netns_path: Path, cidata_dir: Path, hostname: str) -> No
     CIDATA_MOUNT.mkdir(mode=0o755)
     mount(str(cidata_dir), CIDATA_MOUNT, None, MS_BIND)
     mount("none", CIDATA_MOUNT, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
-    for target in VM_TMPFS_DIRS:
-        _detach_all_under(target)
-        target.mkdir(mode=0o755, parents=True, exist_ok=True)
-        mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+    _detach_all_under(VM_RUN_DIR)
+    mount("tmpfs", VM_RUN_DIR, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+    for name in VM_RUN_SUBDIRS:
+        (VM_RUN_DIR / name).mkdir(mode=0o755, exist_ok=True)
     # /sys shows the namespace that mounted it; remount it so /sys/class/net is the VM's.
     try:
         umount("/sys", MNT_DETACH)

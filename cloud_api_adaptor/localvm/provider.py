@@ -231,7 +231,18 @@ class LocalProvider(Provider):
         vm_dir = self.vm_dir(record.id)
         paths = self.placement.guest_paths(record, vm_dir)
         sock = paths.agent_socket
-        agent = cfg.programs.agent or (cfg.programs.python, "-m", DEVAGENT_MODULE, "--socket", sock)
+        # the built-in agent writes the guest's files below the VM's own root: "/" when the VM has
+        # its own mounts (netns), its directory on loopback, where it shares the host's
+        guest_root = "/" if self.placement.mode == "netns" else str(vm_dir / "root")
+        agent = cfg.programs.agent or (
+            cfg.programs.python,
+            "-m",
+            DEVAGENT_MODULE,
+            "--socket",
+            sock,
+            "--root",
+            guest_root,
+        )
         return LaunchSpec(
             vm_id=record.id,
             name=record.name,

@@ -28,7 +28,9 @@ from typing import Any, Literal
 
 import pytest
 import pytest_asyncio
+from google.protobuf import empty_pb2
 
+from cloud_api_adaptor._pb import agent_pb2
 from cloud_api_adaptor.apf import ApfConfig
 from cloud_api_adaptor.errors import PermanentProviderError
 from cloud_api_adaptor.kata_client import AgentClient
@@ -448,7 +450,13 @@ async def test_a_netns_vm_has_its_own_namespaces_and_real_paths_and_leaves_nothi
     assert link_exists(record.host_ifname)
 
     agent = await connect_agent(instance, tls)
-    await agent.aclose()
+    try:  # what the agent writes for a sandbox stays inside the VM
+        sandbox = agent_pb2.CreateSandboxRequest(sandbox_id="sb-ns", hostname="pod")
+        await agent._client.call("grpc.AgentService", "CreateSandbox", sandbox, empty_pb2.Empty)
+    finally:
+        await agent.aclose()
+    assert run_in_vm(record.pid, "ls", "/run/sandbox-ns").split() == ["ipc", "uts"]
+    assert not Path("/run/sandbox-ns").exists()
     # Every VM process lives in the VM's network namespace (what delete also looks for).
     in_netns = VmIdentity.resolve(None, None, netns.NETNS_RUN_DIR / record.netns).members()
     assert record.pid in in_netns and len(in_netns) >= 3

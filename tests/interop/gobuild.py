@@ -1,7 +1,7 @@
 """Builds the Go interop peers (``build.sh``) at most once per input change.
 
 ``build_interop_binaries()`` hashes everything the build reads (the Go sources,
-go.mod/go.sum, build.sh, the two .proto files and the Go version) and reruns
+go.mod/go.sum, build.sh, the .proto files and the Go version) and reruns
 ``build.sh`` only when that hash differs from the one stamped in ``bin/`` by the
 last successful build.  A file lock makes concurrent callers (two pytest runs,
 a benchmark) wait for one build instead of racing.  Within a process the result
@@ -21,7 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 BIN = HERE / "bin"
-BINARIES = ("kata-sim", "ttrpc-bench-server")
+BINARIES = ("kata-sim", "ttrpc-bench-server", "shim-sim")
 BUILD_TIMEOUT = 900.0  # a cold build downloads modules and compiles grpc: minutes on 2 cores
 
 
@@ -32,6 +32,7 @@ class GoBuildError(RuntimeError):
 def _inputs() -> list[Path]:
     files = [HERE / "build.sh", HERE / "go.mod", HERE / "go.sum", ROOT / "protos" / "hypervisor.proto"]
     files.append(ROOT / "protos" / "health.proto")
+    files.append(ROOT / "protos" / "agent.proto")
     for sub in ("cmd", "tools"):
         files.extend(sorted((HERE / sub).rglob("*.go")))
     return files
@@ -59,7 +60,7 @@ def _is_current(stamp: Path, wanted: str) -> bool:
 
 @functools.cache
 def build_interop_binaries() -> Path:
-    """The directory holding ``kata-sim`` and ``ttrpc-bench-server``, built if out of date."""
+    """The directory holding ``kata-sim``, ``ttrpc-bench-server`` and ``shim-sim``, built if out of date."""
     BIN.mkdir(parents=True, exist_ok=True)
     stamp = BIN / ".inputs.sha256"
     wanted = inputs_hash()

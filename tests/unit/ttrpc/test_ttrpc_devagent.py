@@ -24,7 +24,7 @@ async def test_devagent_answers_the_runtime_connect_sequence(
 ) -> None:
     path = tmp_path / "kata" / "agent.sock"
     stop = asyncio.Event()
-    serving = asyncio.create_task(run_devagent(path, stop))
+    serving = asyncio.create_task(run_devagent(path, stop, tmp_path / "root"))
     try:
         await eventually(path.exists, "the agent's socket", interval=0.005)
         async with await Client.connect_unix(path) as client:
@@ -59,11 +59,11 @@ async def test_devagent_answers_the_runtime_connect_sequence(
             with pytest.raises(RpcError) as info:
                 await client.call(
                     "grpc.AgentService",
-                    "CreateContainer",
+                    "ExecProcess",
                     agent_pb2.CreateContainerRequest(),
                     empty_pb2.Empty,
                 )
-            assert (info.value.code, info.value.message) == (Code.UNIMPLEMENTED, "method CreateContainer")
+            assert (info.value.code, info.value.message) == (Code.UNIMPLEMENTED, "method ExecProcess")
     finally:
         stop.set()
         await serving
