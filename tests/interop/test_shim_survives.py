@@ -14,8 +14,7 @@ removes its socket at CreateSandbox, so the forwarder can never open a second
 agent connection), then a clean StopVM and
 nothing left: no VM record, no VM process, no pod directory.
 
-Scenarios that need the resumable channel (branch ``resume``) or the socket
-hand-over and fd-keeper (branch ``handover``) are ``xfail`` until those merge.
+``kill -9`` with the keeper is ``xfail``: the gap docs/survival.md describes.
 """
 
 from __future__ import annotations
@@ -54,9 +53,10 @@ FORWARDER_PORT = 15150
 KEEPER_BIN = Path(sys.executable).parent / "caa-fd-keeper"
 DEVAGENT = "cloud_api_adaptor.vm.devagent"
 
-NEEDS_RESUME = "needs the resumable node<->VM channel (issue 10 item 1, branch resume)"
-NEEDS_HANDOVER = "needs the socket hand-over (issue 10 item 2, branch handover)"
-NEEDS_KEEPER = "needs the fd-keeper (issue 10 item 3, branch handover)"
+#: the known gap of issue 10 item 3 (docs/survival.md): bytes the killed daemon had read from a shim
+#: but the VM had not acknowledged die with it, so the restarted daemon opens a new session on the
+#: kept connection and the agent, which removed its socket, cannot be reached again
+KILL9_GAP = "kill -9: in-flight bytes die with the daemon (docs/survival.md, issue 10 item 3)"
 
 
 @dataclass
@@ -242,13 +242,14 @@ def scenario(name: str, disturb: Disturbance, xfail: str = "", keeper: bool = Fa
 
 SCENARIOS = [
     scenario("baseline", nothing),
-    scenario("hand-over", hand_over, NEEDS_HANDOVER),
-    scenario("sigterm-restart", sigterm_restart, NEEDS_HANDOVER),
-    scenario("kill9-restart-with-keeper", kill9_restart, NEEDS_KEEPER, keeper=True),
+    scenario("hand-over", hand_over),
+    # a SIGTERM'd daemon leaves each session's exact state with the keeper for the next one
+    scenario("sigterm-restart", sigterm_restart, keeper=True),
+    scenario("kill9-restart-with-keeper", kill9_restart, KILL9_GAP, keeper=True),
     # TCP alone rides out a 20 s blackhole (retransmissions, no timeout on either side): passes today
     scenario("blackhole-20s", blackhole),
-    scenario("tcp-reset", tcp_reset, NEEDS_RESUME),
-    scenario("forwarder-listener-restart", forwarder_listener_restart, NEEDS_RESUME),
+    scenario("tcp-reset", tcp_reset),
+    scenario("forwarder-listener-restart", forwarder_listener_restart),
 ]
 
 
@@ -309,4 +310,6 @@ async def test_three_pods_survive_as_the_shim_sees_them(
     await eventually(lambda: node.vm_records() == [], "every VM deleted")
     assert list(node.daemon.pods_dir.iterdir()) == []
     daemons = {d.proc.pid for d in (node.daemon, *node.retired) if d.proc is not None}
+    if node.keeper is not None:
+        daemons.add(node.keeper.pid)  # the node's fd-keeper outlives its pods by design
     await eventually(lambda: set(node_processes(node.root)) <= daemons, "no VM process left")
