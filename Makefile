@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml $(wildcard providers/*/pyproject.toml) scripts/system-d
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[dev]' $(foreach d,$(PROVIDER_DIRS),-e '$(d)[test]')
+	# the ARM schema the Azure tests validate against (from PyPI, cached outside the clone)
+	$(PY) providers/azure/tests/armfake/schema.py
 	touch $(STAMP)
 
 install: $(STAMP)
