@@ -186,9 +186,14 @@ async def test_concurrent_create_vms_get_different_vnis_and_a_stopped_pods_vni_i
 async def test_vnis_survive_a_restart_because_records_do(tmp_path: Path) -> None:
     network = SlowInspect()
     network.release.set()
+    # namespace paths that exist: recovery stops a sandbox whose pod namespace is gone (abandoned)
+    netns = tmp_path / "netns"
+    netns.mkdir()
+    for pod in ("p0", "p1", "p2"):
+        (netns / pod).touch()
     first, store = manager(tmp_path, network)
-    await first.create_vm("sb0", kata_annotations("p0"), "/run/netns/p0")
-    await first.create_vm("sb1", kata_annotations("p1"), "/run/netns/p1")
+    await first.create_vm("sb0", kata_annotations("p0"), str(netns / "p0"))
+    await first.create_vm("sb1", kata_annotations("p1"), str(netns / "p1"))
     await first.aclose()
     store.close()
 
@@ -196,7 +201,7 @@ async def test_vnis_survive_a_restart_because_records_do(tmp_path: Path) -> None
     try:
         await recover(second, store.load_all())
         assert vnis(second) == {"sb0": 555000, "sb1": 555001}
-        await second.create_vm("sb2", kata_annotations("p2"), "/run/netns/p2")
+        await second.create_vm("sb2", kata_annotations("p2"), str(netns / "p2"))
         assert vnis(second)["sb2"] == 555002
     finally:
         await second.aclose()
