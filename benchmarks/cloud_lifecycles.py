@@ -12,10 +12,15 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from cloud_api_adaptor import kata_client as kata
-from tests.integration.cloudstand.node import CloudNode, new_sandbox_id
+from cloud_api_adaptor.testing.eventually import eventually
+from cloud_api_adaptor.testing.faultproxy import FaultProxy
+from tests.integration.cloudstand.node import CloudNode, new_sandbox_id, orphan_scans
 from tests.integration.cloudstand.podvm import PodVm
+from tests.integration.cloudstand.stand import SHARED_VM_RANGE
 from tests.integration.daemon_proc import DaemonProcess
 
 #: boots ``vm`` as the pod VM of sandbox ``sid`` once the fake holds its instance
@@ -66,3 +71,79 @@ async def health_check(agent_path: str) -> None:
         await agent.check()
     finally:
         await agent.aclose()
+
+
+@dataclass(frozen=True)
+class StandBurst:
+    """What a cloud's call-count benchmark tells ``measure_on_stand`` about its fake."""
+
+    #: the report's "mode" line
+    mode: str
+    #: the calls the fault proxy saw so far, by API method
+    counts: Callable[[FaultProxy], Counter[str]]
+    #: boots the pod VM of a sandbox once the fake holds its instance
+    boot: Boot
+    #: what the fake still holds (instances, and for Azure their NICs, disks and IPs)
+    left: Callable[[], int]
+    #: the same creates and deletes through the provider alone: {"concurrent_wall_s", "left"}
+    floor: Callable[[], Awaitable[dict[str, Any]]]
+    concurrent: int = 50
+
+
+async def measure_on_stand(node: CloudNode, burst: StandBurst) -> dict[str, Any]:
+    """Start-up and per-lifecycle calls (mutual TLS, the benchmark playing the VM), then a burst.
+
+    The burst runs ``burst.concurrent`` lifecycles against one shared pod VM (TLS
+    off) and is compared with one lifecycle and with the provider-alone floor.
+    """
+    proxy, endpoint = node.fault_proxy()
+
+    def start(*args: str) -> DaemonProcess:  # no orphan scans during the measurement
+        return node.daemon(endpoint, args=args, ORPHAN_SCAN_INTERVAL="1h", PROXY_TIMEOUT="60s")
+
+    daemon = await asyncio.to_thread(start)
+    await eventually(lambda: orphan_scans(daemon), "the start-up orphan scan")
+    startup = burst.counts(proxy)
+    first = await played_lifecycle(node, daemon, burst.boot)
+    after_first = burst.counts(proxy)
+    second = await played_lifecycle(node, daemon, burst.boot)
+    after_second = burst.counts(proxy)
+    await asyncio.to_thread(daemon.stop)
+    leaked = burst.left()
+
+    shared = node.pod_vm()
+    node.stand.answer_on(SHARED_VM_RANGE)
+    await shared.boot_shared()
+    daemon = await asyncio.to_thread(start, "-disable-tls")
+    await lifecycle(daemon, kata.kata_annotations("warm-up"))
+    one = await lifecycle(daemon, kata.kata_annotations("single"))
+    before = burst.counts(proxy)
+    pods = [kata.kata_annotations(f"pod-{i}") for i in range(burst.concurrent)]
+    started = time.perf_counter()
+    walls = await asyncio.gather(*(lifecycle(daemon, pod) for pod in pods))
+    wall = time.perf_counter() - started
+    calls = calls_since(burst.counts(proxy), before)
+    await asyncio.to_thread(daemon.stop)
+    leaked += burst.left()
+    # The same creates and deletes through the provider alone, in this process
+    # (SDK, fault proxy and fake sharing one interpreter): the floor the daemon sits on.
+    floor = await burst.floor()
+    return {
+        "mode": burst.mode,
+        "startup_calls": dict(sorted(startup.items())),
+        "first_lifecycle_calls": calls_since(after_first, startup),
+        "lifecycle_calls": calls_since(after_second, after_first),
+        "lifecycle_calls_total": sum((after_second - after_first).values()),
+        "played_lifecycle_s": [round(first, 3), round(second, 3)],
+        "concurrent": burst.concurrent,
+        "concurrent_tls": False,
+        "single_lifecycle_s": round(one, 3),
+        "concurrent_wall_s": round(wall, 3),
+        "concurrent_vs_single": round(wall / one, 2),
+        "concurrent_lifecycle_p50_s": round(sorted(walls)[len(walls) // 2], 3),
+        "concurrent_calls": calls,
+        "concurrent_calls_per_lifecycle": round(sum(calls.values()) / burst.concurrent, 2),
+        "provider_floor_wall_s": floor["concurrent_wall_s"],
+        "concurrent_vs_provider_floor": round(wall / floor["concurrent_wall_s"], 2),
+        "left": leaked + floor["left"],
+    }

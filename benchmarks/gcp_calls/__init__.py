@@ -34,20 +34,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from cloud_api_adaptor import kata_client as kata
-
 ROOT = Path(__file__).resolve().parents[2]
 for extra in (ROOT, ROOT / "providers" / "gcp" / "tests"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
-from benchmarks.cloud_lifecycles import calls_since, lifecycle, played_lifecycle  # noqa: E402
+from benchmarks.cloud_lifecycles import StandBurst, calls_since, measure_on_stand  # noqa: E402
 from cloud_api_adaptor.testing.eventually import eventually  # noqa: E402
 from cloud_api_adaptor.testing.faultproxy import FaultProxy, RecordedRequest  # noqa: E402
 from tests.integration.cloudstand.podvm import PodVm  # noqa: E402
-from tests.integration.cloudstand.stand import SHARED_VM_RANGE  # noqa: E402
 from tests.integration.gcp.cloud import boot_pod_vm  # noqa: E402
-from tests.integration.gcp.harness import GcpNode, new_sandbox_id, orphan_scans  # noqa: E402
+from tests.integration.gcp.harness import GcpNode, new_sandbox_id  # noqa: E402
 
 CONCURRENT = 50
 BOUND = 600.0  # seconds: every phase is cut off well before this
@@ -86,65 +83,24 @@ async def _in_namespaces() -> dict[str, Any]:
     node: GcpNode | None = None
     try:
         node = await asyncio.to_thread(GcpNode)
-        proxy, endpoint = node.fault_proxy()
-        daemon = await asyncio.to_thread(
-            lambda: node.daemon(endpoint, ORPHAN_SCAN_INTERVAL="1h", PROXY_TIMEOUT="60s")
-        )
-        await eventually(lambda: orphan_scans(daemon), "the start-up orphan scan")
-        startup = counts(proxy)
+        cloud = node.cloud
 
         async def boot(vm: PodVm, sid: str) -> None:
-            [launched] = await eventually(lambda: node.cloud.of_sandbox(sid), "the pod's instance")
-            await boot_pod_vm(vm, node.cloud, launched)
+            [launched] = await eventually(lambda: cloud.of_sandbox(sid), "the pod's instance")
+            await boot_pod_vm(vm, cloud, launched)
 
-        first = await played_lifecycle(node, daemon, boot)
-        after_first = counts(proxy)
-        second = await played_lifecycle(node, daemon, boot)
-        after_second = counts(proxy)
-        await asyncio.to_thread(daemon.stop)
-        leaked = len(node.cloud.live())
-
-        shared = node.pod_vm()
-        node.stand.answer_on(SHARED_VM_RANGE)
-        await shared.boot_shared()
-        daemon = await asyncio.to_thread(
-            lambda: node.daemon(
-                endpoint, args=["-disable-tls"], ORPHAN_SCAN_INTERVAL="1h", PROXY_TIMEOUT="60s"
-            )
+        report = await measure_on_stand(
+            node,
+            StandBurst(
+                mode="daemon in a network namespace, fake Compute Engine over HTTP, counted by the proxy",
+                counts=counts,
+                boot=boot,
+                left=lambda: len(cloud.live()),
+                floor=_loopback_only,
+                concurrent=CONCURRENT,
+            ),
         )
-        await lifecycle(daemon, kata.kata_annotations("warm-up"))
-        one = await lifecycle(daemon, kata.kata_annotations("single"))
-        before = counts(proxy)
-        started = time.perf_counter()
-        pods = [kata.kata_annotations(f"pod-{i}") for i in range(CONCURRENT)]
-        walls = await asyncio.gather(*(lifecycle(daemon, pod) for pod in pods))
-        wall = time.perf_counter() - started
-        calls = calls_since(counts(proxy), before)
-        await asyncio.to_thread(daemon.stop)
-        leaked += len(node.cloud.live())
-        # The same 50 creates and deletes through the provider alone, in this process
-        # (SDK, fault proxy and fake sharing one interpreter): the floor the daemon sits on.
-        floor = await _loopback_only()
-        return {
-            "mode": "daemon in a network namespace, fake Compute Engine over HTTP, counted by the proxy",
-            "startup_calls": dict(sorted(startup.items())),
-            "first_lifecycle_calls": calls_since(after_first, startup),
-            "lifecycle_calls": calls_since(after_second, after_first),
-            "lifecycle_calls_total": sum((after_second - after_first).values()),
-            "played_lifecycle_s": [round(first, 3), round(second, 3)],
-            "concurrent": CONCURRENT,
-            "concurrent_tls": False,
-            "single_lifecycle_s": round(one, 3),
-            "concurrent_wall_s": round(wall, 3),
-            "concurrent_vs_single": round(wall / one, 2),
-            "concurrent_lifecycle_p50_s": round(sorted(walls)[len(walls) // 2], 3),
-            "concurrent_calls": calls,
-            "concurrent_calls_per_lifecycle": round(sum(calls.values()) / CONCURRENT, 2),
-            "provider_floor_wall_s": floor["concurrent_wall_s"],
-            "concurrent_vs_provider_floor": round(wall / floor["concurrent_wall_s"], 2),
-            "instances_created": node.cloud.compute.created_total,
-            "instances_left": leaked + floor["instances_left"],
-        }
+        return {**report, "instances_created": cloud.compute.created_total}
     finally:
         if node is not None:
             await asyncio.to_thread(node.close)
@@ -193,7 +149,7 @@ async def _loopback_only() -> dict[str, Any]:
             "concurrent_wall_s": round(wall, 3),
             "concurrent_vs_single": round(wall / one, 2),
             "concurrent_calls_per_lifecycle": round(sum(calls.values()) / CONCURRENT, 2),
-            "instances_left": len(world.compute.live()),
+            "left": len(world.compute.live()),
         }
     finally:
         await provider.aclose()
