@@ -9,15 +9,16 @@ its address and user data (``boot``), so StartVM returns over real mutual TLS.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from cloud_api_adaptor import kata_client as kata
 from cloud_api_adaptor.testing.eventually import eventually
-from cloud_api_adaptor.testing.faultproxy import FaultProxy
+from cloud_api_adaptor.testing.faultproxy import FaultProxy, RecordedRequest
 from tests.integration.cloudstand.node import CloudNode, new_sandbox_id, orphan_scans
 from tests.integration.cloudstand.podvm import PodVm
 from tests.integration.cloudstand.stand import SHARED_VM_RANGE
@@ -147,3 +148,23 @@ async def measure_on_stand(node: CloudNode, burst: StandBurst) -> dict[str, Any]
         "concurrent_vs_provider_floor": round(wall / floor["concurrent_wall_s"], 2),
         "left": leaked + floor["left"],
     }
+
+
+#: (HTTP method, path pattern, API method name): how a cloud's calls are named in the reports
+MethodTable = Sequence[tuple[str, re.Pattern[str], str]]
+
+
+def call_counter(table: MethodTable) -> Callable[[FaultProxy], Counter[str]]:
+    """Counts the calls a fault proxy saw by API method name (unknown calls by method and path)."""
+
+    def name(request: RecordedRequest) -> str:
+        path = request.path.split("?", 1)[0]
+        for method, pattern, api in table:
+            if request.method == method and pattern.search(path):
+                return api
+        return f"{request.method} {path}"
+
+    def counts(proxy: FaultProxy) -> Counter[str]:
+        return Counter(name(r) for r in proxy.requests())
+
+    return counts

@@ -30,7 +30,6 @@ import re
 import shutil
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +38,8 @@ for extra in (ROOT, ROOT / "providers" / "gcp" / "tests"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
-from benchmarks.cloud_lifecycles import StandBurst, calls_since, measure_on_stand  # noqa: E402
+from benchmarks.cloud_lifecycles import StandBurst, call_counter, calls_since, measure_on_stand  # noqa: E402
 from cloud_api_adaptor.testing.eventually import eventually  # noqa: E402
-from cloud_api_adaptor.testing.faultproxy import FaultProxy, RecordedRequest  # noqa: E402
 from tests.integration.cloudstand.podvm import PodVm  # noqa: E402
 from tests.integration.gcp.cloud import boot_pod_vm  # noqa: E402
 from tests.integration.gcp.harness import GcpNode, new_sandbox_id  # noqa: E402
@@ -61,16 +59,7 @@ _METHODS = [
 ]
 
 
-def api_method(request: RecordedRequest) -> str:
-    path = request.path.split("?", 1)[0]
-    for method, pattern, name in _METHODS:
-        if request.method == method and pattern.search(path):
-            return name
-    return f"{request.method} {path}"
-
-
-def counts(proxy: FaultProxy) -> Counter[str]:
-    return Counter(api_method(r) for r in proxy.requests())
+counts = call_counter(_METHODS)
 
 
 def run() -> dict[str, Any]:
