@@ -250,7 +250,7 @@ async def _start_locked(
     supervisor.keep_running(
         functools.partial(reconciler.run, settings.orphan_scan_interval), name="housekeeping"
     )
-    abandoned = AbandonmentWatch(manager, settings.abandoned_sandbox_grace)
+    abandoned = AbandonmentWatch(manager, settings.abandoned_sandbox_grace, cluster=kube)
     supervisor.keep_running(
         functools.partial(abandoned.run, scan_interval(settings.abandoned_sandbox_grace)),
         name="abandoned-sandboxes",

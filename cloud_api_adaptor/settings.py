@@ -289,8 +289,9 @@ class Settings:
     abandoned_sandbox_grace: float = duration(
         "abandoned-sandbox-grace",
         "ABANDONED_SANDBOX_GRACE",
-        "How long a running sandbox may be without its shim's agent connection before it is stopped "
-        "(0: never; a deleted pod network namespace stops it at once).",
+        "How long a running sandbox may be without its shim's agent connection, or have its PeerPod "
+        "being deleted by the cluster, before it is stopped (0: never for the connection, at once for "
+        "the PeerPod; a deleted pod network namespace stops it at once).",
         default=60.0,
     )
     log_level: str = text(

@@ -9,7 +9,11 @@ needed for cleanup, so the daemon looks for the pod's own traces instead:
   exists: the CRI deletes it with the pod sandbox;
 - its shim-side agent connection closed and no StopVM followed within
   ``ABANDONED_SANDBOX_GRACE``: the Kata shim holds one agent connection for the
-  pod's whole life, so a pod whose connection is gone is dead.
+  pod's whole life, so a pod whose connection is gone is dead;
+- (with the Kubernetes integration) the cluster has been deleting its PeerPod
+  for ``ABANDONED_SANDBOX_GRACE``: the PeerPod's owner, the pod object, is gone
+  (``kube.deletions``).  The grace lets a pod that terminates gracefully under
+  foreground deletion stop the usual way.
 
 ``abandonment`` is the pure decision; ``stop_abandoned_at_recovery`` and
 ``AbandonmentWatch`` carry it out at start-up and in housekeeping.  What is
@@ -44,6 +48,7 @@ class Verdict(enum.Enum):
     KEEP = "keep"
     NETNS_GONE = "its pod network namespace no longer exists"
     SHIM_GONE = "its shim connection closed and no StopVM followed"
+    POD_DELETED = "the cluster is deleting its PeerPod: its pod object is gone"
 
 
 @dataclass(frozen=True)
@@ -59,14 +64,21 @@ class Evidence:
     shim_gone_since: float | None = None
     #: a StopVM (or another call) is working on the sandbox right now
     busy: bool = False
+    #: since when the cluster has been deleting the sandbox's PeerPod (monotonic seconds)
+    pod_deleted_since: float | None = None
 
 
 def abandonment(record: SandboxRecord, evidence: Evidence, now: float, grace: float) -> Verdict:
-    """Whether a sandbox's pod is gone; ``grace`` <= 0 disables the connection rule."""
+    """Whether a sandbox's pod is gone; ``grace`` <= 0 disables the connection rule.
+
+    A deleted PeerPod counts after ``grace`` (at once when ``grace`` <= 0).
+    """
     if record.state not in _WATCHED or evidence.busy:
         return Verdict.KEEP
     if record.netns_path and evidence.netns_exists is False:
         return Verdict.NETNS_GONE
+    if evidence.pod_deleted_since is not None and now - evidence.pod_deleted_since >= max(grace, 0.0):
+        return Verdict.POD_DELETED
     if (
         record.state is SandboxState.RUNNING
         and grace > 0
@@ -98,6 +110,12 @@ class CountsShimConnections(Protocol):
 
     @property
     def stats(self) -> _ConnectionCounters: ...
+
+
+class ClusterView(Protocol):
+    """What the cluster says of a sandbox's pod (``kube.integration.KubeIntegration``)."""
+
+    def pod_deleted(self, record: SandboxRecord) -> bool: ...
 
 
 class _ConnectionCounters(Protocol):
@@ -138,11 +156,14 @@ class AbandonmentWatch:
         manager: SandboxManager,
         grace: float,
         clock: Callable[[], float] = time.monotonic,
+        cluster: ClusterView | None = None,
     ) -> None:
         self._manager = manager
         self._grace = grace
         self._clock = clock
+        self._cluster = cluster
         self._gone_since: dict[str, float] = {}
+        self._deleted_since: dict[str, float] = {}
 
     def evidence(self, live: LiveSandbox, now: float) -> Evidence:
         record = live.record
@@ -155,12 +176,18 @@ class AbandonmentWatch:
         else:
             self._gone_since.pop(record.id, None)
             since = None
+        deleted_since = None
+        if self._cluster is not None and self._cluster.pod_deleted(record):
+            deleted_since = self._deleted_since.setdefault(record.id, now)
+        else:
+            self._deleted_since.pop(record.id, None)
         return Evidence(
             netns_exists=netns_exists(record.netns_path),
             shim_seen=seen,
             shim_connections=active,
             shim_gone_since=since,
             busy=not self._manager.is_idle(live),
+            pod_deleted_since=deleted_since,
         )
 
     async def scan_once(self) -> int:
@@ -174,9 +201,11 @@ class AbandonmentWatch:
             if verdict is not Verdict.KEEP:
                 await _stop(self._manager, live, verdict)
                 self._gone_since.pop(live.record.id, None)
+                self._deleted_since.pop(live.record.id, None)
                 stopped += 1
-        for gone in set(self._gone_since) - live_ids:
-            del self._gone_since[gone]
+        for table in (self._gone_since, self._deleted_since):
+            for gone in set(table) - live_ids:
+                del table[gone]
         return stopped
 
     async def run(self, interval: float) -> None:

@@ -17,6 +17,7 @@ from cloud_api_adaptor.hypervisor.models import SandboxRecord
 from cloud_api_adaptor.kube import node
 from cloud_api_adaptor.kube.api import KubeApi, KubeError
 from cloud_api_adaptor.kube.config import load_config, wanted
+from cloud_api_adaptor.kube.deletions import PeerPodDeletions
 from cloud_api_adaptor.kube.events import PodEvents
 from cloud_api_adaptor.kube.peerpods import PeerPodOutbox
 from cloud_api_adaptor.settings import Settings
@@ -37,6 +38,7 @@ class KubeIntegration:
         kube = settings.kubernetes
         self.outbox = PeerPodOutbox(api, settings.provider, settings.node_name, kube.peerpod_create_wait)
         self.events = PodEvents(api, settings.node_name)
+        self.deletions = PeerPodDeletions(api, settings.node_name)
         self.owner = kube.pod_uid or f"{socket.gethostname()}-{id(self):x}"
         self._supervisor = TaskSupervisor("kubernetes")
         self.capacity_advertised = asyncio.Event()
@@ -63,16 +65,25 @@ class KubeIntegration:
     def can_forget(self, record: SandboxRecord) -> bool:
         return self.outbox.can_forget(record)
 
+    # ---- hypervisor.abandonment.ClusterView ---------------------------------------------------
+
+    def pod_deleted(self, record: SandboxRecord) -> bool:
+        """The cluster is deleting the sandbox's PeerPod: its pod object is gone."""
+        return self.deletions.deleting(record)
+
     # ---- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
         self._supervisor.keep_running(self.outbox.run, name="peerpod-outbox")
         self._supervisor.keep_running(self.events.run, name="pod-events")
         kube = self._settings.kubernetes
-        if kube.limit_per_node < 0:
-            return
         if not self._settings.node_name:
-            logger.warning("NODE_NAME is not set: not advertising %s on the node", node.RESOURCE)
+            logger.warning(
+                "NODE_NAME is not set: not advertising %s on the node, not watching PeerPods", node.RESOURCE
+            )
+            return
+        self._supervisor.keep_running(self.deletions.run, name="peerpod-deletions")
+        if kube.limit_per_node < 0:
             return
         self._supervisor.spawn(self._advertise(kube.limit_per_node), name="node-capacity")
 

@@ -20,6 +20,7 @@ import asyncio
 import datetime
 import hashlib
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,9 @@ logger = logging.getLogger(__name__)
 GROUP = "confidentialcontainers.org"
 VERSION = "v1alpha1"
 FINALIZER = "peer.pod/finalizer"
+#: the node a PeerPod's sandbox runs on, so that a daemon watches only its own PeerPods
+NODE_LABEL = "peerpods.confidentialcontainers.org/node"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "cloud-api-adaptor"}
 BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 PeerPod = create_namespaced_resource(GROUP, VERSION, "PeerPod", "peerpods")
@@ -43,6 +47,19 @@ def peerpod_name(record: SandboxRecord) -> str:
     """Deterministic (a retried create finds its object), unique per sandbox, a DNS subdomain."""
     suffix = hashlib.sha256(record.id.encode()).hexdigest()[:10]
     return f"{record.pod_name[: 253 - 21]}-resource-{suffix}"
+
+
+def node_label(node_name: str) -> str:
+    """``NODE_LABEL``'s value: the node name when it is a valid label value, else a digest of it.
+
+    Node names are DNS subdomains of up to 253 characters; label values stop at 63.
+    """
+    if 0 < len(node_name) <= 63 and _LABEL_VALUE.fullmatch(node_name):
+        return node_name
+    return "sha256-" + hashlib.sha256(node_name.encode()).hexdigest()[:40]
+
+
+_LABEL_VALUE = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 
 
 def _timestamp(seconds: float) -> str:
@@ -100,6 +117,7 @@ class PeerPodOutbox:
         self._api = api
         self._cloud_provider = cloud_provider
         self._node_name = node_name
+        self._labels = {**MANAGED_BY, NODE_LABEL: node_label(node_name)}
         self._create_wait = create_wait
         #: sandbox id -> the newest record not yet applied
         self._pending: dict[str, SandboxRecord] = {}
@@ -191,7 +209,7 @@ class PeerPodOutbox:
             return
         if current is None:
             metadata: dict[str, Any] = {"name": name, "namespace": ns, "finalizers": [FINALIZER]}
-            metadata["labels"] = {"app.kubernetes.io/managed-by": "cloud-api-adaptor"}
+            metadata["labels"] = self._labels
             if want.owner is not None:
                 metadata["ownerReferences"] = [want.owner]
             body: Any = PeerPod.from_dict(
@@ -209,8 +227,9 @@ class PeerPodOutbox:
                     raise
                 current = await api.call(what, lambda: api.client.get(PeerPod, name, namespace=ns))
             logger.info("created %s", what)
-        if dict(current.get("spec") or {}) != want.spec:
-            patch = {"spec": want.spec}
+        labels = dict(current.metadata.labels or {}) if current.metadata else {}
+        if dict(current.get("spec") or {}) != want.spec or labels.get(NODE_LABEL) != self._labels[NODE_LABEL]:
+            patch = {"metadata": {"labels": self._labels}, "spec": want.spec}
             await api.call(
                 what,
                 lambda: api.client.patch(PeerPod, name, patch, namespace=ns, patch_type=PatchType.MERGE),

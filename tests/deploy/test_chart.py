@@ -168,7 +168,7 @@ def daemon_rules(objects: list[Obj], kind: str = "ClusterRole") -> list[tuple[st
 DAEMON_RULES = [
     ("", "events", ("create",)),
     ("", "nodes/status", ("patch",)),
-    ("confidentialcontainers.org", "peerpods", ("create", "delete", "get", "patch")),
+    ("confidentialcontainers.org", "peerpods", ("create", "delete", "get", "list", "patch", "watch")),
     ("confidentialcontainers.org", "peerpods/status", ("patch",)),
 ]
 #: in its own namespace: is this shutdown an uninstall (its DaemonSet gone)?

@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from lightkube import AsyncClient
+from lightkube.resources.core_v1 import Pod
 
 from cloud_api_adaptor import kata_client as kata
 from cloud_api_adaptor.daemon import Daemon
-from cloud_api_adaptor.kube.peerpods import FINALIZER
+from cloud_api_adaptor.kube.peerpods import FINALIZER, NODE_LABEL
 from tests.k8s import stand
 from tests.k8s.cluster import KubeCluster
 
@@ -118,3 +119,57 @@ async def test_peerpod_precedes_the_vm_and_is_released_after_stop(
         return await stand.peerpods(kube_client, kube_namespace) == []
 
     await stand.eventually_async(gone, "the PeerPod to be released and deleted after StopVM")
+
+
+async def test_a_pod_deleted_while_its_stop_vm_never_comes_has_its_vm_deleted(
+    kube_controller_manager: KubeCluster,
+    kube_client: AsyncClient,
+    kube_namespace: str,
+    short_tmp: Path,
+) -> None:
+    """Issue 10 item 4: the pod object is gone (its shim never sends StopVM): the garbage
+    collector deletes the pod's PeerPod, our finalizer holds it, the daemon sees it being
+    deleted and, after ABANDONED_SANDBOX_GRACE, stops the sandbox and deletes its VM."""
+    await stand.apply_daemon_rbac(kube_client)
+    node = f"node-{uuid.uuid4().hex[:6]}"
+    await stand.create_node(kube_client, node)
+    provider = stand.SpyingProvider(kube_client, kube_namespace)
+    async with stand.forwarder_stand_in() as port:
+        settings = stand.daemon_settings(
+            short_tmp, kube_controller_manager, node, port, {"ABANDONED_SANDBOX_GRACE": "1s"}
+        )
+        daemon = await stand.start(settings, provider)
+        try:
+            gone_uid = await stand.create_pod(kube_client, kube_namespace, "gone", node)
+            kept_uid = await stand.create_pod(kube_client, kube_namespace, "kept", node)
+            sandboxes = {"gone": uuid.uuid4().hex, "kept": uuid.uuid4().hex}
+            for pod, uid in (("gone", gone_uid), ("kept", kept_uid)):
+                await kata.create_vm(
+                    settings.socket, sandboxes[pod], stand.pod_annotations(pod, kube_namespace, uid)
+                )
+                await kata.start_vm(settings.socket, sandboxes[pod], timeout=60)
+            assert len(provider.instances) == 2
+
+            async def labelled() -> bool:
+                items = await stand.peerpods(kube_client, kube_namespace)
+                labels = [(p["metadata"].get("labels") or {}).get(NODE_LABEL) for p in items]
+                return labels == [node, node]
+
+            await stand.eventually_async(labelled, "both PeerPods, labelled with the node")
+
+            await kube_client.delete(Pod, "gone", namespace=kube_namespace, grace_period=0)
+
+            async def only_kept_left() -> bool:
+                items = await stand.peerpods(kube_client, kube_namespace)
+                return [p["spec"]["podName"] for p in items] == ["kept"] and len(provider.instances) == 1
+
+            await stand.eventually_async(
+                only_kept_left, "the deleted pod's VM deleted and its PeerPod released", timeout=60
+            )
+            states = {r.id: r.state.value for r in daemon.manager.records()}
+            assert states.get(sandboxes["kept"]) == "running"
+            assert states.get(sandboxes["gone"]) in (None, "stopped")
+            await kata.stop_vm(settings.socket, sandboxes["kept"])
+            assert provider.instances == {}
+        finally:
+            await daemon.aclose()

@@ -133,6 +133,46 @@ TABLE: list[tuple[str, SandboxRecord, Evidence, float, float, Verdict]] = [
         Verdict.KEEP,
     ),
     (
+        "PeerPod being deleted, within the grace period",
+        record(),
+        Evidence(True, True, 1, pod_deleted_since=0.0),
+        GRACE - 1,
+        GRACE,
+        Verdict.KEEP,
+    ),
+    (
+        "PeerPod being deleted, grace period over (shim still connected)",
+        record(),
+        Evidence(True, True, 1, pod_deleted_since=0.0),
+        GRACE,
+        GRACE,
+        Verdict.POD_DELETED,
+    ),
+    (
+        "PeerPod being deleted, grace 0: at once",
+        record(),
+        Evidence(True, pod_deleted_since=5.0),
+        5.0,
+        0,
+        Verdict.POD_DELETED,
+    ),
+    (
+        "PeerPod being deleted, StartVM in flight",
+        record(SandboxState.STARTING),
+        Evidence(True, pod_deleted_since=0.0),
+        1e6,
+        GRACE,
+        Verdict.KEEP,
+    ),
+    (
+        "PeerPod being deleted, StopVM working on it",
+        record(),
+        Evidence(True, busy=True, pod_deleted_since=0.0),
+        1e6,
+        GRACE,
+        Verdict.KEEP,
+    ),
+    (
         "a shim connection is open again",
         record(),
         dataclasses.replace(GONE_SINCE_0, shim_connections=1, shim_gone_since=None),
@@ -282,6 +322,50 @@ async def test_housekeeping_stops_a_running_pod_whose_shim_left_without_stop_vm(
         (netns_dir / "cni-idle").unlink()  # the pod's namespace goes: stopped at the next scan
         assert await watch.scan_once() == 1
         assert {r.id for r in m.records() if r.state is RUNNING} == {"busy"}
+        assert len(await provider.list_instances({})) == 1
+    finally:
+        await m.aclose()
+
+
+class DeletingCluster:
+    """The cluster's word (``ClusterView``): these sandboxes' PeerPods are being deleted."""
+
+    def __init__(self) -> None:
+        self.deleting: set[str] = set()
+
+    def pod_deleted(self, record: SandboxRecord) -> bool:
+        return record.id in self.deleting
+
+
+@pytest.mark.asyncio
+async def test_housekeeping_stops_a_pod_whose_peerpod_the_cluster_deletes(tmp_path: Path) -> None:
+    provider = FakeProvider(FakeConfig())
+    channel = Channel()
+    m = manager(tmp_path, provider, channel)
+    now = [0.0]
+    cluster = DeletingCluster()
+    watch = AbandonmentWatch(m, grace=GRACE, clock=lambda: now[0], cluster=cluster)
+    netns_dir = tmp_path / "netns"
+    netns_dir.mkdir()
+    try:
+        await run_pod(m, "gone", netns_dir / "cni-gone")
+        await run_pod(m, "back", netns_dir / "cni-back")
+        await run_pod(m, "kept", netns_dir / "cni-kept")
+        cluster.deleting = {"gone", "back"}
+        assert await watch.scan_once() == 0  # deleting since now
+        now[0] = GRACE / 2
+        cluster.deleting = {"gone"}  # "back": the deletion was seen to end (e.g. a re-list)
+        assert await watch.scan_once() == 0
+        cluster.deleting = {"gone", "back"}  # deleting again: its grace starts over
+        now[0] = GRACE
+        assert await watch.scan_once() == 1
+        assert {r.id for r in m.records() if r.state is RUNNING} == {"back", "kept"}
+        assert len(await provider.list_instances({})) == 2
+        now[0] = GRACE * 1.5  # "back" has been deleting again for half the grace period
+        assert await watch.scan_once() == 0
+        now[0] = GRACE * 2
+        assert await watch.scan_once() == 1
+        assert {r.id for r in m.records() if r.state is RUNNING} == {"kept"}
         assert len(await provider.list_instances({})) == 1
     finally:
         await m.aclose()

@@ -17,7 +17,7 @@ from cloud_api_adaptor.errors import (
 )
 from cloud_api_adaptor.hypervisor.models import SandboxRecord, SandboxState
 from cloud_api_adaptor.kube.events import reason_for
-from cloud_api_adaptor.kube.peerpods import desired, peerpod_name
+from cloud_api_adaptor.kube.peerpods import desired, node_label, peerpod_name
 
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
@@ -106,3 +106,23 @@ def test_the_name_is_stable_per_sandbox_and_a_dns_subdomain() -> None:
 )
 def test_event_reasons_follow_the_error_classification(error: BaseException, reason: str) -> None:
     assert reason_for(error) == reason
+
+
+@pytest.mark.parametrize(
+    ("node", "expected"),
+    [
+        ("worker-1", "worker-1"),
+        ("ip-10-0-0-1.ec2.internal", "ip-10-0-0-1.ec2.internal"),
+        ("n" * 63, "n" * 63),
+    ],
+)
+def test_the_node_label_is_the_node_name_when_it_fits(node: str, expected: str) -> None:
+    assert node_label(node) == expected
+
+
+def test_a_node_name_too_long_for_a_label_becomes_a_stable_digest() -> None:
+    long_name = "node-" + "a" * 100 + ".example.com"
+    value = node_label(long_name)
+    assert value == node_label(long_name) and value != node_label(long_name + "x")
+    assert len(value) <= 63 and re.fullmatch(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?", value)
+    assert node_label("") != ""
