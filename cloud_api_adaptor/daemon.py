@@ -15,7 +15,7 @@ import functools
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from prometheus_client import CollectorRegistry
 
+from cloud_api_adaptor.agent_metrics import AgentChannelCollector, AgentCounters
 from cloud_api_adaptor.aio import TaskSupervisor
 from cloud_api_adaptor.channel import build_agent_channel
 from cloud_api_adaptor.fsutil import make_private_dirs
@@ -217,7 +218,9 @@ async def _start_locked(
             observer=metrics,
             hooks=kube,
         )
+        registry.register(AgentChannelCollector(functools.partial(_agent_proxy_stats, manager)))
         if kube is not None:
+            metrics.track_outbox(kube.outbox.pending)
             kube.start()
         records = await asyncio.to_thread(store.load_all)
         metrics.records_quarantined(len(store.quarantined))
@@ -280,6 +283,14 @@ async def _start_locked(
     handover_listener.on_request = daemon._successor_asked
     handover_listener.start(supervisor)
     return daemon
+
+
+def _agent_proxy_stats(manager: SandboxManager) -> Iterator[tuple[object, AgentCounters]]:
+    """The counters of every live agent proxy (for ``AgentChannelCollector``)."""
+    for live in manager.live_sandboxes():
+        stats = getattr(live.proxy, "stats", None)
+        if stats is not None:
+            yield live.proxy, stats
 
 
 def _build_kube(settings: Settings) -> KubeIntegration | None:

@@ -58,6 +58,12 @@ class Metrics:
             registry=registry,
         )
 
+        self._outbox = Gauge(
+            "caa_peerpod_outbox_pending",
+            "Sandbox records not yet applied to their PeerPod (the Kubernetes API server is slow or away)",
+            registry=registry,
+        )
+
     def observe(self, operation: str, outcome: str, seconds: float) -> None:
         self._duration.labels(operation, outcome).observe(seconds)
         self._total.labels(operation, outcome).inc()
@@ -77,3 +83,6 @@ class Metrics:
 
         for state in STATES:
             self._states.labels(state).set_function(reader(state))
+
+    def track_outbox(self, pending: Callable[[], int]) -> None:
+        self._outbox.set_function(lambda: float(pending()))

@@ -21,12 +21,14 @@ import stat
 import subprocess
 import sys
 import threading
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from cloud_api_adaptor import kata_client as kata
 from cloud_api_adaptor._pb import health_pb2, ttrpc_pb2
@@ -118,6 +120,16 @@ def keeper(short_tmp: Path) -> Iterator[Path]:
                 proc.wait(10)
             log.close()
     assert not path.exists()
+
+
+def scrape_metrics(port: int) -> dict[str, float]:
+    """The daemon's /metrics (label-less series only), as Prometheus would read them."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    families = text_string_to_metric_families(text)
+    return {
+        sample.name: sample.value for family in families for sample in family.samples if not sample.labels
+    }
 
 
 CHECK = ttrpc_pb2.Request(
@@ -260,6 +272,8 @@ async def test_a_hand_over_leaves_no_gap_and_the_shim_connection_open(short_tmp:
         assert not (short_tmp / "pods" / stopping).exists()
         # the shim's agent session continued where the old daemon left it (transport.resume)
         assert "took over a shim connection" in new.log.read_text()
+        scraped = scrape_metrics(new.probe_port)
+        assert scraped["caa_agent_resumes_total"] >= 1 and scraped["caa_agent_connections_active"] == 1
 
         await agent.aclose()
         agent = None

@@ -13,10 +13,16 @@ from lightkube import AsyncClient
 from lightkube.resources.core_v1 import Node
 
 from cloud_api_adaptor import kata_client as kata
+from cloud_api_adaptor.daemon import Daemon
 from tests.k8s import stand
 from tests.k8s.cluster import KubeCluster
 
 pytestmark = pytest.mark.asyncio
+
+
+def outbox_pending(daemon: Daemon) -> float | None:
+    """The daemon's ``caa_peerpod_outbox_pending`` gauge, as /metrics shows it."""
+    return daemon.registry.get_sample_value("caa_peerpod_outbox_pending")
 
 
 async def test_the_daemon_serves_through_an_outage_and_catches_up_after_a_restart(
@@ -58,11 +64,17 @@ async def test_the_daemon_serves_through_an_outage_and_catches_up_after_a_restar
             assert peerpod["status"]["state"] == "running"
             assert peerpod["metadata"]["ownerReferences"][0]["uid"] == uid
 
+            async def outbox_empty() -> bool:
+                return outbox_pending(daemon) == 0
+
+            await stand.eventually_async(outbox_empty, "nothing left in the outbox")
+
             # down again for the stop: the VM goes, the PeerPod's release waits for the API server
             await asyncio.to_thread(kube_cluster.stop_apiserver)
             try:
                 await kata.stop_vm(settings.socket, sid)
                 assert provider.instances == {}
+                assert outbox_pending(daemon) == 1  # the release, waiting (visible to monitoring)
             finally:
                 await asyncio.to_thread(kube_cluster.start_apiserver)
 
@@ -70,6 +82,7 @@ async def test_the_daemon_serves_through_an_outage_and_catches_up_after_a_restar
                 return await stand.peerpods(kube_client, kube_namespace) == []
 
             await stand.eventually_async(released, "the PeerPod released once the API server is back")
+            await stand.eventually_async(outbox_empty, "the outbox gauge back at 0")
         finally:
             await daemon.aclose()
 
