@@ -11,6 +11,7 @@ import pytest
 
 from cloud_api_adaptor.hypervisor.abandonment import (
     AbandonmentWatch,
+    ClusterView,
     Evidence,
     Verdict,
     abandonment,
@@ -295,15 +296,23 @@ async def test_recovery_stops_a_pod_whose_namespace_was_deleted_while_the_daemon
         await second.aclose()
 
 
-@pytest.mark.asyncio
-async def test_housekeeping_stops_a_running_pod_whose_shim_left_without_stop_vm(tmp_path: Path) -> None:
+def housekeeping(
+    tmp_path: Path, cluster: ClusterView | None = None
+) -> tuple[FakeProvider, Channel, SandboxManager, list[float], AbandonmentWatch, Path]:
+    """A manager on a fake provider, its watch on a settable clock, a directory for pod namespaces."""
     provider = FakeProvider(FakeConfig())
     channel = Channel()
     m = manager(tmp_path, provider, channel)
     now = [0.0]
-    watch = AbandonmentWatch(m, grace=GRACE, clock=lambda: now[0])
+    watch = AbandonmentWatch(m, grace=GRACE, clock=lambda: now[0], cluster=cluster)
     netns_dir = tmp_path / "netns"
     netns_dir.mkdir()
+    return provider, channel, m, now, watch, netns_dir
+
+
+@pytest.mark.asyncio
+async def test_housekeeping_stops_a_running_pod_whose_shim_left_without_stop_vm(tmp_path: Path) -> None:
+    provider, channel, m, now, watch, netns_dir = housekeeping(tmp_path)
     try:
         await run_pod(m, "left", netns_dir / "cni-left")
         await run_pod(m, "idle", netns_dir / "cni-idle")  # no shim connection ever: kept
@@ -339,14 +348,8 @@ class DeletingCluster:
 
 @pytest.mark.asyncio
 async def test_housekeeping_stops_a_pod_whose_peerpod_the_cluster_deletes(tmp_path: Path) -> None:
-    provider = FakeProvider(FakeConfig())
-    channel = Channel()
-    m = manager(tmp_path, provider, channel)
-    now = [0.0]
     cluster = DeletingCluster()
-    watch = AbandonmentWatch(m, grace=GRACE, clock=lambda: now[0], cluster=cluster)
-    netns_dir = tmp_path / "netns"
-    netns_dir.mkdir()
+    provider, _channel, m, now, watch, netns_dir = housekeeping(tmp_path, cluster)
     try:
         await run_pod(m, "gone", netns_dir / "cni-gone")
         await run_pod(m, "back", netns_dir / "cni-back")
