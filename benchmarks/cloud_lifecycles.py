@@ -168,3 +168,54 @@ def call_counter(table: MethodTable) -> Callable[[FaultProxy], Counter[str]]:
         return Counter(name(r) for r in proxy.requests())
 
     return counts
+
+
+async def provider_floor(
+    provider: Any,
+    count: Callable[[], Counter[str]],
+    left: Callable[[], int],
+    *,
+    concurrent: int,
+) -> dict[str, Any]:
+    """Create and delete through the provider alone (no daemon): one, then ``concurrent`` at once.
+
+    The floor a daemon's burst is compared with (and the fallback report without root).  The
+    first create+delete pays one-time calls (a token, an image lookup) and is not counted.
+    """
+    from cloud_api_adaptor.provider import TAG_SANDBOX, CreateRequest, InstanceSpec
+
+    async def create_delete() -> float:
+        sid = new_sandbox_id()
+        request = CreateRequest(
+            name=f"podvm-bench-{sid[:8]}",
+            sandbox_id=sid,
+            token=f"{sid}-1",
+            spec=InstanceSpec(),
+            userdata="#cloud-config\n",
+            tags={TAG_SANDBOX: sid},
+        )
+        started = time.perf_counter()
+        instance = await provider.create_instance(request)
+        await provider.delete_instance(instance.id)
+        return time.perf_counter() - started
+
+    await create_delete()
+    before = count()
+    one = await create_delete()
+    per_lifecycle = calls_since(count(), before)
+    before = count()
+    started = time.perf_counter()
+    await asyncio.gather(*(create_delete() for _ in range(concurrent)))
+    wall = time.perf_counter() - started
+    calls = calls_since(count(), before)
+    return {
+        "mode": "loopback only (not root): provider create+delete, no daemon",
+        "lifecycle_calls": per_lifecycle,
+        "lifecycle_calls_total": sum(per_lifecycle.values()),
+        "concurrent": concurrent,
+        "single_create_delete_s": round(one, 3),
+        "concurrent_wall_s": round(wall, 3),
+        "concurrent_vs_single": round(wall / one, 2),
+        "concurrent_calls_per_lifecycle": round(sum(calls.values()) / concurrent, 2),
+        "left": left(),
+    }

@@ -31,7 +31,6 @@ import os
 import re
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +39,10 @@ for extra in (ROOT, ROOT / "providers" / "azure" / "tests"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
-from benchmarks.cloud_lifecycles import StandBurst, call_counter, calls_since, measure_on_stand  # noqa: E402
+from benchmarks.cloud_lifecycles import StandBurst, call_counter, measure_on_stand, provider_floor  # noqa: E402
 from cloud_api_adaptor.testing.eventually import eventually  # noqa: E402
 from tests.integration.azure.cloud import boot_pod_vm  # noqa: E402
-from tests.integration.azure.harness import AzureNode, new_sandbox_id  # noqa: E402
+from tests.integration.azure.harness import AzureNode  # noqa: E402
 from tests.integration.cloudstand.podvm import PodVm  # noqa: E402
 
 CONCURRENT = 50
@@ -101,49 +100,13 @@ async def _loopback_only() -> dict[str, Any]:
     """No namespaces: create and delete through the provider, the fake and the fault proxy on loopback."""
     from azure_testkit import make_world  # type: ignore[import-not-found]
 
-    from cloud_api_adaptor.provider import TAG_SANDBOX, CreateRequest, InstanceSpec
-
     world = make_world()
     world.arm.retry_after_ms = 200  # as in the namespaces
-    proxy = world.proxy
     provider = world.provider()
     try:
-
-        async def create_delete() -> float:
-            sid = new_sandbox_id()
-            request = CreateRequest(
-                name=f"podvm-bench-{sid[:8]}",
-                sandbox_id=sid,
-                token=f"{sid}-1",
-                spec=InstanceSpec(),
-                userdata="#cloud-config\n",
-                tags={TAG_SANDBOX: sid},
-            )
-            started = time.perf_counter()
-            instance = await provider.create_instance(request)
-            await provider.delete_instance(instance.id)
-            return time.perf_counter() - started
-
-        await create_delete()  # one-time calls (the token, the throw-away SSH key)
-        before = counts(proxy)
-        one = await create_delete()
-        per_lifecycle = calls_since(counts(proxy), before)
-        before = counts(proxy)
-        started = time.perf_counter()
-        await asyncio.gather(*(create_delete() for _ in range(CONCURRENT)))
-        wall = time.perf_counter() - started
-        calls = calls_since(counts(proxy), before)
-        return {
-            "mode": "loopback only (not root): provider create+delete, no daemon",
-            "lifecycle_calls": per_lifecycle,
-            "lifecycle_calls_total": sum(per_lifecycle.values()),
-            "concurrent": CONCURRENT,
-            "single_create_delete_s": round(one, 3),
-            "concurrent_wall_s": round(wall, 3),
-            "concurrent_vs_single": round(wall / one, 2),
-            "concurrent_calls_per_lifecycle": round(sum(calls.values()) / CONCURRENT, 2),
-            "left": len(world.arm.leftovers()),
-        }
+        return await provider_floor(
+            provider, lambda: counts(world.proxy), lambda: len(world.arm.leftovers()), concurrent=CONCURRENT
+        )
     finally:
         await provider.aclose()
         world.close()

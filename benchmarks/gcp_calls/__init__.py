@@ -29,7 +29,6 @@ import os
 import re
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +37,11 @@ for extra in (ROOT, ROOT / "providers" / "gcp" / "tests"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
-from benchmarks.cloud_lifecycles import StandBurst, call_counter, calls_since, measure_on_stand  # noqa: E402
+from benchmarks.cloud_lifecycles import StandBurst, call_counter, measure_on_stand, provider_floor  # noqa: E402
 from cloud_api_adaptor.testing.eventually import eventually  # noqa: E402
 from tests.integration.cloudstand.podvm import PodVm  # noqa: E402
 from tests.integration.gcp.cloud import boot_pod_vm  # noqa: E402
-from tests.integration.gcp.harness import GcpNode, new_sandbox_id  # noqa: E402
+from tests.integration.gcp.harness import GcpNode  # noqa: E402
 
 CONCURRENT = 50
 BOUND = 600.0  # seconds: every phase is cut off well before this
@@ -99,47 +98,12 @@ async def _loopback_only() -> dict[str, Any]:
     """No namespaces: create and delete through the provider, the fake and the fault proxy on loopback."""
     from gcp_testkit import make_world  # type: ignore[import-not-found]
 
-    from cloud_api_adaptor.provider import TAG_SANDBOX, CreateRequest, InstanceSpec
-
     world, proxy = make_world()
     provider = world.provider()
     try:
-
-        async def create_delete() -> float:
-            sid = new_sandbox_id()
-            request = CreateRequest(
-                name=f"podvm-bench-{sid[:8]}",
-                sandbox_id=sid,
-                token=f"{sid}-1",
-                spec=InstanceSpec(),
-                userdata="#cloud-config\n",
-                tags={TAG_SANDBOX: sid},
-            )
-            started = time.perf_counter()
-            instance = await provider.create_instance(request)
-            await provider.delete_instance(instance.id)
-            return time.perf_counter() - started
-
-        await create_delete()  # one-time calls (images.get)
-        before = counts(proxy)
-        one = await create_delete()
-        per_lifecycle = calls_since(counts(proxy), before)
-        before = counts(proxy)
-        started = time.perf_counter()
-        await asyncio.gather(*(create_delete() for _ in range(CONCURRENT)))
-        wall = time.perf_counter() - started
-        calls = calls_since(counts(proxy), before)
-        return {
-            "mode": "loopback only (not root): provider create+delete, no daemon",
-            "lifecycle_calls": per_lifecycle,
-            "lifecycle_calls_total": sum(per_lifecycle.values()),
-            "concurrent": CONCURRENT,
-            "single_create_delete_s": round(one, 3),
-            "concurrent_wall_s": round(wall, 3),
-            "concurrent_vs_single": round(wall / one, 2),
-            "concurrent_calls_per_lifecycle": round(sum(calls.values()) / CONCURRENT, 2),
-            "left": len(world.compute.live()),
-        }
+        return await provider_floor(
+            provider, lambda: counts(proxy), lambda: len(world.compute.live()), concurrent=CONCURRENT
+        )
     finally:
         await provider.aclose()
         proxy.stop()
