@@ -9,6 +9,7 @@ before any cloud call, only our error classes.  A provider's test module does::
 
         async def make_provider(self) -> Provider: ...
         async def cloud_instance_ids(self, provider: Provider) -> set[str]: ...
+        def fault_proxy(self) -> FaultProxy | None: ...  # optional: counts calls, breaks the cloud
 
 ``make_provider`` may use attributes an autouse fixture of the subclass set on
 ``self`` (pytest binds fixture methods and tests to the same instance), or the
@@ -25,7 +26,7 @@ from __future__ import annotations
 import ipaddress
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import pytest
 import pytest_asyncio
@@ -42,6 +43,7 @@ from cloud_api_adaptor.provider import (
     InstanceTypeInfo,
     Provider,
 )
+from cloud_api_adaptor.testing.faultproxy import Fault, FaultProxy
 
 
 class ProviderContract:
@@ -62,13 +64,30 @@ class ProviderContract:
         """Ids of the instances the cloud holds now (not terminated), read without the provider."""
         raise NotImplementedError
 
-    def cloud_calls(self, provider: Provider) -> int | None:
-        """How many API calls the cloud has seen so far, or None if the suite cannot tell."""
+    def fault_proxy(self) -> FaultProxy | None:
+        """The proxy the provider's calls go through, if any: it counts them and can break the cloud."""
         return None
 
+    def cloud_calls(self, provider: Provider) -> int | None:
+        """How many API calls the cloud has seen so far, or None if the suite cannot tell."""
+        proxy = self.fault_proxy()
+        return None if proxy is None else proxy.count()
+
     def broken_cloud(self, provider: Provider) -> AbstractAsyncContextManager[None] | None:
-        """A context in which every cloud call fails (e.g. 503s); None skips that test."""
-        return None
+        """A context in which every cloud call fails (503s through the fault proxy); None skips that test."""
+        proxy = self.fault_proxy()
+        if proxy is None:
+            return None
+
+        @asynccontextmanager
+        async def unavailable() -> AsyncIterator[None]:
+            proxy.add_rule("*", Fault.UNAVAILABLE, times=1_000_000)
+            try:
+                yield
+            finally:
+                proxy.clear_rules()
+
+        return unavailable()
 
     # -- helpers -----------------------------------------------------------------------------------------
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-
 import pytest
 from aws_testkit import AwsWorld
 
 from cloud_api_adaptor.provider import Provider
 from cloud_api_adaptor.testing.contract import ProviderContract
-from cloud_api_adaptor.testing.faultproxy import Fault
+from cloud_api_adaptor.testing.faultproxy import FaultProxy
 
 
 class TestAwsContract(ProviderContract):
@@ -26,16 +23,5 @@ class TestAwsContract(ProviderContract):
     async def cloud_instance_ids(self, provider: Provider) -> set[str]:
         return self.world.live_ids()
 
-    def cloud_calls(self, provider: Provider) -> int | None:
-        return self.world.proxy.count()
-
-    def broken_cloud(self, provider: Provider) -> AbstractAsyncContextManager[None]:
-        @asynccontextmanager
-        async def unavailable() -> AsyncIterator[None]:
-            self.world.proxy.add_rule("*", Fault.UNAVAILABLE, times=1_000_000)
-            try:
-                yield
-            finally:
-                self.world.proxy.clear_rules()
-
-        return unavailable()
+    def fault_proxy(self) -> FaultProxy:
+        return self.world.proxy

@@ -6,15 +6,12 @@ labels), the metadata value limit and requestId deduplication.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-
 import pytest
 from gcp_testkit import GcpWorld
 
 from cloud_api_adaptor.provider import Provider
 from cloud_api_adaptor.testing.contract import ProviderContract
-from cloud_api_adaptor.testing.faultproxy import Fault
+from cloud_api_adaptor.testing.faultproxy import FaultProxy
 
 
 class TestGcpContract(ProviderContract):
@@ -30,16 +27,5 @@ class TestGcpContract(ProviderContract):
     async def cloud_instance_ids(self, provider: Provider) -> set[str]:
         return self.world.live_names()
 
-    def cloud_calls(self, provider: Provider) -> int | None:
-        return self.world.proxy.count()
-
-    def broken_cloud(self, provider: Provider) -> AbstractAsyncContextManager[None]:
-        @asynccontextmanager
-        async def unavailable() -> AsyncIterator[None]:
-            self.world.proxy.add_rule("*", Fault.UNAVAILABLE, times=1_000_000)
-            try:
-                yield
-            finally:
-                self.world.proxy.clear_rules()
-
-        return unavailable()
+    def fault_proxy(self) -> FaultProxy:
+        return self.world.proxy

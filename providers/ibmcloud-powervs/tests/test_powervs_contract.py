@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-
 import pytest
 from caa_provider_ibmcloud_powervs.testing.world import PowerWorld
 
 from cloud_api_adaptor.provider import Provider
 from cloud_api_adaptor.testing.contract import ProviderContract
-from cloud_api_adaptor.testing.faultproxy import Fault, FaultProxy
+from cloud_api_adaptor.testing.faultproxy import FaultProxy
 
 
 class TestPowervsContract(ProviderContract):
@@ -27,16 +24,5 @@ class TestPowervsContract(ProviderContract):
     async def cloud_instance_ids(self, provider: Provider) -> set[str]:
         return self.world.power.live_ids()
 
-    def cloud_calls(self, provider: Provider) -> int | None:
-        return self.proxy.count()
-
-    def broken_cloud(self, provider: Provider) -> AbstractAsyncContextManager[None]:
-        @asynccontextmanager
-        async def unavailable() -> AsyncIterator[None]:
-            self.proxy.add_rule("*", Fault.UNAVAILABLE, times=1_000_000)
-            try:
-                yield
-            finally:
-                self.proxy.clear_rules()
-
-        return unavailable()
+    def fault_proxy(self) -> FaultProxy:
+        return self.proxy
