@@ -45,8 +45,9 @@ from cloud_api_adaptor.transport.resume import (
 
 logger = logging.getLogger(__name__)
 
-#: reads at least this large go out as a header and the read buffer itself (two writes, no
-#: frame copy); smaller ones as one frame (one write: a TLS record each costs more than the copy)
+#: reads at least this large go out as a header and the read buffer itself (``writelines``: one
+#: flush to the socket, no frame copy); smaller ones as one frame (one write, one TLS record:
+#: a record each for a small header and payload costs more than the copy)
 _SPLIT_AT = 16 << 10
 
 
@@ -200,10 +201,11 @@ class ResumableRelay:
         if link is not None and link.running_:
             lt = link.transport
             assert lt is not None
-            lt.write(frames)
             if big:
-                lt.write(data)
+                lt.writelines((frames, data))
                 kept = bool(lt.get_write_buffer_size())
+            else:
+                lt.write(frames)
         if session.sent - session.acked >= self._pause_at:
             self._pause_local("window", True)
         return kept
