@@ -212,6 +212,29 @@ class ResumableRelay:
 
     def _from_link(self, link: Link, data: memoryview) -> None:
         session = self.session
+        piece = session.whole_data(data)
+        if piece is None:
+            self._frames_from_link(link, data)
+            return
+        # One whole DATA frame (no ACK or FIN in it): straight to the local side.
+        lt = self.local.transport
+        if lt is not None:
+            filt = self._filter
+            lt.write(piece if filt is None else filt(piece))
+            if lt.get_write_buffer_size():
+                link._buffer = None  # the transport may still point into the link's buffer
+            stats = self._stats
+            if stats is not None:
+                if self._client:
+                    stats.bytes_out += len(piece)
+                else:
+                    stats.bytes_in += len(piece)
+        if session.ack_due and link.transport is not None:
+            link.transport.write(session.ack())
+
+    def _frames_from_link(self, link: Link, data: memoryview) -> None:
+        """Any other read: frames in pieces, several frames, ACKs, FIN."""
+        session = self.session
         acked = session.acked
         had_fin = session.fin_received
         try:

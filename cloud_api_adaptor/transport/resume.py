@@ -126,6 +126,7 @@ PIGGYBACK_AT = 16 << 10
 _DATA, _ACK, _FIN = 1, 2, 3
 _DATA_HEADER = struct.Struct(">BI")
 _pack_header = _DATA_HEADER.pack
+_LENGTH = struct.Struct(">I")
 _ACK_FRAME = struct.Struct(">BQ")
 _FIN_FRAME = bytes([_FIN])
 
@@ -294,6 +295,21 @@ class Session:
         return _ACK_FRAME.pack(_ACK, self.received)
 
     # -- receiving ----------------------------------------------------------------
+
+    def whole_data(self, chunk: memoryview) -> memoryview | None:
+        """The payload when ``chunk`` is exactly one DATA frame and no frame is half-read
+        (counted as received); None otherwise: then ``feed`` it.
+
+        The relay's common case (one request or reply per read) without ``feed``'s list
+        and loop: every agent call crosses it twice on each end.
+        """
+        end = len(chunk)
+        if end > 5 and not self._remaining and not self._partial and chunk[0] == _DATA:
+            (length,) = _LENGTH.unpack_from(chunk, 1)
+            if length == end - 5 and length <= MAX_FRAME and not self.fin_received:
+                self.received += length
+                return chunk[5:]
+        return None
 
     def feed(self, chunk: bytes | bytearray | memoryview) -> list[memoryview]:
         """Parse link bytes; returns payload pieces in stream order.

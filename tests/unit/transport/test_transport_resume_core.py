@@ -249,3 +249,42 @@ def test_session_state_travels_as_bytes() -> None:
         SessionState.from_bytes(b"XXXX" + state.to_bytes()[4:])
     with pytest.raises(ValueError):
         SessionState.from_bytes(b"short")
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_whole_frame_reads_and_frame_parsing_mix_into_one_exact_stream(seed: int) -> None:
+    """The relay tries ``whole_data`` (one read = one DATA frame) and falls back to ``feed``:
+    whatever the reads look like, the delivered bytes are the sent bytes, in order, once."""
+    rng = random.Random(seed)
+    sid = new_session_id()
+    a, b = Session(sid), Session(sid)
+    wire, written, got = bytearray(), bytearray(), bytearray()
+    data_frames: dict[int, int] = {}  # where a DATA frame starts on the wire -> its size
+    for _ in range(200):
+        msg = rng.randbytes(rng.randint(1, 2000))
+        written += msg
+        data_frames[len(wire)] = 5 + len(msg)
+        wire += a.send(msg)
+        if rng.random() < 0.2:
+            wire += b.ack()
+    boundaries = [*sorted(data_frames), len(wire)]
+    whole = pos = 0
+    while pos < len(wire):
+        if rng.random() < 0.6 and pos in data_frames:  # exactly the next DATA frame, as one read
+            size = data_frames[pos]
+        elif rng.random() < 0.5:  # up to a later frame boundary: several frames, or a frame's rest
+            size = rng.choice([b for b in boundaries if b > pos][:3]) - pos
+        else:
+            size = rng.randint(1, 3000)
+        read = memoryview(bytes(wire[pos : pos + size]))
+        pos += size
+        piece = b.whole_data(read)
+        if piece is not None:
+            whole += 1
+            got += piece
+        else:
+            for part in b.feed(read):
+                got += part
+    assert got == written and b.received == len(written)
+    assert whole  # the fast path was taken
+    assert Session(sid).whole_data(memoryview(b.ack())) is None  # an ACK is not data
