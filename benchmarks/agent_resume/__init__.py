@@ -58,8 +58,8 @@ from cloud_api_adaptor.vm.forwarder import Forwarder, ForwarderSettings, build_s
 
 RESUME_TRIALS = 8
 DOWN = 0.5
-LATENCY_CALLS = 4000
-"""Health/Check calls per path in the interleaved sampling (p99: the 40 slowest)."""
+LATENCY_CALLS = 10000
+"""Health/Check calls per path in the interleaved sampling (p99: the 100 slowest)."""
 
 
 async def _interleaved(off_sock: Path, on_sock: Path) -> dict[str, float]:
