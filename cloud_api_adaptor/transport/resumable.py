@@ -45,8 +45,9 @@ from cloud_api_adaptor.transport.resume import (
 
 logger = logging.getLogger(__name__)
 
-#: reads at least this large go out as a header and the read buffer itself (two writes, no
-#: frame copy); smaller ones as one frame (one write: a TLS record each costs more than the copy)
+#: reads at least this large go out as a header and the read buffer itself (``writelines``: one
+#: flush to the socket, no frame copy); smaller ones as one frame (one write, one TLS record:
+#: a record each for a small header and payload costs more than the copy)
 _SPLIT_AT = 16 << 10
 
 
@@ -200,15 +201,39 @@ class ResumableRelay:
         if link is not None and link.running_:
             lt = link.transport
             assert lt is not None
-            lt.write(frames)
             if big:
-                lt.write(data)
+                lt.writelines((frames, data))
                 kept = bool(lt.get_write_buffer_size())
+            else:
+                lt.write(frames)
         if session.sent - session.acked >= self._pause_at:
             self._pause_local("window", True)
         return kept
 
     def _from_link(self, link: Link, data: memoryview) -> None:
+        session = self.session
+        piece = session.whole_data(data)
+        if piece is None:
+            self._frames_from_link(link, data)
+            return
+        # One whole DATA frame (no ACK or FIN in it): straight to the local side.
+        lt = self.local.transport
+        if lt is not None:
+            filt = self._filter
+            lt.write(piece if filt is None else filt(piece))
+            if lt.get_write_buffer_size():
+                link._buffer = None  # the transport may still point into the link's buffer
+            stats = self._stats
+            if stats is not None:
+                if self._client:
+                    stats.bytes_out += len(piece)
+                else:
+                    stats.bytes_in += len(piece)
+        if session.ack_due and link.transport is not None:
+            link.transport.write(session.ack())
+
+    def _frames_from_link(self, link: Link, data: memoryview) -> None:
+        """Any other read: frames in pieces, several frames, ACKs, FIN."""
         session = self.session
         acked = session.acked
         had_fin = session.fin_received

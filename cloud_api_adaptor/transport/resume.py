@@ -15,7 +15,12 @@ neither byte stream loses or repeats a byte.  Each end keeps a ``Session``:
   ``replay_limit`` (``ReplayOverflow``), so memory per sandbox is bounded;
 - acks: ``ack_due`` says an ACK frame is owed (``ACK_EVERY`` bytes, or a
   quarter of a small window, received since the last one); the I/O layer also
-  sends one as a keep-alive;
+  sends one as a keep-alive.  Data going the other way carries the ACK in the
+  same write once ``PIGGYBACK_AT`` bytes are unacknowledged (``send`` and
+  ``send_header`` put the ACK frame first): ttrpc is request/response, so the
+  reply acks the request and a standalone ACK (its own TLS record and syscall)
+  is rare.  A piggybacked ACK only ever comes earlier than ``ack_due`` would
+  send it, so a peer's window never waits longer for one than before;
 - a resume handshake: the client sends ``hello`` (session id, new/resume, its
   ``received``), the server answers ``welcome`` (status, its ``received``), and
   each side calls ``resume(peer_received)``, which returns the frames that
@@ -33,6 +38,8 @@ Wire format (all integers big-endian)::
     FIN     = 0x03                        (the sender's stream ends after what it sent)
 
 A FIN is re-sent after every resume once sent; the receiver reports it once.
+Frames may follow each other in one write (an ACK before a DATA frame, say):
+the receiver parses a byte stream, and version 1 peers always did.
 Partial DATA frames are delivered as they arrive (``received`` counts payload
 bytes), so a link dropped mid-frame loses nothing: the sender resumes from the
 byte the receiver last delivered.
@@ -82,6 +89,7 @@ __all__ = [
     "HELLO_LEN",
     "MAGIC",
     "MAX_FRAME",
+    "PIGGYBACK_AT",
     "SESSION_ID_LEN",
     "VERSION",
     "WELCOME_LEN",
@@ -112,10 +120,13 @@ MAX_FRAME = 1 << 20
 DEFAULT_REPLAY_LIMIT = 8 << 20
 ACK_EVERY = 128 << 10
 """A receiver acks at the latest after this many bytes (and on every keep-alive)."""
+PIGGYBACK_AT = 16 << 10
+"""Unacknowledged bytes from which our next DATA frame carries an ACK (in the same write)."""
 
 _DATA, _ACK, _FIN = 1, 2, 3
 _DATA_HEADER = struct.Struct(">BI")
 _pack_header = _DATA_HEADER.pack
+_LENGTH = struct.Struct(">I")
 _ACK_FRAME = struct.Struct(">BQ")
 _FIN_FRAME = bytes([_FIN])
 
@@ -193,6 +204,8 @@ class Session:
         # Acks often enough that the replay buffer stays small (and in cache) under a
         # steady stream; an ACK is 9 bytes.
         self._ack_every = min(ACK_EVERY, replay_limit // 4)
+        # Below ``_ack_every``, or a small window's ack would always go out standalone first.
+        self._piggyback_at = min(PIGGYBACK_AT, self._ack_every // 2)
         self._replay = ReplayBuffer()
         self.fin_sent = False
         self.fin_received = False
@@ -223,12 +236,17 @@ class Session:
     # -- sending ----------------------------------------------------------------
 
     def send(self, data: bytes | bytearray | memoryview) -> bytes:
-        """Frame ``data`` (kept for replay until acked); returns the bytes to write."""
+        """Frame ``data`` (kept for replay until acked); returns the bytes to write.
+
+        These start with an ACK frame when ``PIGGYBACK_AT`` received bytes are unacknowledged.
+        """
         n = len(data)
         if 0 < n <= MAX_FRAME and not self.fin_sent and self.sent + n - self.acked <= self.replay_limit:
             self._replay.append(data)
             self.sent += n
-            return _pack_header(_DATA, n) + data
+            if self.received - self._ack_sent < self._piggyback_at:
+                return _pack_header(_DATA, n) + data
+            return self.ack() + _pack_header(_DATA, n) + data
         if self.fin_sent:
             raise ProtocolError("send after FIN")
         if not n:
@@ -239,13 +257,15 @@ class Session:
             )
         self._replay.append(data)
         self.sent += n
-        return _frames(memoryview(data))
+        frames = _frames(memoryview(data))
+        return self.ack() + frames if self.received - self._ack_sent >= self._piggyback_at else frames
 
     def send_header(self, data: bytes | bytearray | memoryview) -> bytes:
         """Like ``send`` for ``data`` of at most ``MAX_FRAME`` bytes, but returns only the frame header.
 
         The caller writes the header and then ``data`` itself: for large reads this
         saves copying the payload into a frame (the replay buffer keeps its own copy).
+        Like ``send``, the header may be preceded by an ACK frame.
         """
         n = len(data)
         if n > MAX_FRAME:
@@ -258,7 +278,9 @@ class Session:
             )
         self._replay.append(data)
         self.sent += n
-        return _DATA_HEADER.pack(_DATA, n)
+        if self.received - self._ack_sent < self._piggyback_at:
+            return _pack_header(_DATA, n)
+        return self.ack() + _pack_header(_DATA, n)
 
     def send_fin(self) -> bytes:
         """Our stream ends; returns the FIN frame (idempotent: b"" the second time)."""
@@ -273,6 +295,21 @@ class Session:
         return _ACK_FRAME.pack(_ACK, self.received)
 
     # -- receiving ----------------------------------------------------------------
+
+    def whole_data(self, chunk: memoryview) -> memoryview | None:
+        """The payload when ``chunk`` is exactly one DATA frame and no frame is half-read
+        (counted as received); None otherwise: then ``feed`` it.
+
+        The relay's common case (one request or reply per read) without ``feed``'s list
+        and loop: every agent call crosses it twice on each end.
+        """
+        end = len(chunk)
+        if end > 5 and not self._remaining and not self._partial and chunk[0] == _DATA:
+            (length,) = _LENGTH.unpack_from(chunk, 1)
+            if length == end - 5 and length <= MAX_FRAME and not self.fin_received:
+                self.received += length
+                return chunk[5:]
+        return None
 
     def feed(self, chunk: bytes | bytearray | memoryview) -> list[memoryview]:
         """Parse link bytes; returns payload pieces in stream order.

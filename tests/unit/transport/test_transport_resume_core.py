@@ -73,6 +73,7 @@ def test_no_byte_lost_or_duplicated_whatever_the_drop_points(seed: int) -> None:
     written = {"up": bytearray(), "down": bytearray()}
     delivered = {"up": bytearray(), "down": bytearray()}
     up_wire, down_wire = bytearray(), bytearray()
+    piggybacked = 0
     for _round in range(40):
         # each side writes some messages (staying inside the replay window)
         for side, wire, key in ((client, up_wire, "up"), (server, down_wire, "down")):
@@ -81,7 +82,9 @@ def test_no_byte_lost_or_duplicated_whatever_the_drop_points(seed: int) -> None:
                     break
                 msg = rng.randbytes(rng.randint(1, 3000))
                 written[key] += msg
-                wire.extend(side.send(msg) if rng.random() < 0.5 else side.send_header(msg) + msg)
+                out = side.send(msg) if rng.random() < 0.5 else side.send_header(msg) + msg
+                piggybacked += out[0] == 2  # an ACK rides before the DATA frame
+                wire.extend(out)
             if rng.random() < 0.3:
                 wire.extend(side.ack())
         if rng.random() < 0.35:
@@ -101,6 +104,7 @@ def test_no_byte_lost_or_duplicated_whatever_the_drop_points(seed: int) -> None:
     assert delivered["up"] == written["up"]
     assert delivered["down"] == written["down"]
     assert server.received == client.sent and client.received == server.sent
+    assert piggybacked  # drops and chunking met acks carried on data too
 
 
 def test_fin_is_delivered_once_across_a_resume() -> None:
@@ -245,3 +249,42 @@ def test_session_state_travels_as_bytes() -> None:
         SessionState.from_bytes(b"XXXX" + state.to_bytes()[4:])
     with pytest.raises(ValueError):
         SessionState.from_bytes(b"short")
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_whole_frame_reads_and_frame_parsing_mix_into_one_exact_stream(seed: int) -> None:
+    """The relay tries ``whole_data`` (one read = one DATA frame) and falls back to ``feed``:
+    whatever the reads look like, the delivered bytes are the sent bytes, in order, once."""
+    rng = random.Random(seed)
+    sid = new_session_id()
+    a, b = Session(sid), Session(sid)
+    wire, written, got = bytearray(), bytearray(), bytearray()
+    data_frames: dict[int, int] = {}  # where a DATA frame starts on the wire -> its size
+    for _ in range(200):
+        msg = rng.randbytes(rng.randint(1, 2000))
+        written += msg
+        data_frames[len(wire)] = 5 + len(msg)
+        wire += a.send(msg)
+        if rng.random() < 0.2:
+            wire += b.ack()
+    boundaries = [*sorted(data_frames), len(wire)]
+    whole = pos = 0
+    while pos < len(wire):
+        if rng.random() < 0.6 and pos in data_frames:  # exactly the next DATA frame, as one read
+            size = data_frames[pos]
+        elif rng.random() < 0.5:  # up to a later frame boundary: several frames, or a frame's rest
+            size = rng.choice([b for b in boundaries if b > pos][:3]) - pos
+        else:
+            size = rng.randint(1, 3000)
+        read = memoryview(bytes(wire[pos : pos + size]))
+        pos += size
+        piece = b.whole_data(read)
+        if piece is not None:
+            whole += 1
+            got += piece
+        else:
+            for part in b.feed(read):
+                got += part
+    assert got == written and b.received == len(written)
+    assert whole  # the fast path was taken
+    assert Session(sid).whole_data(memoryview(b.ack())) is None  # an ACK is not data
