@@ -58,6 +58,10 @@ class InheritedConnection:
     prefix: bytearray = field(default_factory=bytearray)
     #: a resumable agent session's state (``session_meta``), to be resumed on a new link
     session: dict[str, Any] | None = None
+    #: the VM's bytes still to be written to the shim, before anything else (from a keeper's relay)
+    outbox: bytearray = field(default_factory=bytearray)
+    #: ``sock`` is the daemon's end of a pair the fd-keeper relays (it holds the shim's connection)
+    relayed: bool = False
 
 
 @dataclass
@@ -83,19 +87,28 @@ class Inventory:
                 conns.remove(existing)
                 existing.sock.close()
             prefix = bytearray(base64.b64decode(str(meta.get("prefix", ""))))
+            outbox = bytearray(base64.b64decode(str(meta.get("outbox", ""))))
             session = meta.get("session")
             conns.append(
-                InheritedConnection(key, path, sock, prefix, session if isinstance(session, dict) else None)
+                InheritedConnection(
+                    key,
+                    path,
+                    sock,
+                    prefix,
+                    session if isinstance(session, dict) else None,
+                    outbox,
+                    bool(meta.get("relayed", False)),
+                )
             )
         else:
             logger.warning("ignoring a passed descriptor with unknown metadata %r", meta)
             sock.close()
 
-    def append_prefix(self, key: str, data: bytes) -> None:
+    def append_prefix(self, key: str, data: bytes, op: str = "prefix") -> None:
         for conns in self.connections.values():
             for conn in conns:
                 if conn.key == key:
-                    conn.prefix += data
+                    (conn.outbox if op == "outbox" else conn.prefix).extend(data)
 
     def merge(self, other: Inventory) -> None:
         """Add ``other``'s sockets; ours win for the same listener or connection key."""
@@ -130,11 +143,17 @@ def listener_meta(path: str) -> dict[str, Any]:
 
 
 def connection_meta(
-    key: str, listener: str, prefix: bytes = b"", session: dict[str, Any] | None = None
+    key: str,
+    listener: str,
+    prefix: bytes = b"",
+    session: dict[str, Any] | None = None,
+    outbox: bytes = b"",
 ) -> dict[str, Any]:
     meta: dict[str, Any] = {"kind": CONNECTION, "key": key, "listener": listener}
     if prefix:
         meta["prefix"] = base64.b64encode(prefix).decode()
+    if outbox:
+        meta["outbox"] = base64.b64encode(outbox).decode()
     if session is not None:
         meta["session"] = session
     return meta
@@ -171,11 +190,11 @@ def session_state(meta: dict[str, Any], unacked: bytes) -> SessionState:
     )
 
 
-def prefix_chunks(key: str, prefix: bytes) -> Iterator[dict[str, Any]]:
-    """Messages carrying a connection's prefix when it is too large for its own message."""
+def prefix_chunks(key: str, prefix: bytes, op: str = "prefix") -> Iterator[dict[str, Any]]:
+    """Messages carrying a connection's prefix (or ``op="outbox"``: its outbox) in pieces."""
     for start in range(0, len(prefix), PREFIX_CHUNK):
         chunk = prefix[start : start + PREFIX_CHUNK]
-        yield {"op": "prefix", "key": key, "data": base64.b64encode(chunk).decode()}
+        yield {"op": op, "key": key, "data": base64.b64encode(chunk).decode()}
 
 
 class KeeperLink:
@@ -195,9 +214,10 @@ class KeeperLink:
             if op == "end":
                 close_fds(fds)
                 return inventory
-            if op == "prefix":
+            if op in ("prefix", "outbox"):
                 close_fds(fds)
-                inventory.append_prefix(str(message.get("key")), base64.b64decode(str(message.get("data"))))
+                data = base64.b64decode(str(message.get("data")))
+                inventory.append_prefix(str(message.get("key")), data, op)
                 continue
             items = message.get("items", [])
             if op != "entries" or not isinstance(items, list) or len(items) != len(fds):
@@ -214,6 +234,81 @@ class KeeperLink:
 
     def drop(self, key: str) -> None:
         send_message(self._sock, {"op": "drop", "key": key})
+
+    def relay(
+        self, key: str, listener: str, shim: int, session: dict[str, Any], prefix: bytes, outbox: bytes
+    ) -> socket.socket:
+        """Hand the keeper the shim's connection to relay; returns our end of the pair it relays to.
+
+        One-way: no answer is awaited (the keeper reads the chunks right after the registration).
+        """
+        ours, theirs = socket.socketpair()
+        try:
+            message = {
+                "op": "relay",
+                "key": key,
+                "listener": listener,
+                "session": session,
+                "prefix_len": len(prefix),
+                "outbox_len": len(outbox),
+            }
+            send_message(self._sock, message, [shim, theirs.fileno()])
+            for chunk in prefix_chunks(key, prefix):
+                send_message(self._sock, chunk)
+            for chunk in prefix_chunks(key, outbox, "outbox"):
+                send_message(self._sock, chunk)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        return ours
+
+    def report(self, op: str, key: str, **fields: Any) -> None:
+        """One-way news about a relayed connection: ``acked``, ``opened``, ``fin``, ``plain``."""
+        send_message(self._sock, {"op": op, "key": key, **fields})
+
+    def reclaim(self, key: str, acked: int) -> InheritedConnection | None:
+        """Take a relayed shim connection back for good, with its exact state (blocking: a round trip).
+
+        Close our end of its pair first: the keeper drains it to EOF before answering.
+        """
+        send_message(self._sock, {"op": "reclaim", "key": key, "acked": acked})
+        message, fds = receive_message(self._sock)
+        if message.get("op") != "reclaimed" or message.get("key") != key:
+            close_fds(fds)
+            raise FdPassError(f"unexpected answer from the fd-keeper: {message.get('op')!r}")
+        if message.get("missing") or len(fds) != 1:
+            close_fds(fds)
+            return None
+        session = message.get("session")
+        conn = InheritedConnection(
+            key,
+            str(message.get("listener", "")),
+            socket.socket(fileno=fds[0]),
+            session=session if isinstance(session, dict) else None,
+        )
+        try:
+            for op, size in (("prefix", int(message["prefix_len"])), ("outbox", int(message["outbox_len"]))):
+                data = conn.outbox if op == "outbox" else conn.prefix
+                while len(data) < size:
+                    chunk, extra = receive_message(self._sock)
+                    close_fds(extra)
+                    if chunk.get("op") != op:
+                        raise FdPassError(f"unexpected {chunk.get('op')!r} from the fd-keeper")
+                    data += base64.b64decode(str(chunk.get("data")))
+        except BaseException:
+            conn.sock.close()
+            raise
+        return conn
+
+    def listing(self) -> list[dict[str, Any]]:
+        """What the keeper holds and relays, without taking anything (for tests and diagnostics)."""
+        send_message(self._sock, {"op": "list"})
+        message, fds = receive_message(self._sock)
+        close_fds(fds)
+        items = message.get("items")
+        return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
 
     def close(self) -> None:
         self._sock.close()
@@ -306,6 +401,50 @@ class SocketCustody:
 
     def release_connection(self, key: str) -> None:
         self._drop(key)
+
+    # -- relayed by the keeper ----------------------------------------------------------
+
+    @property
+    def relays(self) -> bool:
+        """A keeper is connected: resumable shim connections go through it (``relay_connection``)."""
+        return self._keeper is not None
+
+    def relay_connection(
+        self,
+        listener: Path,
+        sock: socket.socket,
+        key: str,
+        session: dict[str, Any],
+        prefix: bytes = b"",
+        outbox: bytes = b"",
+    ) -> socket.socket | None:
+        """Let the keeper relay ``sock``; our end of its pair, or None (no keeper: serve ``sock``)."""
+        if self._keeper is None:
+            return None
+        try:
+            return self._keeper.relay(key, os.fspath(listener), sock.fileno(), session, prefix, outbox)
+        except (OSError, ValueError) as exc:
+            self._lost_keeper(OSError(str(exc)))
+            return None
+
+    def report(self, op: str, key: str, **fields: Any) -> None:
+        if self._keeper is None:
+            return
+        try:
+            self._keeper.report(op, key, **fields)
+        except OSError as exc:
+            self._lost_keeper(exc)
+
+    def reclaim(self, key: str, acked: int) -> InheritedConnection | None:
+        """Blocking (run it in a thread): the shim's connection back from the keeper, see ``KeeperLink``."""
+        keeper = self._keeper
+        if keeper is None:
+            return None
+        try:
+            return keeper.reclaim(key, acked)
+        except OSError as exc:
+            self._lost_keeper(exc)
+            return None
 
     def listener_sockets(self) -> dict[str, socket.socket]:
         """Our duplicates of the listeners we serve (for a hand-over)."""
