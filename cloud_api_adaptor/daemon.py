@@ -132,7 +132,7 @@ class Daemon:
         successor, self.successor = self.successor, None
         keep = successor is not None or self.custody.retains
         if keep:
-            handed = await detach_proxies(self.manager)
+            handed = await detach_proxies(self.manager, reclaim=successor is not None)
             try:
                 if successor is not None:
                     await asyncio.to_thread(pass_sockets, successor, self.custody, handed)

@@ -14,7 +14,8 @@ removes its socket at CreateSandbox, so the forwarder can never open a second
 agent connection), then a clean StopVM and
 nothing left: no VM record, no VM process, no pod directory.
 
-``kill -9`` with the keeper is ``xfail``: the gap docs/survival.md describes.
+``kill -9`` with the keeper is exact: the keeper relays each shim connection and
+keeps the session's counters, so the restarted daemon resumes the session.
 """
 
 from __future__ import annotations
@@ -53,10 +54,6 @@ FORWARDER_PORT = 15150
 KEEPER_BIN = Path(sys.executable).parent / "caa-fd-keeper"
 DEVAGENT = "cloud_api_adaptor.vm.devagent"
 
-#: the known gap of issue 10 item 3 (docs/survival.md): bytes the killed daemon had read from a shim
-#: but the VM had not acknowledged die with it, so the restarted daemon opens a new session on the
-#: kept connection and the agent, which removed its socket, cannot be reached again
-KILL9_GAP = "kill -9: in-flight bytes die with the daemon (docs/survival.md, issue 10 item 3)"
 
 
 @dataclass
@@ -245,7 +242,7 @@ SCENARIOS = [
     scenario("hand-over", hand_over),
     # a SIGTERM'd daemon leaves each session's exact state with the keeper for the next one
     scenario("sigterm-restart", sigterm_restart, keeper=True),
-    scenario("kill9-restart-with-keeper", kill9_restart, KILL9_GAP, keeper=True),
+    scenario("kill9-restart-with-keeper", kill9_restart, keeper=True),
     # TCP alone rides out a 20 s blackhole (retransmissions, no timeout on either side): passes today
     scenario("blackhole-20s", blackhole),
     scenario("tcp-reset", tcp_reset),
