@@ -160,6 +160,8 @@ class ResumableRelay:
             if got is None:
                 return
             welcome, rest = got
+            if welcome.status is Status.UNKNOWN_SESSION and self._reopen(link):
+                return
             if welcome.status is not Status.OK:
                 raise ResumeRejected(
                     f"the forwarder refused the session: {welcome.status.name}", welcome.status
@@ -178,6 +180,20 @@ class ResumableRelay:
         self._running(link)
         if rest:
             self._from_link(link, memoryview(rest))
+
+    def _reopen(self, link: Link) -> bool:
+        """The forwarder does not know a session we resumed (e.g. a crash between the fd-keeper
+        learning it was opened and the hello going out): when nothing of it was acknowledged or
+        received, opening it anew is the same thing.  The link is dropped; the next one says NEW."""
+        if self.session.acked or self.session.received:
+            return False
+        logger.info("agent channel %s: the forwarder does not know the session; opening it anew", self.name)
+        self._hello_sent = False
+        if not link.settled.done():
+            link.settled.set_result(False)
+        if link.transport is not None:
+            link.transport.abort()
+        return True
 
     def _running(self, link: Link) -> None:
         link.running()

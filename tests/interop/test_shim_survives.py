@@ -55,7 +55,6 @@ KEEPER_BIN = Path(sys.executable).parent / "caa-fd-keeper"
 DEVAGENT = "cloud_api_adaptor.vm.devagent"
 
 
-
 @dataclass
 class Node:
     """The daemon(s) of one node, in a network namespace of the test's own."""
