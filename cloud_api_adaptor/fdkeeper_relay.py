@@ -87,6 +87,8 @@ class Relay:
         self.shim_broken = False
         self.shim_shut = False
         self.drop_deadline: float | None = None
+        #: the selector events registered for (the shim, the pair): re-registered only on a change
+        self.registered: tuple[int, int, socket.socket | None] = (-1, -1, None)
         #: stops the keeper's selector watching a socket before it is closed (set by the table)
         self.unwatch: Callable[[socket.socket], None] = lambda _sock: None
         for sock in (shim, pair):
@@ -292,6 +294,7 @@ class RelayTable:
     def __init__(self, selector: selectors.BaseSelector) -> None:
         self._selector = selector
         self.relays: dict[str, Relay] = {}
+        self._dropping: set[Relay] = set()
 
     def __iter__(self) -> Iterator[Relay]:
         return iter(list(self.relays.values()))
@@ -314,15 +317,21 @@ class RelayTable:
             self._unwatch(sock)
         if self.relays.get(relay.key) is relay:
             del self.relays[relay.key]
+        self._dropping.discard(relay)
 
     def update(self, relay: Relay) -> None:
         """Re-register ``relay``'s sockets for what it wants now; close it once a drop finished."""
+        if relay.drop_deadline is not None and relay.key in self.relays:
+            self._dropping.add(relay)
         if relay.finished:
             self.forget(relay)
             relay.close()
             logger.debug("relay %s closed", relay.key)
             return
         shim, pair = relay.interest()
+        if relay.registered == (shim, pair, relay.pair):
+            return  # the common case on the hot path: nothing to tell the selector
+        relay.registered = (shim, pair, relay.pair)
         self._want(relay.shim, shim, (relay, "shim"))
         if relay.pair is not None:
             self._want(relay.pair, pair, (relay, "pair"))
@@ -362,12 +371,15 @@ class RelayTable:
         if sock is not None and sock.fileno() >= 0:
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(sock)
+            for relay in self.relays.values():
+                if sock is relay.shim or sock is relay.pair:
+                    relay.registered = (-1, -1, None)
 
     def tick(self) -> float | None:
         """Close relays whose drop finished or timed out; the seconds until the next deadline."""
         soonest: float | None = None
         now = time.monotonic()
-        for relay in self:
+        for relay in list(self._dropping):
             if relay.drop_deadline is None:
                 continue
             self.update(relay)
