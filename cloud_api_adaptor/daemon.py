@@ -50,8 +50,9 @@ from cloud_api_adaptor.probe import ProbeServer
 from cloud_api_adaptor.provider import Provider, ProviderContext
 from cloud_api_adaptor.reconciler import OrphanReconciler
 from cloud_api_adaptor.settings import Settings
-from cloud_api_adaptor.transport.custody import SocketCustody, open_keeper
+from cloud_api_adaptor.transport.custody import SocketCustody
 from cloud_api_adaptor.transport.fdpass import bind_unix_listener
+from cloud_api_adaptor.transport.keeper_link import open_keeper
 from cloud_api_adaptor.ttrpc import Server
 
 if TYPE_CHECKING:

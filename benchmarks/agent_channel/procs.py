@@ -22,7 +22,8 @@ from cloud_api_adaptor.proxy.agent_proxy import AgentChannel
 from cloud_api_adaptor.proxy.testing import StubAgent
 from cloud_api_adaptor.proxy.tls import AgentTls
 from cloud_api_adaptor.settings import TlsSettings
-from cloud_api_adaptor.transport.custody import KeeperLink, SocketCustody
+from cloud_api_adaptor.transport.custody import SocketCustody
+from cloud_api_adaptor.transport.keeper_link import KeeperLink
 
 
 async def _until_term() -> None:

@@ -26,19 +26,16 @@ How it dials and reconnects:
   connection drops a new shim connection reconnects;
 - ``restore`` re-creates the listener after a daemon restart without waiting.
 
-Sockets that outlive the daemon (``transport.custody``): with a custody, the
-listener and each accepted shim connection are registered with the fd-keeper,
-a listener and connections passed by a previous daemon are taken over instead
-of binding anew, and ``detach`` lets the daemon go away without the shim seeing
-it (no unlink, no EOF): see docs/survival.md.
+Sockets that outlive the daemon (``transport.custody``, docs/survival.md): the
+listener is registered with the fd-keeper, passed ones are taken over instead
+of binding anew, and ``detach`` goes away without the shim seeing it.  We accept
+ourselves, so that a resumable connection goes to the keeper's relay before a
+byte of it is read.
 
-Resumable channel (``resume_window`` > 0, TLS on): when the forwarder agrees by
-ALPN, a shim connection is a ``transport.resumable.ResumableRelay`` instead of
-a plain pump.  A dropped link is redialled with the same staggered dialer and
-the session resumed, for up to ``resume_window`` seconds from the drop; beyond
-that the shim connection is closed as without resumability.  A forwarder that
-does not offer it (the Go forwarder, ours with resume off) gets the plain relay:
-the bytes the shim sent meanwhile go first.
+Resumable channel (``resume_window`` > 0, TLS on; ``agent_sessions``): when the
+forwarder agrees by ALPN a shim connection is a ``ResumableRelay``, its link
+redialled and resumed after a drop within ``resume_window``; a forwarder that
+does not offer it gets the plain relay, the bytes the shim sent meanwhile first.
 """
 
 from __future__ import annotations
@@ -55,7 +52,7 @@ from typing import Any
 from cloud_api_adaptor.aio import TaskSupervisor
 from cloud_api_adaptor.errors import DeadlineExceeded, FailedPrecondition
 from cloud_api_adaptor.proxy.agent_keeper import KeeperReports
-from cloud_api_adaptor.proxy.agent_sessions import ProxyStats, ResumableSessions, describe, resumes
+from cloud_api_adaptor.proxy.agent_sessions import ProxyStats, ResumableSessions, describe, flushed, resumes
 from cloud_api_adaptor.proxy.dialer import DialFailed, Handshake, StaggeredDialer
 from cloud_api_adaptor.proxy.tls import AgentTls
 from cloud_api_adaptor.transport.custody import InheritedConnection, SocketCustody
@@ -205,7 +202,7 @@ class AgentProxy(ResumableSessions):
         for down in downs:
             if down.transport is not None and not down.transport.is_closing():
                 down.transport.pause_reading()
-        await _flushed(self._pipes, grace)
+        await flushed(self._pipes, grace)
         for down in downs:
             t = down.transport
             sock = t.get_extra_info("socket") if t is not None else None
@@ -478,17 +475,6 @@ class AgentProxy(ResumableSessions):
         with handshake():
             await loop.create_connection(lambda: up, sock=sock, **tls)
         return up
-
-
-async def _flushed(pipes: set[Pipe], grace: float) -> None:
-    """Wait (bounded) until no transport of ``pipes`` has bytes left in its write buffer."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + grace
-    while loop.time() < deadline:
-        busy = [p for p in pipes if p.transport is not None and not p.transport.is_closing()]
-        if not any(p.transport.get_write_buffer_size() for p in busy if p.transport is not None):
-            return
-        await asyncio.sleep(0.01)
 
 
 class AgentChannel:

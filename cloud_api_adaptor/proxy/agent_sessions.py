@@ -380,3 +380,14 @@ async def _first_of(wait: Coroutine[Any, Any, Any], future: asyncio.Future[Any])
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def flushed(pipes: set[Pipe], grace: float) -> None:
+    """Wait (bounded) until no transport of ``pipes`` has bytes left in its write buffer."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while loop.time() < deadline:
+        busy = [p for p in pipes if p.transport is not None and not p.transport.is_closing()]
+        if not any(p.transport.get_write_buffer_size() for p in busy if p.transport is not None):
+            return
+        await asyncio.sleep(0.01)

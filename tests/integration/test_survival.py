@@ -36,7 +36,7 @@ from cloud_api_adaptor._pb import podvminfo_pb2 as pvi
 from cloud_api_adaptor.hypervisor.service import PODVMINFO_SERVICE
 from cloud_api_adaptor.proxy.testing import StubClient
 from cloud_api_adaptor.testing.eventually import eventually, eventually_sync
-from cloud_api_adaptor.transport.custody import KeeperLink
+from cloud_api_adaptor.transport.keeper_link import KeeperLink
 from cloud_api_adaptor.ttrpc import Code, RpcError
 from cloud_api_adaptor.ttrpc.framing import OversizedFrame
 

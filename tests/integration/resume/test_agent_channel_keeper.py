@@ -20,7 +20,8 @@ from cloud_api_adaptor.fdkeeper import FdKeeper
 from cloud_api_adaptor.proxy.agent_proxy import AgentChannel, AgentProxy
 from cloud_api_adaptor.proxy.testing import StubClient
 from cloud_api_adaptor.testing.eventually import eventually
-from cloud_api_adaptor.transport.custody import SocketCustody, open_keeper
+from cloud_api_adaptor.transport.custody import SocketCustody
+from cloud_api_adaptor.transport.keeper_link import open_keeper
 from cloud_api_adaptor.transport.resume import Session, new_session_id
 
 from .test_agent_channel_resume import INSTANCE, Caller, Stand, _echo, stand

@@ -20,8 +20,9 @@ import pytest
 from cloud_api_adaptor.fdkeeper import FdKeeper
 from cloud_api_adaptor.fdkeeper_relay import OUTBOX_LIMIT, READ_SIZE
 from cloud_api_adaptor.testing.eventually import eventually_sync
-from cloud_api_adaptor.transport.custody import InheritedConnection, KeeperLink
+from cloud_api_adaptor.transport.custody import InheritedConnection
 from cloud_api_adaptor.transport.fdpass import send_message
+from cloud_api_adaptor.transport.keeper_link import KeeperLink
 
 LISTENER = "/run/pods/s1/agent.ttrpc"
 
