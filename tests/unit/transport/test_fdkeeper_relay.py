@@ -8,6 +8,7 @@ when it died.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from cloud_api_adaptor import fdkeeper_relay
 from cloud_api_adaptor.fdkeeper import FdKeeper
 from cloud_api_adaptor.fdkeeper_relay import OUTBOX_LIMIT, READ_SIZE
 from cloud_api_adaptor.testing.eventually import eventually_sync
@@ -212,3 +214,38 @@ def test_malformed_messages_drop_that_client_only(fdk: FdKeeper) -> None:
         assert recv_exactly(d_end, 4) == b"ping"
         assert sorted(i["key"] for i in daemon.listing()) == ["C:1"]
         daemon.close()
+
+
+def test_a_drop_gives_up_on_a_shim_that_never_reads(fdk: FdKeeper, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fdkeeper_relay, "FLUSH_WAIT", 0.2)
+    daemon, d_end, shim = relayed(fdk)
+    with shim:
+        d_end.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:  # the shim's socket, the outbox and the pair all full
+                d_end.send(b"x" * READ_SIZE)
+        d_end.close()
+        daemon.drop("C:1")
+        daemon.close()
+        eventually_sync(lambda: fdk.relays.get("C:1") is None, "the keeper to give up")
+        shim.settimeout(10)
+        while shim.recv(1 << 20):  # what reached the shim's socket, then the close
+            pass
+
+
+def test_a_plain_relay_comes_back_as_a_new_session(fdk: FdKeeper) -> None:
+    daemon, d_end, shim = relayed(fdk, sent=3, acked=0, received=5, prefix=b"abc")
+    with shim:
+        daemon.report("plain", "C:1")  # the forwarder does not resume: no replay buffer
+        shim.sendall(b"request")
+        assert recv_exactly(d_end, 7) == b"request"
+        daemon.close()
+        d_end.close()
+        conn = restart(fdk)
+        with conn.sock:
+            assert conn.session is not None
+            assert conn.session["id"] != "ab" * 16 and conn.session["opened"] is False
+            assert (conn.session["sent"], conn.session["acked"], conn.session["received"]) == (0, 0, 0)
+            assert bytes(conn.prefix) == b""
+            shim.sendall(b"next")
+            assert recv_exactly(conn.sock, 4) == b"next"
