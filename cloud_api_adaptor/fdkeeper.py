@@ -31,11 +31,12 @@ import selectors
 import signal
 import socket
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloud_api_adaptor.fdkeeper_relay import Relay, RelayTable
+from cloud_api_adaptor.fdkeeper_relay import DRAIN_WAIT, Relay, RelayTable
 from cloud_api_adaptor.transport.custody import prefix_chunks
 from cloud_api_adaptor.transport.fdpass import (
     MAX_FDS,
@@ -308,10 +309,11 @@ class FdKeeper:
             (h.meta, h.fd, bytes(h.prefix)) for h in self.held.values()
         ]
         theirs: list[socket.socket] = []
+        deadline = time.monotonic() + DRAIN_WAIT  # for all of them: a dead daemon's ends are at EOF
         for relay in self.relays:
             if relay.owner is not None or relay.drop_deadline is not None:
                 continue  # its daemon is alive (next to a hand-over) or it is closing
-            relay.drain_pair()
+            relay.drain_pair(max(0.0, deadline - time.monotonic()))
             end = relay.renew()
             theirs.append(end)
             relay.owner = client

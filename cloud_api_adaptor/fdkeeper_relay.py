@@ -239,13 +239,17 @@ class Relay:
     def drain_pair(self, wait: float = DRAIN_WAIT) -> None:
         """Read the pair to EOF (the daemon closed it or died), bounded by ``wait``; then close it."""
         deadline = time.monotonic() + wait
+        late = 16  # past the deadline, what is already queued (a pair holds far less than 16 reads)
         while self.pair is not None and not self.pair_eof:
             left = deadline - time.monotonic()
             if left <= 0:
-                logger.warning("relay %s: the daemon's end did not close in time; cutting it", self.key)
-                break
-            if select.select([self.pair], [], [], left)[0]:
-                self.pair_readable()
+                late -= 1
+            if late < 0 or not select.select([self.pair], [], [], max(0.0, left))[0]:
+                if left <= 0 or late < 0:
+                    logger.warning("relay %s: the daemon's end did not close in time; cutting it", self.key)
+                    break
+                continue
+            self.pair_readable()
         if self.pair_eof and self.fin_announced:
             self.fin_received = True
         self.close_pair()

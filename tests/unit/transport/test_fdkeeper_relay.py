@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from cloud_api_adaptor import fdkeeper_relay
+from cloud_api_adaptor import fdkeeper, fdkeeper_relay
 from cloud_api_adaptor.fdkeeper import FdKeeper
 from cloud_api_adaptor.fdkeeper_relay import OUTBOX_LIMIT, READ_SIZE
 from cloud_api_adaptor.testing.eventually import eventually_sync
@@ -249,3 +249,21 @@ def test_a_plain_relay_comes_back_as_a_new_session(fdk: FdKeeper) -> None:
             assert bytes(conn.prefix) == b""
             shim.sendall(b"next")
             assert recv_exactly(conn.sock, 4) == b"next"
+
+
+def test_a_daemon_that_lost_its_keeper_channel_is_cut_off_at_the_next_hello(
+    fdk: FdKeeper, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fdkeeper, "DRAIN_WAIT", 0.2)
+    daemon, d_end, shim = relayed(fdk)
+    with shim, d_end:
+        daemon.close()  # its channel to the keeper is gone, its end of the pair is not
+        d_end.sendall(b"late")
+        assert recv_exactly(shim, 4) == b"late"  # still relayed meanwhile
+        conn = restart(fdk)  # waits (bounded) for an EOF that never comes, then cuts the old pair
+        with conn.sock:
+            assert conn.session is not None and conn.session["received"] == 4
+            d_end.settimeout(10)
+            assert d_end.recv(10) == b""  # the old daemon's end is cut off
+            conn.sock.sendall(b"new")
+            assert recv_exactly(shim, 3) == b"new"
