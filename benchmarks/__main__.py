@@ -19,6 +19,7 @@ SUITES = (
     "ttrpc",
     "agent_channel",
     "agent_resume",
+    "agent_keeper",
     "lifecycle",
     "tunnel",
     "aws_calls",

@@ -51,8 +51,9 @@ from cloud_api_adaptor.probe import ProbeServer
 from cloud_api_adaptor.provider import Provider, ProviderContext
 from cloud_api_adaptor.reconciler import OrphanReconciler
 from cloud_api_adaptor.settings import Settings
-from cloud_api_adaptor.transport.custody import SocketCustody, open_keeper
+from cloud_api_adaptor.transport.custody import SocketCustody
 from cloud_api_adaptor.transport.fdpass import bind_unix_listener
+from cloud_api_adaptor.transport.keeper_link import open_keeper
 from cloud_api_adaptor.ttrpc import Server
 
 if TYPE_CHECKING:
@@ -133,7 +134,7 @@ class Daemon:
         successor, self.successor = self.successor, None
         keep = successor is not None or self.custody.retains
         if keep:
-            handed = await detach_proxies(self.manager)
+            handed = await detach_proxies(self.manager, reclaim=successor is not None)
             try:
                 if successor is not None:
                     await asyncio.to_thread(pass_sockets, successor, self.custody, handed)

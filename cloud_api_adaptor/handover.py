@@ -178,9 +178,10 @@ def receive_sockets(path: Path, timeout: float) -> Inventory:
             if op == "end":
                 close_fds(fds)
                 break
-            if op == "prefix":
+            if op in ("prefix", "outbox"):
                 close_fds(fds)
-                inventory.append_prefix(str(message.get("key")), base64.b64decode(str(message.get("data"))))
+                data = base64.b64decode(str(message.get("data")))
+                inventory.append_prefix(str(message.get("key")), data, op)
             elif op == "socket" and len(fds) == 1:
                 inventory.add(message, fds[0])
             else:
@@ -205,13 +206,14 @@ def pass_sockets(
         send_message(peer, {"op": "socket", **listener_meta(path)}, [sock.fileno()])
     for conn in handed:
         inline = conn.prefix if len(conn.prefix) <= 16 << 10 else b""
-        send_message(
-            peer,
-            {"op": "socket", **connection_meta(conn.key, conn.listener, bytes(inline), conn.session)},
-            [conn.sock.fileno()],
-        )
+        outbox = conn.outbox if len(conn.outbox) <= 16 << 10 else b""
+        meta = connection_meta(conn.key, conn.listener, bytes(inline), conn.session, bytes(outbox))
+        send_message(peer, {"op": "socket", **meta}, [conn.sock.fileno()])
         if not inline:
             for chunk in prefix_chunks(conn.key, bytes(conn.prefix)):
+                send_message(peer, chunk)
+        if not outbox:
+            for chunk in prefix_chunks(conn.key, bytes(conn.outbox), "outbox"):
                 send_message(peer, chunk)
     send_message(peer, {"op": "end"})
     message, fds = receive_message(peer)
@@ -220,13 +222,17 @@ def pass_sockets(
         raise FdPassError(f"the new daemon answered {message.get('op')!r}, not ack")
 
 
-async def detach_proxies(manager: SandboxManager) -> list[InheritedConnection]:
-    """Detach every running sandbox's agent socket, keeping what the shim holds open."""
+async def detach_proxies(manager: SandboxManager, *, reclaim: bool = False) -> list[InheritedConnection]:
+    """Detach every running sandbox's agent socket, keeping what the shim holds open.
+
+    ``reclaim``: for a hand-over, connections the fd-keeper relays are taken back
+    from it (the new daemon relays them through its own keeper).
+    """
     handed: list[InheritedConnection] = []
     for live in manager.live_sandboxes():
         proxy = live.proxy
         if isinstance(proxy, AgentProxy):
-            handed.extend(await proxy.detach())
+            handed.extend(await proxy.detach(reclaim=reclaim))
     return handed
 
 

@@ -22,6 +22,8 @@ from cloud_api_adaptor.proxy.agent_proxy import AgentChannel
 from cloud_api_adaptor.proxy.testing import StubAgent
 from cloud_api_adaptor.proxy.tls import AgentTls
 from cloud_api_adaptor.settings import TlsSettings
+from cloud_api_adaptor.transport.custody import SocketCustody
+from cloud_api_adaptor.transport.keeper_link import KeeperLink
 
 
 async def _until_term() -> None:
@@ -38,15 +40,26 @@ async def agent(path: str) -> None:
 
 
 async def proxy(
-    path: str, host: str, port: str, state_dir: str, instance: str, resume_window: str = "0"
+    path: str,
+    host: str,
+    port: str,
+    state_dir: str,
+    instance: str,
+    resume_window: str = "0",
+    keeper: str = "",
 ) -> None:
+    """``keeper``: an fd-keeper's socket: shim connections go through its relay."""
     tls = AgentTls.from_settings(TlsSettings(disabled=state_dir == "-"), Path(state_dir))
-    p = AgentChannel(tls, resume_window=float(resume_window)).new_proxy(Path(path), instance)
+    custody = SocketCustody(keeper=KeeperLink(Path(keeper))) if keeper else None
+    channel = AgentChannel(tls, resume_window=float(resume_window), custody=custody)
+    p = channel.new_proxy(Path(path), instance)
     await p.start(host, int(port), timeout=60)
     try:
         await _until_term()
     finally:
         await p.aclose()
+        if custody is not None:
+            custody.close()
 
 
 if __name__ == "__main__":

@@ -26,19 +26,16 @@ How it dials and reconnects:
   connection drops a new shim connection reconnects;
 - ``restore`` re-creates the listener after a daemon restart without waiting.
 
-Sockets that outlive the daemon (``transport.custody``): with a custody, the
-listener and each accepted shim connection are registered with the fd-keeper,
-a listener and connections passed by a previous daemon are taken over instead
-of binding anew, and ``detach`` lets the daemon go away without the shim seeing
-it (no unlink, no EOF): see docs/survival.md.
+Sockets that outlive the daemon (``transport.custody``, docs/survival.md): the
+listener is registered with the fd-keeper, passed ones are taken over instead
+of binding anew, and ``detach`` goes away without the shim seeing it.  We accept
+ourselves, so that a resumable connection goes to the keeper's relay before a
+byte of it is read.
 
-Resumable channel (``resume_window`` > 0, TLS on): when the forwarder agrees by
-ALPN, a shim connection is a ``transport.resumable.ResumableRelay`` instead of
-a plain pump.  A dropped link is redialled with the same staggered dialer and
-the session resumed, for up to ``resume_window`` seconds from the drop; beyond
-that the shim connection is closed as without resumability.  A forwarder that
-does not offer it (the Go forwarder, ours with resume off) gets the plain relay:
-the bytes the shim sent meanwhile go first.
+Resumable channel (``resume_window`` > 0, TLS on; ``agent_sessions``): when the
+forwarder agrees by ALPN a shim connection is a ``ResumableRelay``, its link
+redialled and resumed after a drop within ``resume_window``; a forwarder that
+does not offer it gets the plain relay, the bytes the shim sent meanwhile first.
 """
 
 from __future__ import annotations
@@ -49,58 +46,28 @@ import logging
 import os
 import socket
 import ssl
-from collections.abc import Coroutine
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cloud_api_adaptor.aio import TaskSupervisor
 from cloud_api_adaptor.errors import DeadlineExceeded, FailedPrecondition
+from cloud_api_adaptor.proxy.agent_keeper import KeeperReports
+from cloud_api_adaptor.proxy.agent_sessions import ProxyStats, ResumableSessions, describe, flushed, resumes
 from cloud_api_adaptor.proxy.dialer import DialFailed, Handshake, StaggeredDialer
 from cloud_api_adaptor.proxy.tls import AgentTls
-from cloud_api_adaptor.transport.custody import (
-    InheritedConnection,
-    SocketCustody,
-    session_meta,
-    session_state,
-)
-from cloud_api_adaptor.transport.pump import Pipe, PumpStats, close_pipes, link
+from cloud_api_adaptor.transport.custody import InheritedConnection, SocketCustody
+from cloud_api_adaptor.transport.pump import Pipe, close_pipes, link
 from cloud_api_adaptor.transport.resumable import ResumableRelay
-from cloud_api_adaptor.transport.resume import ALPN, ResumeError, Session, SessionState, new_session_id
+from cloud_api_adaptor.transport.resume import ALPN
+
+__all__ = ["SOCKET_NAME", "AgentChannel", "AgentProxy", "ProxyStats"]
 
 logger = logging.getLogger(__name__)
 
 SOCKET_NAME = "agent.ttrpc"
 
 
-@dataclass
-class ProxyStats(PumpStats):
-    """Counters for later metrics."""
-
-    connections_total: int = 0
-    """Shim connections accepted."""
-    connections_active: int = 0
-    upstream_dials: int = 0
-    """Upstream connections established (the readiness dial included)."""
-    upstream_failures: int = 0
-    """Failed upstream connect attempts."""
-    resumes: int = 0
-    """Resumable sessions continued on a new link."""
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "connection attempt timed out"
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"tls: failed to verify certificate: {exc.verify_message}"
-    if isinstance(exc, ssl.SSLError):
-        return f"tls: {exc.reason or exc}"
-    if isinstance(exc, OSError) and exc.errno is not None:
-        return exc.strerror or os.strerror(exc.errno).lower()
-    return str(exc) or type(exc).__name__
-
-
-class AgentProxy:
+class AgentProxy(ResumableSessions):
     """One sandbox's agent socket; ``start`` returns once the forwarder is reachable."""
 
     def __init__(
@@ -123,6 +90,8 @@ class AgentProxy:
         self._custody = custody
         #: the keeper key of each accepted shim connection
         self._keys: dict[Pipe | ResumableRelay, str] = {}
+        self._reports: dict[ResumableRelay, KeeperReports] = {}
+        self._relayed_downs: set[Pipe] = set()
         self._downs: set[Pipe] = set()
         self._detaching = False
         self._ssl = ssl_context
@@ -145,7 +114,8 @@ class AgentProxy:
             name=f"agent-proxy-attempt {socket_path}",
         )
         self.stats = ProxyStats()
-        self._server: asyncio.AbstractServer | None = None
+        self._listener: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
         self._addr: tuple[str, int] | None = None
         self._spare: Pipe | None = None
         self._pipes: set[Pipe] = set()
@@ -177,7 +147,7 @@ class AgentProxy:
             await self._stop_listening()
             raise DeadlineExceeded(
                 f"failed to establish agent proxy connection to {host}:{port}: "
-                f"{_describe(exc.last) if exc.last else 'timeout'}"
+                f"{describe(exc.last) if exc.last else 'timeout'}"
             ) from exc.last
         except BaseException:
             await self._stop_listening()
@@ -207,7 +177,7 @@ class AgentProxy:
         await self._tasks.aclose()
         await close_pipes(self._pipes)
 
-    async def detach(self, grace: float = 2.0) -> list[InheritedConnection]:
+    async def detach(self, grace: float = 2.0, *, reclaim: bool = False) -> list[InheritedConnection]:
         """Go away without the shim noticing: stop accepting, keep the socket file, no EOF.
 
         Reading from the shim stops, what was already read is flushed to the
@@ -217,25 +187,31 @@ class AgentProxy:
         is in the custody's hands).  Answers the forwarder sends after this are
         lost unless the agent channel resumes its session (a plain relay
         cannot: the next daemon opens a new upstream connection).
+
+        A connection the fd-keeper relays stays with the keeper for the next
+        daemon (a restart), or, with ``reclaim`` (a hand-over to a daemon with
+        its own keeper), is taken back from it and returned.
         """
         if self._closed:
             return []
         self._closed = True
         self._detaching = True
-        server, self._server = self._server, None
-        self._listening = False
-        if server is not None:
-            server.close()
-        handed = [conn for conn in [await self._release(r) for r in list(self.relays)] if conn is not None]
-        downs = list(self._downs)
+        await self._stop_accepting(close=False)
+        handed = [c for c in [await self._release(r, reclaim) for r in list(self.relays)] if c is not None]
+        downs = list(self._downs | self._relayed_downs)
         for down in downs:
             if down.transport is not None and not down.transport.is_closing():
                 down.transport.pause_reading()
-        await _flushed(self._pipes, grace)
+        await flushed(self._pipes, grace)
         for down in downs:
             t = down.transport
             sock = t.get_extra_info("socket") if t is not None else None
             if t is None or t.is_closing() or sock is None or down.closed.done():
+                continue
+            if down in self._relayed_downs:
+                conn = await self._reclaim_plain(down, reclaim)
+                if conn is not None:
+                    handed.append(conn)
                 continue
             key = self._keys.get(down) or f"C:{id(down):x}"
             dup = socket.socket(fileno=os.dup(sock.fileno()))
@@ -248,26 +224,10 @@ class AgentProxy:
         await self._tasks.aclose()
         for pipe in list(self._pipes):
             pipe.abort()
-        if server is not None:
-            await server.wait_closed()
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()  # the custody (or the keeper) holds a duplicate
         return handed
-
-    async def _release(self, relay: ResumableRelay) -> InheritedConnection | None:
-        """A resumable session stopped at a consistent point (``ResumableRelay.release``) to pass on.
-
-        The forwarder keeps its half and its agent connection for the resume window.
-        """
-        key = self._keys.get(relay) or f"C:{relay.name}"
-        opened = relay._hello_sent  # the forwarder knows the session: the next daemon resumes it
-        try:
-            sock, state = await relay.release()
-        except (ResumeError, TimeoutError) as exc:
-            logger.warning(
-                "agent proxy %s: session %s not handed over: %s", self.socket_path, relay.name, exc
-            )
-            return None
-        path = os.fspath(self.socket_path)
-        return InheritedConnection(key, path, sock, bytearray(state.unacked), session_meta(state, opened))
 
     # -- listening -------------------------------------------------------------
 
@@ -278,13 +238,10 @@ class AgentProxy:
             raise FailedPrecondition(f"agent proxy {self.socket_path} is already listening")
         self._addr = (host, port)
         path = self.socket_path
-        loop = asyncio.get_running_loop()
         inherited = self._custody.take_listener(path) if self._custody is not None else None
         if inherited is not None:
             # Passed by the previous daemon (or the keeper): the file never went away.
-            inherited.setblocking(False)
-            self._server = await loop.create_unix_server(self._accept, sock=inherited)
-            self._listening = True
+            self._serve(inherited)
             self._custody.keep_listener(path, inherited)  # type: ignore[union-attr]
             for conn in self._custody.take_connections(path):  # type: ignore[union-attr]
                 await self._adopt(conn)
@@ -300,34 +257,67 @@ class AgentProxy:
             sock.bind(os.fspath(path))
             os.chmod(path, 0o600)
             sock.listen(128)
-            sock.setblocking(False)
-            self._server = await loop.create_unix_server(self._accept, sock=sock)
+            self._serve(sock)
         except BaseException:
             sock.close()
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
             raise
-        self._listening = True
         if self._custody is not None:
             self._custody.keep_listener(path, sock)
 
-    async def _stop_listening(self) -> None:
-        server, self._server = self._server, None
+    def _serve(self, sock: socket.socket) -> None:
+        """Accept on ``sock`` ourselves: a connection may go to the fd-keeper before any byte is read."""
+        sock.setblocking(False)
+        self._listener = sock
+        self._listening = True
+        self._accepting = self._tasks.spawn(
+            self._accept_loop(sock), name=f"agent-proxy-accept {self.socket_path}"
+        )
+
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, _ = await loop.sock_accept(listener)
+            except OSError as exc:  # out of descriptors and the like: the shim waits in the backlog
+                logger.warning("agent proxy %s: accept failed: %s", self.socket_path, exc)
+                await asyncio.sleep(0.1)
+                continue
+            sock.setblocking(False)
+            try:
+                await self._serve_accepted(sock)
+            except Exception as exc:
+                logger.warning("agent proxy %s: cannot serve a shim connection: %s", self.socket_path, exc)
+
+    async def _serve_accepted(self, sock: socket.socket) -> None:
+        spare = self._spare
+        if self._resume_window > 0 and (spare is None or resumes(spare)):
+            await self._serve_resumable(sock)
+        else:
+            await self._connect(self._accept(), sock)
+
+    async def _stop_accepting(self, *, close: bool) -> None:
+        task, self._accepting = self._accepting, None
         self._listening = False
-        if server is not None:
-            server.close()
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if close:
+            listener, self._listener = self._listener, None
+            if listener is not None:
+                listener.close()
+
+    async def _stop_listening(self) -> None:
+        await self._stop_accepting(close=True)
         if self._custody is not None:
             self._custody.release_listener(self.socket_path)
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             self.socket_path.unlink()
-        if server is not None:
-            await server.wait_closed()
 
     def _accept(self) -> asyncio.BaseProtocol:
-        """Protocol factory for shim connections (runs inside the event loop)."""
-        spare = self._spare
-        if self._resume_window > 0 and (spare is None or _resumes(spare)):
-            return self._accept_resumable()
+        """A plain relay for a shim connection (the resumable channel is off or not offered)."""
         down = self._new_downstream()
         spare, self._spare = self._spare, None
         if spare is not None and spare.is_alive:
@@ -361,46 +351,27 @@ class AgentProxy:
 
     async def _adopt(self, conn: InheritedConnection) -> None:
         """Serve a shim connection accepted by a previous daemon: the shim never noticed the change."""
-        if self._custody is not None:
-            # Before a single byte moves: the keeper forgets the state left with it, which is stale
-            # from now on (a crash later must not resume from it).
-            self._custody.keep_connection(self.socket_path, conn.sock.fileno(), conn.key)
+        conn.sock.setblocking(False)
         if self._resume_window > 0:
-            # A passed-on session is resumed; a connection the keeper kept through a crash has none
-            # left (its state died with the daemon): it starts a new session (docs/survival.md).
-            conn.sock.setblocking(False)
             try:
-                if conn.session is not None and conn.session.get("opened", True):
-                    await self.adopt(conn.sock, session_state(conn.session, bytes(conn.prefix)), conn.key)
-                else:
-                    if conn.session is not None:
-                        session = Session.restore(session_state(conn.session, bytes(conn.prefix)))
-                    else:
-                        session = Session(new_session_id())
-                        if conn.prefix:
-                            session.send(bytes(conn.prefix))
-                    protocol = self._accept_resumable(session, conn.key)
-                    await asyncio.get_running_loop().connect_accepted_socket(lambda: protocol, conn.sock)
+                await self._adopt_resumable(conn)
             except BaseException:
                 conn.sock.close()
                 raise
-            logger.info(
-                "agent proxy %s: took over a shim connection (%s, %s)",
-                self.socket_path,
-                conn.key,
-                "session resumed" if conn.session is not None else "new session",
-            )
             return
-        down = self._new_downstream(conn.key)
+        if self._custody is not None and not conn.relayed:
+            # Before a single byte moves: the keeper forgets the state left with it, which is stale
+            # from now on (a crash later must not resume from it).
+            self._custody.keep_connection(self.socket_path, conn.sock.fileno(), conn.key)
+        down = self._new_downstream(None if conn.relayed else conn.key)
+        if conn.relayed and self._custody is not None:  # the keeper relays it: no session any more
+            self._custody.report("plain", conn.key)
+            self._keys[down] = conn.key
+            self._relayed_downs.add(down)
         down.hold(bytes(conn.prefix))
-        conn.sock.setblocking(False)
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.connect_accepted_socket(lambda: down, conn.sock)
-        except BaseException:
-            conn.sock.close()
-            down.close()
-            raise
+        await self._connect(down, conn.sock)
+        if conn.outbox and down.transport is not None:
+            down.transport.write(bytes(conn.outbox))
         logger.info("agent proxy %s: took over a shim connection (%s)", self.socket_path, conn.key)
         self._tasks.spawn(self._connect_upstream(down), name=f"agent-proxy-dial {self.socket_path}")
 
@@ -432,7 +403,7 @@ class AgentProxy:
                 "agent proxy %s: cannot reach the forwarder at %s: %s",
                 self.socket_path,
                 self._addr,
-                _describe(exc.last) if exc.last else "timeout",
+                describe(exc.last) if exc.last else "timeout",
             )
             down.close()
             return
@@ -441,146 +412,6 @@ class AgentProxy:
         except BaseException:
             down.close()
             raise
-        self._join(down, up)
-
-    # -- resumable sessions ---------------------------------------------------------
-
-    async def release_sessions(self) -> list[tuple[socket.socket, SessionState]]:
-        """Hand every resumable shim connection over (see ``ResumableRelay.release``).
-
-        For a daemon hand-over: the new daemon ``adopt``s each pair; the forwarder
-        keeps the sessions meanwhile, so neither the shim nor the agent notices.
-        """
-        released = []
-        for relay in list(self.relays):
-            try:
-                released.append(await relay.release())
-            except (ResumeError, TimeoutError) as exc:
-                logger.warning(
-                    "agent proxy %s: session %s not handed over: %s", self.socket_path, relay.name, exc
-                )
-        return released
-
-    async def adopt(self, sock: socket.socket, state: SessionState, key: str | None = None) -> None:
-        """Continue a session handed over by ``release_sessions`` (of another process) on ``sock``."""
-        if self._resume_window <= 0 or self._addr is None:
-            raise FailedPrecondition(f"agent proxy {self.socket_path} cannot resume sessions")
-        relay = self._new_relay(Session.restore(state), opened=True, key=key)
-        loop = asyncio.get_running_loop()
-        await loop.connect_accepted_socket(lambda: relay.local, sock=sock)
-        self._tasks.spawn(
-            self._keep_linked(relay, None, opened=True), name=f"agent-proxy-session {relay.name}"
-        )
-
-    def _accept_resumable(
-        self, session: Session | None = None, key: str | None = None
-    ) -> asyncio.BaseProtocol:
-        """A shim connection on a new session (``session``: one holding bytes a previous daemon read)."""
-        relay = self._new_relay(session or Session(new_session_id()), key=key)
-        spare, self._spare = self._spare, None
-        self._tasks.spawn(self._keep_linked(relay, spare), name=f"agent-proxy-session {relay.name}")
-        return relay.local
-
-    def _new_relay(self, session: Session, *, opened: bool = False, key: str | None = None) -> ResumableRelay:
-        relay = ResumableRelay(
-            session,
-            client=True,
-            stats=self.stats,
-            keepalive=self._resume_keepalive,
-            dead_after=self._resume_dead_after,
-            open_timeout=self._dial_timeout,
-            opened=opened,
-        )
-        self.stats.connections_total += 1
-        self.stats.connections_active += 1
-        self.relays.add(relay)
-
-        def forget(_f: object) -> None:
-            self.relays.discard(relay)
-            self.stats.connections_active -= 1
-            relay_key = self._keys.pop(relay, None)
-            if relay_key is not None and self._custody is not None and not self._detaching:
-                self._custody.release_connection(relay_key)
-
-        relay.ended.add_done_callback(forget)
-        if self._custody is not None:
-            self._tasks.spawn(self._keep_relay(relay, key), name=f"agent-proxy-keep {relay.name}")
-        return relay
-
-    async def _keep_relay(self, relay: ResumableRelay, key: str | None) -> None:
-        """Register a resumable shim connection with the keeper once its transport exists."""
-        for _ in range(100):
-            if relay.local.transport is not None or relay.ended.done():
-                break
-            await asyncio.sleep(0)
-        t = relay.local.transport
-        sock = t.get_extra_info("socket") if t is not None else None
-        if sock is None or relay.ended.done() or self._custody is None:
-            return
-        self._keys[relay] = self._custody.keep_connection(self.socket_path, sock.fileno(), key)
-
-    async def _keep_linked(self, relay: ResumableRelay, first: Pipe | None, *, opened: bool = False) -> None:
-        """Give the session a link, and a new one after every drop, until it ends."""
-        loop = asyncio.get_running_loop()
-        ended = relay.ended
-        try:
-            while not ended.done():
-                await _first_of(relay.link_lost.wait(), ended)
-                if ended.done():
-                    return
-                deadline = loop.time() + (self._resume_window if opened else self._dial_timeout)
-                if opened:
-                    logger.info("agent proxy %s: resuming session %s", self.socket_path, relay.name)
-                while not relay.link_up.is_set() and not ended.done():
-                    if first is not None and first.is_alive:
-                        up, first = first, None
-                    else:
-                        if first is not None:
-                            first.close()
-                            first = None
-                        try:
-                            up = await self._dial(deadline, stop=ended)
-                        except DialFailed as exc:
-                            relay.end(
-                                f"cannot reach the forwarder at {self._addr}: "
-                                f"{_describe(exc.last) if exc.last else 'timeout'}"
-                                + (f" (resume window {self._resume_window:g} s passed)" if opened else "")
-                            )
-                            return
-                    assert up.transport is not None
-                    if not _resumes(up):
-                        if opened:
-                            up.close()
-                            relay.end("the forwarder no longer offers a resumable channel")
-                        else:
-                            self._fall_back(relay, up)
-                        return
-                    link_ = relay.attach_client(up.transport)
-                    if await link_.settled:
-                        if opened:
-                            self.stats.resumes += 1
-                            logger.info("agent proxy %s: session %s resumed", self.socket_path, relay.name)
-                        opened = True
-        finally:
-            if first is not None:
-                first.close()
-
-    def _fall_back(self, relay: ResumableRelay, up: Pipe) -> None:
-        """The forwarder does not offer resumability: relay this shim connection plainly."""
-        lt, sent, eof = relay.release_local()
-        if lt is None or lt.is_closing():
-            up.close()
-            return
-        down = Pipe(self.stats, downstream=True)
-        lt.set_protocol(down)
-        down.connection_made(lt)
-        self.stats.connections_active += 1  # the relay's forget() counted this connection out
-        self._pipes.add(down)
-        down.closed.add_done_callback(lambda _f: self._forget(down, counted=True))
-        if sent and up.transport is not None:
-            up.transport.write(sent)
-        if eof:
-            down.eof_received()
         self._join(down, up)
 
     # -- dialling ----------------------------------------------------------------
@@ -595,7 +426,7 @@ class AgentProxy:
         self.stats.upstream_failures += 1
         # The first failure and then one in fifty: a VM boot is minutes of refusals.
         if failures == 1 or failures % 50 == 0:
-            logger.info("Retrying failed agent proxy connection: %s (attempt %d)", _describe(exc), failures)
+            logger.info("Retrying failed agent proxy connection: %s (attempt %d)", describe(exc), failures)
 
     async def _connect_once(self, handshake: Handshake) -> Pipe:
         """One attempt (the dialer's connector): TCP connect within ``connect_attempt_timeout``, then TLS.
@@ -644,34 +475,6 @@ class AgentProxy:
         with handshake():
             await loop.create_connection(lambda: up, sock=sock, **tls)
         return up
-
-
-async def _flushed(pipes: set[Pipe], grace: float) -> None:
-    """Wait (bounded) until no transport of ``pipes`` has bytes left in its write buffer."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + grace
-    while loop.time() < deadline:
-        busy = [p for p in pipes if p.transport is not None and not p.transport.is_closing()]
-        if not any(p.transport.get_write_buffer_size() for p in busy if p.transport is not None):
-            return
-        await asyncio.sleep(0.01)
-
-
-def _resumes(pipe: Pipe) -> bool:
-    """The dialled connection agreed on the resumable channel (ALPN)."""
-    t = pipe.transport
-    ssl_object = None if t is None else t.get_extra_info("ssl_object")
-    return ssl_object is not None and ssl_object.selected_alpn_protocol() == ALPN
-
-
-async def _first_of(wait: Coroutine[Any, Any, Any], future: asyncio.Future[Any]) -> None:
-    task = asyncio.ensure_future(wait)
-    try:
-        await asyncio.wait([task, future], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 class AgentChannel:

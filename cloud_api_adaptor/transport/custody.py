@@ -22,20 +22,12 @@ import base64
 import logging
 import os
 import socket
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from cloud_api_adaptor.transport.fdpass import (
-    FdPassError,
-    close_fds,
-    receive_message,
-    send_message,
-    seqpacket_connect,
-)
 from cloud_api_adaptor.transport.resume import SessionState
 
 logger = logging.getLogger(__name__)
@@ -58,6 +50,10 @@ class InheritedConnection:
     prefix: bytearray = field(default_factory=bytearray)
     #: a resumable agent session's state (``session_meta``), to be resumed on a new link
     session: dict[str, Any] | None = None
+    #: the VM's bytes still to be written to the shim, before anything else (from a keeper's relay)
+    outbox: bytearray = field(default_factory=bytearray)
+    #: ``sock`` is the daemon's end of a pair the fd-keeper relays (it holds the shim's connection)
+    relayed: bool = False
 
 
 @dataclass
@@ -83,19 +79,28 @@ class Inventory:
                 conns.remove(existing)
                 existing.sock.close()
             prefix = bytearray(base64.b64decode(str(meta.get("prefix", ""))))
+            outbox = bytearray(base64.b64decode(str(meta.get("outbox", ""))))
             session = meta.get("session")
             conns.append(
-                InheritedConnection(key, path, sock, prefix, session if isinstance(session, dict) else None)
+                InheritedConnection(
+                    key,
+                    path,
+                    sock,
+                    prefix,
+                    session if isinstance(session, dict) else None,
+                    outbox,
+                    bool(meta.get("relayed", False)),
+                )
             )
         else:
             logger.warning("ignoring a passed descriptor with unknown metadata %r", meta)
             sock.close()
 
-    def append_prefix(self, key: str, data: bytes) -> None:
+    def append_prefix(self, key: str, data: bytes, op: str = "prefix") -> None:
         for conns in self.connections.values():
             for conn in conns:
                 if conn.key == key:
-                    conn.prefix += data
+                    (conn.outbox if op == "outbox" else conn.prefix).extend(data)
 
     def merge(self, other: Inventory) -> None:
         """Add ``other``'s sockets; ours win for the same listener or connection key."""
@@ -130,11 +135,17 @@ def listener_meta(path: str) -> dict[str, Any]:
 
 
 def connection_meta(
-    key: str, listener: str, prefix: bytes = b"", session: dict[str, Any] | None = None
+    key: str,
+    listener: str,
+    prefix: bytes = b"",
+    session: dict[str, Any] | None = None,
+    outbox: bytes = b"",
 ) -> dict[str, Any]:
     meta: dict[str, Any] = {"kind": CONNECTION, "key": key, "listener": listener}
     if prefix:
         meta["prefix"] = base64.b64encode(prefix).decode()
+    if outbox:
+        meta["outbox"] = base64.b64encode(outbox).decode()
     if session is not None:
         meta["session"] = session
     return meta
@@ -171,58 +182,32 @@ def session_state(meta: dict[str, Any], unacked: bytes) -> SessionState:
     )
 
 
-def prefix_chunks(key: str, prefix: bytes) -> Iterator[dict[str, Any]]:
-    """Messages carrying a connection's prefix when it is too large for its own message."""
+def prefix_chunks(key: str, prefix: bytes, op: str = "prefix") -> Iterator[dict[str, Any]]:
+    """Messages carrying a connection's prefix (or ``op="outbox"``: its outbox) in pieces."""
     for start in range(0, len(prefix), PREFIX_CHUNK):
         chunk = prefix[start : start + PREFIX_CHUNK]
-        yield {"op": "prefix", "key": key, "data": base64.b64encode(chunk).decode()}
+        yield {"op": op, "key": key, "data": base64.b64encode(chunk).decode()}
 
 
-class KeeperLink:
-    """The daemon's channel to the fd-keeper (blocking, small local messages)."""
+class KeeperChannel(Protocol):
+    """What the custody needs of its channel to the fd-keeper (``keeper_link.KeeperLink``)."""
 
-    def __init__(self, path: Path, timeout: float = KEEPER_TIMEOUT) -> None:
-        self.path = path
-        self._sock = seqpacket_connect(path, timeout)
+    path: Path
 
-    def fetch(self) -> Inventory:
-        """Everything the keeper holds (what the previous daemon left there)."""
-        send_message(self._sock, {"op": "hello", "pid": os.getpid()})
-        inventory = Inventory()
-        while True:
-            message, fds = receive_message(self._sock)
-            op = message.get("op")
-            if op == "end":
-                close_fds(fds)
-                return inventory
-            if op == "prefix":
-                close_fds(fds)
-                inventory.append_prefix(str(message.get("key")), base64.b64decode(str(message.get("data"))))
-                continue
-            items = message.get("items", [])
-            if op != "entries" or not isinstance(items, list) or len(items) != len(fds):
-                close_fds(fds)
-                raise FdPassError(f"unexpected message from the fd-keeper: {op!r}")
-            for meta, fd in zip(items, fds, strict=True):
-                inventory.add(meta, fd)
-
-    def keep(self, meta: dict[str, Any], fd: int, prefix: bytes = b"") -> None:
-        """Hold ``fd`` under ``meta["key"]`` (replacing an earlier one), with bytes to hand back with it."""
-        send_message(self._sock, {"op": "keep", **meta}, [fd])
-        for chunk in prefix_chunks(str(meta["key"]), prefix):
-            send_message(self._sock, chunk)
-
-    def drop(self, key: str) -> None:
-        send_message(self._sock, {"op": "drop", "key": key})
-
-    def close(self) -> None:
-        self._sock.close()
+    def keep(self, meta: dict[str, Any], fd: int, prefix: bytes = b"") -> None: ...
+    def drop(self, key: str) -> None: ...
+    def relay(
+        self, key: str, listener: str, shim: int, session: dict[str, Any], prefix: bytes, outbox: bytes
+    ) -> socket.socket: ...
+    def report(self, op: str, key: str, **fields: Any) -> None: ...
+    def reclaim(self, key: str, acked: int) -> InheritedConnection | None: ...
+    def close(self) -> None: ...
 
 
 class SocketCustody:
     """What a daemon inherited and what it keeps with the fd-keeper."""
 
-    def __init__(self, inventory: Inventory | None = None, keeper: KeeperLink | None = None) -> None:
+    def __init__(self, inventory: Inventory | None = None, keeper: KeeperChannel | None = None) -> None:
         self.inventory = inventory or Inventory()
         self._keeper = keeper
         #: our own duplicate of every listener we serve, for a hand-over
@@ -307,6 +292,50 @@ class SocketCustody:
     def release_connection(self, key: str) -> None:
         self._drop(key)
 
+    # -- relayed by the keeper ----------------------------------------------------------
+
+    @property
+    def relays(self) -> bool:
+        """A keeper is connected: resumable shim connections go through it (``relay_connection``)."""
+        return self._keeper is not None
+
+    def relay_connection(
+        self,
+        listener: Path,
+        sock: socket.socket,
+        key: str,
+        session: dict[str, Any],
+        prefix: bytes = b"",
+        outbox: bytes = b"",
+    ) -> socket.socket | None:
+        """Let the keeper relay ``sock``; our end of its pair, or None (no keeper: serve ``sock``)."""
+        if self._keeper is None:
+            return None
+        try:
+            return self._keeper.relay(key, os.fspath(listener), sock.fileno(), session, prefix, outbox)
+        except (OSError, ValueError) as exc:
+            self._lost_keeper(OSError(str(exc)))
+            return None
+
+    def report(self, op: str, key: str, **fields: Any) -> None:
+        if self._keeper is None:
+            return
+        try:
+            self._keeper.report(op, key, **fields)
+        except OSError as exc:
+            self._lost_keeper(exc)
+
+    def reclaim(self, key: str, acked: int) -> InheritedConnection | None:
+        """Blocking (run it in a thread): the shim's connection back from the keeper, see ``KeeperLink``."""
+        keeper = self._keeper
+        if keeper is None:
+            return None
+        try:
+            return keeper.reclaim(key, acked)
+        except OSError as exc:
+            self._lost_keeper(exc)
+            return None
+
     def listener_sockets(self) -> dict[str, socket.socket]:
         """Our duplicates of the listeners we serve (for a hand-over)."""
         return dict(self._listeners)
@@ -347,38 +376,3 @@ class SocketCustody:
             exc,
         )
         self.forget_keeper()
-
-
-def open_keeper(path: Path | None, wait: float = 10.0) -> tuple[KeeperLink | None, Inventory]:
-    """Connect to the keeper (if configured, waiting up to ``wait`` for it to listen); fetch what it holds.
-
-    Blocking: run it in a thread.  Without a keeper the daemon still runs; its
-    pods survive hand-overs but not its crash (logged as an error).
-    """
-    if path is None:
-        return None, Inventory()
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            keeper = KeeperLink(path)
-            break
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            if time.monotonic() < deadline:  # the keeper container is starting next to us
-                time.sleep(0.1)
-                continue
-            logger.error("no fd-keeper at %s (%s): pods will not survive a crash of this daemon", path, exc)
-            return None, Inventory()
-        except OSError as exc:
-            logger.error("no fd-keeper at %s (%s): pods will not survive a crash of this daemon", path, exc)
-            return None, Inventory()
-    try:
-        inventory = keeper.fetch()
-    except (OSError, FdPassError) as exc:
-        keeper.close()
-        logger.error(
-            "the fd-keeper at %s failed (%s): pods will not survive a crash of this daemon", path, exc
-        )
-        return None, Inventory()
-    held = len(inventory.listeners) + sum(len(c) for c in inventory.connections.values())
-    logger.info("fd-keeper at %s: connected, it held %d socket(s)", path, held)
-    return keeper, inventory

@@ -26,6 +26,7 @@ import asyncio
 import logging
 import os
 import socket
+from collections.abc import Callable
 from typing import cast
 
 from cloud_api_adaptor.transport.pump import Filter, PumpStats
@@ -97,6 +98,15 @@ class ResumableRelay:
         self._links = 0
         self._local_paused_by: set[str] = set()
         self._timer: asyncio.TimerHandle | None = self._loop.call_later(keepalive, self._tick)
+        self.on_acked: Callable[[int], None] | None = None
+        """Called with ``session.acked`` when the peer's acknowledgement advanced (an fd-keeper trims)."""
+        self.on_fin: Callable[[], None] | None = None
+        """Called before the peer's FIN is passed on to the local connection (half-close or close)."""
+
+    @property
+    def hello_sent(self) -> bool:
+        """The peer was told about the session: a next owner resumes it rather than opening it."""
+        return self._hello_sent
 
     # -- attaching links --------------------------------------------------------------
 
@@ -151,21 +161,40 @@ class ResumableRelay:
             if got is None:
                 return
             welcome, rest = got
+            if welcome.status is Status.UNKNOWN_SESSION and self._reopen(link):
+                return
             if welcome.status is not Status.OK:
                 raise ResumeRejected(
                     f"the forwarder refused the session: {welcome.status.name}", welcome.status
                 )
+            acked = self.session.acked
             frames = self.session.resume(welcome.received)
         except ResumeError as exc:
             if not link.settled.done():
                 link.settled.set_result(False)
             self.end(str(exc))
             return
+        if self.session.acked != acked and self.on_acked is not None:
+            self.on_acked(self.session.acked)
         assert link.transport is not None
         link.transport.write(frames)
         self._running(link)
         if rest:
             self._from_link(link, memoryview(rest))
+
+    def _reopen(self, link: Link) -> bool:
+        """The forwarder does not know a session we resumed (e.g. a crash between the fd-keeper
+        learning it was opened and the hello going out): when nothing of it was acknowledged or
+        received, opening it anew is the same thing.  The link is dropped; the next one says NEW."""
+        if self.session.acked or self.session.received:
+            return False
+        logger.info("agent channel %s: the forwarder does not know the session; opening it anew", self.name)
+        self._hello_sent = False
+        if not link.settled.done():
+            link.settled.set_result(False)
+        if link.transport is not None:
+            link.transport.abort()
+        return True
 
     def _running(self, link: Link) -> None:
         link.running()
@@ -264,13 +293,18 @@ class ResumableRelay:
                     stats.bytes_in += n
         if session.ack_due and link.transport is not None:
             link.transport.write(session.ack())
-        if session.acked != acked and self._local_paused_by and session.sent - session.acked < self._pause_at:
-            self._pause_local("window", False)
+        if session.acked != acked:
+            if self.on_acked is not None:
+                self.on_acked(session.acked)
+            if self._local_paused_by and session.sent - session.acked < self._pause_at:
+                self._pause_local("window", False)
         if session.fin_received and not had_fin:
             self._deliver_fin()
 
     def _deliver_fin(self) -> None:
         lt = self.local.transport
+        if self.on_fin is not None:
+            self.on_fin()
         if lt is not None and not lt.is_closing():
             if self.session.fin_sent or self.local.eof:
                 lt.close()

@@ -38,7 +38,7 @@ from cloud_api_adaptor._pb import podvminfo_pb2 as pvi
 from cloud_api_adaptor.hypervisor.service import PODVMINFO_SERVICE
 from cloud_api_adaptor.proxy.testing import StubClient
 from cloud_api_adaptor.testing.eventually import eventually, eventually_sync
-from cloud_api_adaptor.transport.custody import KeeperLink
+from cloud_api_adaptor.transport.keeper_link import KeeperLink
 from cloud_api_adaptor.ttrpc import Code, RpcError
 from cloud_api_adaptor.ttrpc.framing import OversizedFrame
 
@@ -208,16 +208,15 @@ async def get_info_waiting(socket: Path, deadline: float) -> None:
 
 
 def keeper_holds(path: Path) -> list[str]:
-    """What the keeper holds (sorted, a connection held twice shows twice); the descriptors are closed."""
+    """What the keeper holds or relays (sorted, a connection held twice shows twice); takes nothing."""
     link = KeeperLink(path)
     try:
-        inventory = link.fetch()
+        items = link.listing()
     finally:
         link.close()
-    conns = [f"conn {c.listener}" for kept in inventory.connections.values() for c in kept]
-    held = sorted([*inventory.listeners, *conns])
-    inventory.close()
-    return held
+    return sorted(
+        str(i["listener"]) if i.get("kind") == "listener" else f"conn {i['listener']}" for i in items
+    )
 
 
 @pytest.mark.asyncio
@@ -320,9 +319,9 @@ async def test_the_shim_connection_survives_kill_9_and_restart_with_the_keeper(
             await asyncio.to_thread(second.start)
         finally:
             await waiting
-        # The session died with the daemon: the kept connection goes on in a new one.
+        # The keeper relayed the shim's connection: the session resumes exactly where it was.
         assert "took over a shim connection" in second.log.read_text()
-        assert "new session" in second.log.read_text()
+        await eventually(lambda: "session resumed" in second.log.read_text(), "the session to resume")
 
         # A graceful restart (SIGTERM) with the keeper leaves the shim's sockets alone, and the
         # session's state with the keeper: calls in flight at the restart are answered.
@@ -340,12 +339,12 @@ async def test_the_shim_connection_survives_kill_9_and_restart_with_the_keeper(
             await checker.stop()
         await check(agent)
 
-        # A crash after a resumed session: the state the SIGTERM left is stale now and is not used.
+        # A crash after a resumed session: the keeper's counters are exact at any moment.
         third.kill9()
         fourth = successor(first, "fourth")
         daemons.append(fourth)
         await asyncio.to_thread(fourth.start)
-        assert "new session" in fourth.log.read_text()
+        await eventually(lambda: "session resumed" in fourth.log.read_text(), "the session to resume")
         await check(agent)
 
         # A hand-over next to the same keeper (a host running both daemons under systemd): the

@@ -14,7 +14,8 @@ removes its socket at CreateSandbox, so the forwarder can never open a second
 agent connection), then a clean StopVM and
 nothing left: no VM record, no VM process, no pod directory.
 
-``kill -9`` with the keeper is ``xfail``: the gap docs/survival.md describes.
+``kill -9`` with the keeper is exact: the keeper relays each shim connection and
+keeps the session's counters, so the restarted daemon resumes the session.
 """
 
 from __future__ import annotations
@@ -53,11 +54,6 @@ FORWARDER_PORT = 15150
 KEEPER_BIN = Path(sys.executable).parent / "caa-fd-keeper"
 DEVAGENT = "cloud_api_adaptor.vm.devagent"
 
-#: the known gap of issue 10 item 3 (docs/survival.md): bytes the killed daemon had read from a shim
-#: but the VM had not acknowledged die with it, so the restarted daemon opens a new session on the
-#: kept connection and the agent, which removed its socket, cannot be reached again
-KILL9_GAP = "kill -9: in-flight bytes die with the daemon (docs/survival.md, issue 10 item 3)"
-
 
 @dataclass
 class Node:
@@ -69,6 +65,8 @@ class Node:
     daemon: DaemonProcess
     keeper: subprocess.Popen[bytes] | None = None
     retired: list[DaemonProcess] = field(default_factory=list)
+    #: the keepers of later "pods" of a rolling update (each daemon pod has its own)
+    keepers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def vm_records(self) -> list[dict[str, Any]]:
         records = self.daemon.state_dir / "providers" / "local" / "records"
@@ -127,6 +125,17 @@ def node_processes(root: Path) -> list[int]:
     return found
 
 
+def start_keeper(root: Path, name: str) -> subprocess.Popen[bytes]:
+    """An fd-keeper listening on ``root/<name>.sock``."""
+    sock = root / f"{name}.sock"
+    with (root / f"{name}.log").open("ab") as log:
+        keeper = subprocess.Popen(
+            [str(KEEPER_BIN), "--socket", str(sock)], stdout=log, stderr=subprocess.STDOUT
+        )
+    eventually_sync(lambda: sock.exists() or keeper.poll() is not None, "the fd-keeper to listen")
+    return keeper
+
+
 @pytest_asyncio.fixture
 async def node(short_tmp: Path, request: pytest.FixtureRequest) -> AsyncIterator[Node]:
     name = f"shim{secrets.token_hex(3)}"
@@ -142,13 +151,8 @@ async def node(short_tmp: Path, request: pytest.FixtureRequest) -> AsyncIterator
     }
     keeper: subprocess.Popen[bytes] | None = None
     if getattr(request, "param", None) == "keeper" and KEEPER_BIN.exists():
-        keeper_sock = short_tmp / "keeper.sock"
-        with (short_tmp / "keeper.log").open("ab") as log:
-            keeper = subprocess.Popen(
-                [str(KEEPER_BIN), "--socket", str(keeper_sock)], stdout=log, stderr=subprocess.STDOUT
-            )
-        eventually_sync(lambda: keeper_sock.exists() or keeper.poll() is not None, "the fd-keeper to listen")
-        env["FD_KEEPER_SOCKET"] = str(keeper_sock)
+        keeper = start_keeper(short_tmp, "keeper")
+        env["FD_KEEPER_SOCKET"] = str(short_tmp / "keeper.sock")
     daemon = DaemonProcess(short_tmp, env, wrapper=("nsenter", f"--net={path}"))
     n = Node(short_tmp, name, path, daemon, keeper)
     try:
@@ -162,9 +166,10 @@ async def node(short_tmp: Path, request: pytest.FixtureRequest) -> AsyncIterator
                 os.killpg(vm["pid"], signal.SIGKILL)
             if vm.get("netns"):
                 await delete_named_netns(vm["netns"])
-        if keeper is not None:
-            keeper.terminate()
-            keeper.wait(10)
+        for kept in (keeper, *n.keepers):
+            if kept is not None:
+                kept.terminate()
+                kept.wait(10)
         await delete_named_netns(name)
 
 
@@ -181,6 +186,24 @@ async def hand_over(node: Node) -> None:
     old, node.daemon = node.daemon, new
     node.retired.append(old)
     assert await asyncio.to_thread(old.stop) == 0
+
+
+async def hand_over_to_another_keeper(node: Node) -> None:
+    """A rolling update: the new pod has its own keeper; the old daemon takes each connection back
+    from its keeper and passes it on.  Then the new daemon is killed: its keeper relays them now."""
+    if node.keeper is None:
+        pytest.fail(f"{KEEPER_BIN} is not installed")
+    node.keepers.append(start_keeper(node.root, "keeper-new"))
+    new = node.successor("new")
+    new.env["FD_KEEPER_SOCKET"] = str(node.root / "keeper-new.sock")
+    await asyncio.to_thread(new.start)
+    old, node.daemon = node.daemon, new
+    node.retired.append(old)
+    assert await asyncio.to_thread(old.stop) == 0
+    assert (node.root / "keeper.log").read_text().count("reclaimed by its daemon") == PODS
+    assert new.log.read_text().count("session resumed, relayed by the fd-keeper") == PODS
+    await asyncio.to_thread(node.daemon.kill9)
+    await asyncio.to_thread(node.daemon.start)
 
 
 async def sigterm_restart(node: Node) -> None:
@@ -245,7 +268,8 @@ SCENARIOS = [
     scenario("hand-over", hand_over),
     # a SIGTERM'd daemon leaves each session's exact state with the keeper for the next one
     scenario("sigterm-restart", sigterm_restart, keeper=True),
-    scenario("kill9-restart-with-keeper", kill9_restart, KILL9_GAP, keeper=True),
+    scenario("kill9-restart-with-keeper", kill9_restart, keeper=True),
+    scenario("hand-over-to-another-keeper-then-kill9", hand_over_to_another_keeper, keeper=True),
     # TCP alone rides out a 20 s blackhole (retransmissions, no timeout on either side): passes today
     scenario("blackhole-20s", blackhole),
     scenario("tcp-reset", tcp_reset),
@@ -310,6 +334,7 @@ async def test_three_pods_survive_as_the_shim_sees_them(
     await eventually(lambda: node.vm_records() == [], "every VM deleted")
     assert list(node.daemon.pods_dir.iterdir()) == []
     daemons = {d.proc.pid for d in (node.daemon, *node.retired) if d.proc is not None}
-    if node.keeper is not None:
-        daemons.add(node.keeper.pid)  # the node's fd-keeper outlives its pods by design
+    for kept in (node.keeper, *node.keepers):
+        if kept is not None:
+            daemons.add(kept.pid)  # the node's fd-keepers outlive its pods by design
     await eventually(lambda: set(node_processes(node.root)) <= daemons, "no VM process left")

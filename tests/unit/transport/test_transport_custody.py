@@ -13,7 +13,6 @@ import pytest
 from cloud_api_adaptor.fdkeeper import FdKeeper
 from cloud_api_adaptor.transport.custody import (
     Inventory,
-    KeeperLink,
     SocketCustody,
     connection_meta,
     listener_meta,
@@ -21,6 +20,7 @@ from cloud_api_adaptor.transport.custody import (
     session_state,
 )
 from cloud_api_adaptor.transport.fdpass import FdPassError, receive_message, send_message
+from cloud_api_adaptor.transport.keeper_link import KeeperLink
 from cloud_api_adaptor.transport.resume import Session
 
 
