@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from cloud_api_adaptor.fdkeeper import FdKeeper
 from cloud_api_adaptor.proxy.agent_proxy import AgentChannel, AgentProxy
 from cloud_api_adaptor.proxy.testing import StubClient
 from cloud_api_adaptor.testing.eventually import eventually
+from cloud_api_adaptor.testing.keeper import keeper_in_thread
 from cloud_api_adaptor.transport.custody import SocketCustody
 from cloud_api_adaptor.transport.keeper_link import open_keeper
 from cloud_api_adaptor.transport.resume import Session, new_session_id
@@ -31,14 +31,8 @@ __all__ = ["stand"]
 
 @pytest.fixture
 def keeper(short_tmp: Path) -> Iterator[FdKeeper]:
-    fdk = FdKeeper(short_tmp / "keeper.sock")
-    thread = threading.Thread(target=fdk.serve, daemon=True)
-    thread.start()
-    try:
+    with keeper_in_thread(short_tmp / "keeper.sock") as fdk:
         yield fdk
-    finally:
-        fdk.stop()
-        thread.join(10)
 
 
 async def kept_proxy(stand: Stand, keeper: FdKeeper, port: int) -> tuple[AgentProxy, SocketCustody]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from cloud_api_adaptor import fdkeeper, fdkeeper_relay
 from cloud_api_adaptor.fdkeeper import FdKeeper
 from cloud_api_adaptor.fdkeeper_relay import OUTBOX_LIMIT, READ_SIZE
 from cloud_api_adaptor.testing.eventually import eventually_sync
+from cloud_api_adaptor.testing.keeper import keeper_in_thread
 from cloud_api_adaptor.transport.custody import InheritedConnection
 from cloud_api_adaptor.transport.fdpass import send_message
 from cloud_api_adaptor.transport.keeper_link import KeeperLink
@@ -31,15 +31,8 @@ LISTENER = "/run/pods/s1/agent.ttrpc"
 
 @pytest.fixture
 def fdk(tmp_path: Path) -> Iterator[FdKeeper]:
-    keeper = FdKeeper(tmp_path / "keeper.sock")
-    thread = threading.Thread(target=keeper.serve, daemon=True)
-    thread.start()
-    try:
+    with keeper_in_thread(tmp_path / "keeper.sock") as keeper:
         yield keeper
-    finally:
-        keeper.stop()
-        thread.join(10)
-    assert not thread.is_alive()
 
 
 def session(sent: int = 0, acked: int = 0, received: int = 0, **extra: Any) -> dict[str, Any]:

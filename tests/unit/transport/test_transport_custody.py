@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from cloud_api_adaptor.fdkeeper import FdKeeper
+from cloud_api_adaptor.testing.keeper import keeper_in_thread
 from cloud_api_adaptor.transport.custody import (
     Inventory,
     SocketCustody,
@@ -55,16 +54,8 @@ def test_a_closed_or_garbled_channel_is_an_error_and_leaks_no_descriptor() -> No
 
 @pytest.fixture
 def keeper(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "keeper.sock"
-    fdk = FdKeeper(path)
-    thread = threading.Thread(target=fdk.serve, daemon=True)
-    thread.start()
-    try:
-        yield path
-    finally:
-        fdk.stop()
-        thread.join(10)
-    assert not path.exists()
+    with keeper_in_thread(tmp_path / "keeper.sock") as fdk:
+        yield fdk.path
 
 
 def test_the_keeper_hands_back_what_a_dead_daemon_kept_with_its_bytes(keeper: Path) -> None:
