@@ -7,9 +7,11 @@ original.
 - 429, 5xx, ``RetryableError``, an operation still running elsewhere and lost
   connections: ``TemporaryProviderError`` (with the server's ``Retry-After``);
 - 404: ``InstanceNotFound`` (a delete counts it as done);
-- quota (``QuotaExceeded``, ``OperationNotAllowed`` naming a quota), ``SkuNotAvailable``,
-  ``AllocationFailed``, ``InvalidParameter``, a missing image, rejected credentials or
-  permissions: ``PermanentProviderError`` with Azure's own code and message and a hint.
+- quota (``QuotaExceeded``, ``OperationNotAllowed`` naming a quota): ``QuotaExceeded``
+  (a permanent error the pod's event names as such);
+- ``SkuNotAvailable``, ``AllocationFailed``, ``InvalidParameter``, a missing image,
+  rejected credentials or permissions: ``PermanentProviderError`` with Azure's own
+  code and message and a hint.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from cloud_api_adaptor.errors import (
     AdaptorError,
     InstanceNotFound,
     PermanentProviderError,
+    QuotaExceeded,
     TemporaryProviderError,
 )
 
@@ -91,7 +94,7 @@ def classify(
     """The error for an ARM answer (or a failed long-running operation) with ``code``."""
     text = f"azure {what}: {code or status}: {message}"
     if is_quota(code, message):
-        return PermanentProviderError(f"{text} ({_HINTS['QuotaExceeded']})")
+        return QuotaExceeded(f"{text} ({_HINTS['QuotaExceeded']})")
     if status == 404 or code in ("ResourceNotFound", "NotFound"):
         return InstanceNotFound(text)
     if code == "OperationNotAllowed" and "deletion" in message.lower():

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from azure_testkit import FAST_RETRY, AzureWorld
 
-from cloud_api_adaptor.errors import DeadlineExceeded, InvalidInput, PermanentProviderError
+from cloud_api_adaptor.errors import DeadlineExceeded, InvalidInput, PermanentProviderError, QuotaExceeded
 from cloud_api_adaptor.provider import TAG_CLUSTER, TAG_NODE, TAG_SANDBOX, CreateRequest, InstanceSpec
 from cloud_api_adaptor.testing.faultproxy import Fault
 
@@ -239,7 +239,7 @@ async def test_core_quota_exhaustion_names_the_quota_and_creates_nothing(world: 
     world.arm.quotas["standardDCASv5Family"] = 1
     provider = world.provider()
     try:
-        with pytest.raises(PermanentProviderError) as err:
+        with pytest.raises(QuotaExceeded) as err:  # the pod's event: PeerPodQuotaExceeded
             await provider.create_instance(request())
         text = str(err.value)
         assert "OperationNotAllowed" in text and "standardDCASv5Family Cores quota" in text

@@ -18,6 +18,7 @@ from cloud_api_adaptor.errors import (
     InstanceNotFound,
     InvalidInput,
     PermanentProviderError,
+    QuotaExceeded,
     TemporaryProviderError,
 )
 from cloud_api_adaptor.options import load
@@ -118,9 +119,9 @@ def test_tags_azure_would_refuse_are_refused_naming_the_field(tags: dict[str, st
             409,
             "OperationNotAllowed",
             "exceeding approved standardDCASv5Family Cores quota",
-            PermanentProviderError,
+            QuotaExceeded,
         ),
-        (409, "QuotaExceeded", "quota", PermanentProviderError),
+        (409, "QuotaExceeded", "quota", QuotaExceeded),
         (409, "SkuNotAvailable", "not available", PermanentProviderError),
         (200, "AllocationFailed", "no capacity", PermanentProviderError),
         (400, "InvalidParameter", "bad", PermanentProviderError),

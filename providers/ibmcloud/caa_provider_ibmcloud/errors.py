@@ -23,6 +23,7 @@ from cloud_api_adaptor.errors import (
     AdaptorError,
     InstanceNotFound,
     PermanentProviderError,
+    QuotaExceeded,
     TemporaryProviderError,
 )
 
@@ -30,6 +31,8 @@ from cloud_api_adaptor.errors import (
 NAME_IN_USE_CODES = frozenset({"validation_unique_failed", "instance_name_duplicate", "conflict"})
 #: substrings of error codes or messages that mean a quota or capacity limit
 QUOTA_HINTS = ("quota", "limit_exceeded", "insufficient", "capacity")
+#: those that name a quota (the pod's event says PeerPodQuotaExceeded)
+QUOTA_ONLY_HINTS = ("quota", "limit_exceeded")
 
 
 class NameInUse(PermanentProviderError):
@@ -89,6 +92,8 @@ def translate(exc: Exception, operation: str) -> AdaptorError:
             return NameInUse(text)
         if status in (401, 403):
             return PermanentProviderError(f"{text}: check the API key or trusted profile and its IAM access")
+        if any(hint in code.lower() for hint in QUOTA_ONLY_HINTS):
+            return QuotaExceeded(f"{text}: a quota limit; free resources or raise it")
         if any(hint in code.lower() for hint in QUOTA_HINTS):
             return PermanentProviderError(f"{text}: a quota or capacity limit; free resources or raise it")
         return PermanentProviderError(text)

@@ -19,7 +19,12 @@ from caa_provider_ibmcloud.tags import (
 )
 from ibm_cloud_sdk_core import ApiException
 
-from cloud_api_adaptor.errors import InstanceNotFound, PermanentProviderError, TemporaryProviderError
+from cloud_api_adaptor.errors import (
+    InstanceNotFound,
+    PermanentProviderError,
+    QuotaExceeded,
+    TemporaryProviderError,
+)
 from cloud_api_adaptor.provider import TAG_CLUSTER, TAG_NODE, TAG_SANDBOX
 
 
@@ -77,7 +82,9 @@ def test_errors_are_classified_by_what_the_caller_should_do() -> None:
     name = api_error(400, {"errors": [{"code": "validation_unique_failed", "message": "not unique"}]})
     assert isinstance(translate(name, "op"), NameInUse)
     quota = translate(api_error(400, {"errors": [{"code": "over_quota", "message": "instances"}]}), "op")
-    assert isinstance(quota, PermanentProviderError) and "quota" in str(quota)
+    assert isinstance(quota, QuotaExceeded) and "quota" in str(quota)
+    capacity = translate(api_error(400, {"errors": [{"code": "insufficient_capacity"}]}), "op")
+    assert type(capacity) is PermanentProviderError and "capacity" in str(capacity)
     denied = translate(api_error(403, {"errors": [{"code": "forbidden", "message": "no"}]}), "op")
     assert type(denied) is PermanentProviderError and "API key or trusted profile" in str(denied)
     assert isinstance(translate(requests.ConnectionError("reset"), "op"), TemporaryProviderError)
