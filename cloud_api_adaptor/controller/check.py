@@ -18,7 +18,7 @@ from lightkube.models.authorization_v1 import ResourceAttributes, SelfSubjectAcc
 from lightkube.resources.authorization_v1 import SelfSubjectAccessReview
 from lightkube.resources.coordination_v1 import Lease
 
-from cloud_api_adaptor.controller.peerpods import PeerPodReconciler, verdict
+from cloud_api_adaptor.controller.peerpods import PeerPodReconciler, verdicts
 from cloud_api_adaptor.controller.settings import ControllerSettings
 from cloud_api_adaptor.errors import AdaptorError
 from cloud_api_adaptor.kube.api import KubeApi
@@ -90,7 +90,7 @@ async def check(settings: ControllerSettings, client: AsyncClient, provider: Pro
         )
         peerpods = await reconciler.list_peerpods()  # before the pods: see PeerPodReconciler.reconcile_all
         pods, nodes = await reconciler.live_state()
-        waiting = [p for p in peerpods if verdict(p, pods, nodes).reason]
+        waiting = [p for p, why in verdicts(peerpods, pods, nodes) if why.reason]
         results.append(CheckResult("peerpods awaiting cleanup", True, str(len(waiting))))
     return results
 

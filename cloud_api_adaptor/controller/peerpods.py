@@ -2,8 +2,10 @@
 
 A PeerPod's VM must go when the PeerPod is being deleted (its pod was deleted
 and the garbage collector cascades, or someone deleted it) while the daemon has
-not released it, or when its pod or its node no longer exists (the daemon that
-would have cleaned up is gone with its node).  The VM is deleted by its recorded
+not released it, when its pod or its node no longer exists (the daemon that
+would have cleaned up is gone with its node), or when a newer PeerPod has the
+same owner pod (the pod got a new sandbox, so the older one's VM is dead weight:
+the Go controller's rule, ``superseded``).  The VM is deleted by its recorded
 instance id; a PeerPod without one (the daemon created it, then crashed before
 the cloud create returned) has its VM found by the owner tags the daemon stamps
 (cluster and sandbox).  Deletes are idempotent, so racing a daemon that is
@@ -60,6 +62,43 @@ def verdict(peerpod: Any, pods: Mapping[tuple[str, str], str], nodes: set[str]) 
     return Verdict()
 
 
+def verdicts(
+    peerpods: list[Any], pods: Mapping[tuple[str, str], str], nodes: set[str]
+) -> list[tuple[Any, Verdict]]:
+    """Pure: each PeerPod with its verdict, ``superseded`` included (it needs all of them)."""
+    older = superseded(peerpods)
+    judged = []
+    for peerpod in peerpods:
+        why = verdict(peerpod, pods, nodes)
+        if not why.reason and (peerpod.metadata.namespace, peerpod.metadata.name) in older:
+            why = Verdict("superseded")
+        judged.append((peerpod, why))
+    return judged
+
+
+def superseded(peerpods: list[Any]) -> set[tuple[str, str]]:
+    """Pure: (namespace, name) of every PeerPod with a strictly newer one of the same owner pod UID.
+
+    A pod has one sandbox at a time; the kubelet makes a new one only for a pod whose
+    sandbox is dead.  Creation times have one-second resolution: PeerPods created in the
+    same second are never judged against each other.  PeerPods being deleted take no part.
+    """
+    newest: dict[str, Any] = {}
+    by_owner: dict[str, list[tuple[Any, tuple[str, str]]]] = {}
+    for peerpod in peerpods:
+        metadata = peerpod.metadata
+        if metadata is None or metadata.deletionTimestamp is not None or metadata.creationTimestamp is None:
+            continue
+        owner = dict(peerpod.spec or {}).get("podUID") or _owner_uid(metadata)
+        if not owner:
+            continue
+        created = metadata.creationTimestamp
+        by_owner.setdefault(owner, []).append((created, (metadata.namespace, metadata.name)))
+        if owner not in newest or created > newest[owner]:
+            newest[owner] = created
+    return {key for owner, items in by_owner.items() for created, key in items if created < newest[owner]}
+
+
 def _owner_pod(metadata: Any) -> str:
     for ref in metadata.ownerReferences or ():
         if ref.kind == "Pod":
@@ -113,8 +152,8 @@ class PeerPodReconciler:
         peerpods = await self.list_peerpods()
         pods, nodes = await self.live_state()
         outcomes: dict[str, int] = {}
-        for peerpod in peerpods:
-            outcome = await self.reconcile(peerpod, verdict(peerpod, pods, nodes))
+        for peerpod, why in verdicts(peerpods, pods, nodes):
+            outcome = await self.reconcile(peerpod, why)
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
         return outcomes
 

@@ -8,6 +8,7 @@ instance it created, tagged for the cluster, the node and the sandbox) is set up
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import ipaddress
 import os
 import secrets
@@ -121,10 +122,16 @@ class World:
         )
         return (await self.provider.create_instance(request)).id
 
-    async def peer_pod(self, node: str, *, record_instance: bool = True) -> tuple[str, str, str]:
-        """A pod on ``node`` with its VM and PeerPod; returns (pod, PeerPod, instance id)."""
-        pod_name = f"pod-{secrets.token_hex(3)}"
-        pod = await self.admin.create(
+    async def peer_pod(
+        self, node: str, *, record_instance: bool = True, pod: Pod | None = None
+    ) -> tuple[str, str, str]:
+        """A pod on ``node`` (or ``pod``, for its next sandbox) with a VM and PeerPod.
+
+        Returns (pod, PeerPod, instance id).
+        """
+        given = pod.metadata.name if pod is not None and pod.metadata else None
+        pod_name = given or f"pod-{secrets.token_hex(3)}"
+        pod = pod or await self.admin.create(
             cast(
                 Pod,
                 Pod.from_dict(
@@ -176,6 +183,12 @@ class World:
 
     async def gone(self, name: str) -> bool:
         return not await self.peerpod_exists(name)
+
+    async def created_at(self, name: str) -> dt.datetime:
+        got = await self.admin.get(PeerPod, name, namespace=self.namespace)
+        assert got.metadata is not None and got.metadata.creationTimestamp is not None
+        created: dt.datetime = got.metadata.creationTimestamp
+        return created
 
     async def peerpod_exists(self, name: str) -> bool:
         try:
@@ -257,6 +270,23 @@ async def test_gone_node_and_pod_vm_and_peerpod_deleted_within_a_period(
         cleaned.labels("cleaned-node-gone")._value.get() + cleaned.labels("cleaned-pod-gone")._value.get()
         >= 1
     )
+
+
+@pytest.mark.asyncio
+async def test_an_older_peerpod_of_the_same_pod_loses_its_vm(world: World, controller: Controller) -> None:
+    """The Go controller's rule: the pod got a new sandbox, so the older PeerPod's VM is dead weight."""
+    node = await world.node()
+    pod_name, old_peerpod, old_vm = await world.peer_pod(node)
+    pod = await world.admin.get(Pod, pod_name, namespace=world.namespace)
+    first = await world.created_at(old_peerpod)
+    # creation times have one-second resolution: the next sandbox's PeerPod must be strictly newer
+    await eventually(lambda: dt.datetime.now(dt.UTC).replace(microsecond=0) > first, "the next second")
+    _, new_peerpod, new_vm = await world.peer_pod(node, pod=pod)
+    await eventually(lambda: old_vm not in world.provider.instances, "the older sandbox's VM deleted")
+    await stand.eventually_async(lambda: world.gone(old_peerpod), "the older PeerPod deleted")
+    await asyncio.wait_for(wait_passes(controller, 2), 30)
+    assert new_vm in world.provider.instances and await world.peerpod_exists(new_peerpod)
+    assert controller.metrics.peerpods.labels("cleaned-superseded")._value.get() == 1
 
 
 @pytest.mark.asyncio

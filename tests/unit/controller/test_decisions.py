@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from cloud_api_adaptor.controller.orphans import NodeOrphanSweeper
-from cloud_api_adaptor.controller.peerpods import FINALIZER, PeerPod, verdict
+from cloud_api_adaptor.controller.peerpods import FINALIZER, PeerPod, superseded, verdict, verdicts
 from cloud_api_adaptor.provider import TAG_CLUSTER, TAG_NODE, CreateRequest, InstanceSpec
 from cloud_api_adaptor.testing.fake_provider import FakeProvider
 
@@ -90,3 +90,36 @@ async def test_instances_of_a_daemon_without_node_name_are_never_swept() -> None
     unnamed = await _instance(provider, "local", "a")
     assert await sweeper.sweep(set()) == []
     assert unnamed in provider.instances
+
+
+def owned(name: str, created: str, *, pod: str = "web", uid: str = "uid-1", deleting: bool = False) -> Any:
+    metadata: dict[str, Any] = {
+        "name": name,
+        "namespace": "ns",
+        "finalizers": [FINALIZER],
+        "creationTimestamp": created,
+    }
+    if deleting:
+        metadata["deletionTimestamp"] = "2026-12-05T10:00:00Z"
+    spec = {"podName": pod, "podUID": uid, "nodeName": "n1", "sandboxID": name}
+    return PeerPod.from_dict({"metadata": metadata, "spec": spec})
+
+
+def test_an_older_peerpod_of_the_same_pod_is_superseded() -> None:
+    first = owned("web-resource-a", "2026-12-05T09:00:00Z")
+    second = owned("web-resource-b", "2026-12-05T09:05:00Z")  # the pod's new sandbox
+    same_second = owned("web-resource-c", "2026-12-05T09:05:00Z")
+    other_pod = owned("db-resource-a", "2026-12-05T08:00:00Z", pod="db", uid="uid-9")
+    leaving = owned("web-resource-z", "2026-12-05T09:30:00Z", deleting=True)  # takes no part
+    judged = verdicts(
+        [second, first, same_second, other_pod, leaving], {**PODS, ("ns", "db"): "uid-9"}, NODES
+    )
+    reasons = {p.metadata.name: why.reason for p, why in judged}
+    assert reasons == {
+        "web-resource-a": "superseded",
+        "web-resource-b": "",
+        "web-resource-c": "",  # created in the same second: never judged against each other
+        "db-resource-a": "",  # another pod's: older, but not superseded
+        "web-resource-z": "deleting",
+    }
+    assert superseded([first]) == set()
