@@ -264,7 +264,9 @@ async def test_a_hand_over_leaves_no_gap_and_the_shim_connection_open(short_tmp:
             await checker.stop()
         await check(agent)  # the same connection, served through the new daemon
         assert in_progress, "the StopVM was sent after the hand-over had finished"
-        assert f"sandbox {stopping} stopped" in new.log.read_text()  # served by the new daemon
+        # served by the new daemon from the backlog, or by the old one if it accepted the call before it
+        # stopped accepting (under load the hand-over's log line can precede that): either way it succeeded
+        assert any(f"sandbox {stopping} stopped" in d.log.read_text() for d in (old, new))
         assert watcher.polls > 100 and watcher.gaps == [], watcher.gaps[:5]
         # the hypervisor socket, the agent sockets (the StopVM may have reached either daemon), the shim
         assert re.search(r"received [23] listener\(s\) and 1 shim connection\(s\)", new.log.read_text())

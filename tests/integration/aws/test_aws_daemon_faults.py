@@ -19,12 +19,11 @@ from cloud_api_adaptor.testing.eventually import eventually
 from cloud_api_adaptor.testing.faultproxy import Fault, FaultProxy
 from cloud_api_adaptor.ttrpc import Code, RpcError
 
+from ..cloudstand.node import assert_agent_serves
 from .cloud import boot_pod_vm
 from .harness import AwsNode, new_sandbox_id
 
 pytestmark = pytest.mark.root
-
-SERVING = 1
 
 
 def fired(proxy: FaultProxy, fault: Fault, action: str) -> int:
@@ -58,11 +57,7 @@ async def test_a_lost_run_instances_response_and_failing_terminates_still_make_o
         start.cancel()
         raise
 
-    agent = await kata.AgentClient.connect(agent_path)
-    try:
-        assert await agent.check() == SERVING
-    finally:
-        await agent.aclose()
+    await assert_agent_serves(agent_path)
     # the provider found what the lost response created and adopted it: one instance, ever
     assert [i["InstanceId"] for i in vpc.of_sandbox(sid, live_only=False)] == [launched["InstanceId"]]
     assert proxy.count("RunInstances") == 2

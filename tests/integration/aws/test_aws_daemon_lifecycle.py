@@ -19,12 +19,11 @@ from cloud_api_adaptor.provider import TAG_CLUSTER, TAG_NODE, TAG_SANDBOX
 from cloud_api_adaptor.testing.eventually import eventually
 from cloud_api_adaptor.ttrpc import Code, RpcError
 
+from ..cloudstand.node import assert_agent_serves
 from .cloud import AMI, boot_pod_vm, tag_map
 from .harness import AwsNode, new_sandbox_id, orphan_scans
 
 pytestmark = pytest.mark.root
-
-SERVING = 1
 
 
 @pytest.mark.asyncio
@@ -53,11 +52,7 @@ async def test_a_pod_vm_comes_up_over_mutual_tls_and_stop_vm_leaves_nothing(aws_
     assert apf["pod-name"] == "web" and apf["pod-namespace"] == "shop"
     assert {"tls-server-cert", "tls-server-key", "tls-client-ca"} <= apf.keys()
 
-    agent = await kata.AgentClient.connect(agent_path)
-    try:
-        assert await agent.check() == SERVING
-    finally:
-        await agent.aclose()
+    await assert_agent_serves(agent_path)
 
     # exactly one instance, carrying the owner tags, from the configured AMI and type
     [instance] = vpc.of_sandbox(sid)

@@ -17,12 +17,12 @@ from cloud_api_adaptor.testing.eventually import eventually
 from cloud_api_adaptor.testing.faultproxy import Fault, FaultProxy
 from cloud_api_adaptor.ttrpc import Code, RpcError
 
+from ..cloudstand.node import assert_agent_serves
 from .cloud import boot_pod_vm
 from .harness import AzureNode, new_sandbox_id
 
 pytestmark = pytest.mark.root
 
-SERVING = 1
 VM_PATH = r"/virtualMachines/[^/]+$"
 THROTTLED = b'{"error": {"code": "TooManyRequests", "message": "The request is being throttled."}}'
 
@@ -53,11 +53,7 @@ async def test_a_lost_put_response_and_a_retry_make_one_running_pod_vm(azure_nod
     except BaseException:
         start.cancel()
         raise
-    agent = await kata.AgentClient.connect(agent_path)
-    try:
-        assert await agent.check() == SERVING
-    finally:
-        await agent.aclose()
+    await assert_agent_serves(agent_path)
 
     assert vm_puts(proxy) == 2, "the retry repeated the PUT by name"
     assert cloud.arm.created_total == 1

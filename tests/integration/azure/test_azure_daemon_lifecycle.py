@@ -17,12 +17,11 @@ import pytest
 from cloud_api_adaptor import kata_client as kata
 from cloud_api_adaptor.testing.eventually import eventually
 
+from ..cloudstand.node import assert_agent_serves
 from .cloud import SIZE, boot_pod_vm
 from .harness import AzureNode, new_sandbox_id, orphan_scans
 
 pytestmark = pytest.mark.root
-
-SERVING = 1
 
 
 @pytest.mark.asyncio
@@ -49,11 +48,7 @@ async def test_a_pod_vm_comes_up_over_mutual_tls_and_stop_vm_leaves_no_vm_nic_di
 
     apf = json.loads(vm.apf_json.read_text())
     assert apf["pod-name"] == "web" and apf["pod-namespace"] == "shop"
-    agent = await kata.AgentClient.connect(agent_path)
-    try:
-        assert await agent.check() == SERVING
-    finally:
-        await agent.aclose()
+    await assert_agent_serves(agent_path)
 
     [instance] = cloud.of_sandbox(sid)
     props = instance["properties"]

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+from cloud_api_adaptor import kata_client as kata
 from cloud_api_adaptor.testing.faultproxy import FaultProxy
 
 from ..daemon_proc import DaemonProcess
@@ -32,6 +33,19 @@ def orphan_scans(daemon: DaemonProcess) -> list[str]:
     """The daemon's orphan-scan summary lines so far (one per scan)."""
     text = daemon.log.read_text(errors="replace") if daemon.log.exists() else ""
     return re.findall(r"orphan scan: \d+ owned instances.*", text)
+
+
+#: grpc.health.v1 ServingStatus SERVING
+SERVING = 1
+
+
+async def assert_agent_serves(agent_path: str) -> None:
+    """The shim's view: the sandbox's agent socket reaches an agent that answers SERVING."""
+    agent = await kata.AgentClient.connect(agent_path)
+    try:
+        assert await agent.check() == SERVING
+    finally:
+        await agent.aclose()
 
 
 def new_sandbox_id() -> str:

@@ -17,12 +17,12 @@ from cloud_api_adaptor.testing.eventually import eventually
 from cloud_api_adaptor.testing.faultproxy import Fault, FaultProxy
 from cloud_api_adaptor.ttrpc import Code, RpcError
 
+from ..cloudstand.node import assert_agent_serves
 from .cloud import boot_pod_vm
 from .harness import GcpNode, new_sandbox_id
 
 pytestmark = pytest.mark.root
 
-SERVING = 1
 INSERT = r"/zones/[^/]+/instances$"
 THROTTLED = (
     b'{"error": {"code": 429, "message": "Rate Limit Exceeded", "errors": '
@@ -57,11 +57,7 @@ async def test_a_lost_insert_response_and_a_retry_make_one_running_pod_vm(gcp_no
     except BaseException:
         start.cancel()
         raise
-    agent = await kata.AgentClient.connect(agent_path)
-    try:
-        assert await agent.check() == SERVING
-    finally:
-        await agent.aclose()
+    await assert_agent_serves(agent_path)
 
     sent = inserts(proxy)
     assert len(sent) == 2 and len(set(sent)) == 1, "the retry repeats the requestId"

@@ -23,11 +23,11 @@ from cloud_api_adaptor.testing.eventually import eventually
 from cloud_api_adaptor.testing.faultproxy import Fault
 from cloud_api_adaptor.ttrpc import Code, RpcError
 
+from ..cloudstand.node import assert_agent_serves
 from .harness import IbmNode, new_sandbox_id, orphan_scans
 
 pytestmark = pytest.mark.root
 
-SERVING = 1
 CREATE_PATH = r"^/v1/instances$"
 
 
@@ -56,11 +56,7 @@ async def come_up(node: IbmNode, daemon: Any, sid: str, annotations: dict[str, s
     except BaseException:
         start.cancel()
         raise
-    agent = await kata.AgentClient.connect(agent_path)
-    try:
-        assert await agent.check() == SERVING
-    finally:
-        await agent.aclose()
+    await assert_agent_serves(agent_path)
     return agent_path, instance_id
 
 

@@ -21,11 +21,11 @@ from cloud_api_adaptor.testing.eventually import eventually
 from cloud_api_adaptor.testing.faultproxy import Fault
 from cloud_api_adaptor.ttrpc import Code, RpcError
 
+from ..cloudstand.node import assert_agent_serves
 from .harness import IbmNode, new_sandbox_id
 
 pytestmark = pytest.mark.root
 
-SERVING = 1
 CREATE_PATH = "/pvm-instances$"
 
 
@@ -50,11 +50,7 @@ async def come_up(node: IbmNode, daemon: Any, sid: str, pod: str) -> str:
     except BaseException:
         start.cancel()
         raise
-    agent = await kata.AgentClient.connect(agent_path)
-    try:
-        assert await agent.check() == SERVING
-    finally:
-        await agent.aclose()
+    await assert_agent_serves(agent_path)
     return instance_id
 
 
